@@ -1,0 +1,53 @@
+"""Data pipeline: load or download interactions, split leave-one-out, build tensor batches.
+
+Imports no other project package.
+"""
+
+from data.batching import (
+    EvalBatch,
+    TrainBatch,
+    TrainBatcher,
+    eval_batches,
+    num_eval_users,
+    sample_negatives_for_eval,
+)
+from data.download import (
+    DATASETS,
+    RemoteDataset,
+    default_cache_dir,
+    download_file,
+    fetch_dataset,
+    file_md5,
+)
+from data.errors import ChecksumMismatchError, DataFormatError, DownloadError
+from data.loading import load_dataset
+from data.movielens import load_movielens_raw, preprocess_ratings, read_ratings
+from data.sequences import SequenceDataset, read_sasrec_text, write_sasrec_text
+from data.split import LeaveOneOutSplit, leave_one_out
+
+__all__ = [
+    "DATASETS",
+    "ChecksumMismatchError",
+    "DataFormatError",
+    "DownloadError",
+    "EvalBatch",
+    "LeaveOneOutSplit",
+    "RemoteDataset",
+    "SequenceDataset",
+    "TrainBatch",
+    "TrainBatcher",
+    "default_cache_dir",
+    "download_file",
+    "eval_batches",
+    "fetch_dataset",
+    "file_md5",
+    "leave_one_out",
+    "load_dataset",
+    "load_movielens_raw",
+    "num_eval_users",
+    "preprocess_ratings",
+    "read_ratings",
+    "read_sasrec_text",
+    "sample_negatives_for_eval",
+    "write_sasrec_text",
+]

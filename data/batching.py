@@ -1,0 +1,374 @@
+"""Training and evaluation batches as tensors (models receive tensors only).
+
+Windows follow the SASRec port (pmixer/SASRec.pytorch ``utils.py`` ``sample_function`` and
+``evaluate``): a sequence is cut from its end to at most ``max_len`` items, right-aligned and
+left-padded with the padding item 0.
+
+Example::
+
+    batcher = TrainBatcher(split, max_len=200, batch_size=128, num_negatives=1)
+    rng = np.random.default_rng(0)
+    for epoch in range(num_epochs):
+        for batch in batcher.epoch(rng):
+            logits = model(batch.inputs)        # (B, T, num_items + 1)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, fields
+from typing import TypeVar
+
+import numpy as np
+import torch
+
+from data._sampling import ExcludedItems
+from data.split import LeaveOneOutSplit
+
+_WHICH = ("valid", "test")
+
+
+@dataclass
+class TrainBatch:
+    """One training batch.
+
+    Attributes:
+        users: ``(B,)`` user ids.
+        inputs: ``(B, T)`` item ids, left-padded with 0.
+        targets: ``(B, T)`` the next item at each position; 0 where ``inputs`` is padding.
+        negatives: ``(B, T, num_negatives)`` uniform items outside the user's train history,
+            0 where ``inputs`` is padding; None when ``num_negatives == 0``.
+    """
+
+    users: torch.Tensor
+    inputs: torch.Tensor
+    targets: torch.Tensor
+    negatives: torch.Tensor | None
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> TrainBatch:
+        """A copy with every tensor on ``device``."""
+        return _move(self, device, non_blocking)
+
+
+@dataclass
+class EvalBatch:
+    """One evaluation batch.
+
+    Attributes:
+        users: ``(B,)`` user ids.
+        inputs: ``(B, max_len)`` the last ``max_len`` history items, left-padded with 0.
+        targets: ``(B,)`` the held-out item to rank.
+        history: ``(B, H)`` the user's whole history (not cut to ``max_len``), padded with 0 at
+            the end, ``H`` = longest history in the batch. Items to exclude from ranking; it
+            contains the target only if the user interacted with the target before.
+    """
+
+    users: torch.Tensor
+    inputs: torch.Tensor
+    targets: torch.Tensor
+    history: torch.Tensor
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> EvalBatch:
+        """A copy with every tensor on ``device``."""
+        return _move(self, device, non_blocking)
+
+
+class TrainBatcher:
+    """Epochs of next-item training batches over the users with at least 2 train items.
+
+    For a user with train sequence ``seq``: ``inputs = seq[:-1][-max_len:]`` and
+    ``targets = seq[1:][-max_len:]``, right-aligned and left-padded with 0.
+
+    An epoch visits every eligible user once, in an order drawn from ``rng``. With ``bucket``
+    the permutation is cut into chunks of ``batch_size * bucket_size`` users, each chunk is
+    sorted by window length (stable) and cut into batches, the batch order is shuffled, and
+    each batch is trimmed to ``T`` = its longest window, so little compute goes to padding.
+    Without ``bucket`` batches are consecutive slices of the permutation and ``T = max_len``.
+
+    Args:
+        split: the leave-one-out split; only ``split.train`` is used.
+        max_len: longest window (the model's maximum sequence length).
+        batch_size: users per batch (the last batch of an epoch may be smaller).
+        num_negatives: negatives per position for sampled losses (BCE); 0 for none.
+        bucket: group users of similar length and trim padding (see above).
+        bucket_size: batches per sorting chunk.
+
+    Raises:
+        ValueError: if ``max_len``, ``batch_size`` or ``bucket_size`` is < 1,
+            ``num_negatives`` < 0, no user has 2 train items, or (with negatives) a user's
+            history contains every item.
+    """
+
+    def __init__(
+        self,
+        split: LeaveOneOutSplit,
+        *,
+        max_len: int,
+        batch_size: int,
+        num_negatives: int = 0,
+        bucket: bool = True,
+        bucket_size: int = 32,
+    ) -> None:
+        for name, value, low in (
+            ("max_len", max_len, 1),
+            ("batch_size", batch_size, 1),
+            ("bucket_size", bucket_size, 1),
+            ("num_negatives", num_negatives, 0),
+        ):
+            if value < low:
+                raise ValueError(f"TrainBatcher: {name} must be >= {low}, got {value}")
+        users = sorted(u for u, seq in split.train.items() if len(seq) >= 2)
+        if not users:
+            raise ValueError(
+                "TrainBatcher: no user has at least 2 train items, so there is nothing to "
+                "train on; check the dataset (each user needs >= 4 interactions after the "
+                "leave-one-out split to be both trained on and evaluated)"
+            )
+        self.max_len = max_len
+        self.batch_size = batch_size
+        self.num_negatives = num_negatives
+        self.bucket = bucket
+        self.bucket_size = bucket_size
+        self._users = np.array(users, dtype=np.int64)
+        n = len(users)
+        self._lengths = np.empty(n, dtype=np.int64)
+        self._inputs = np.zeros((n, max_len), dtype=np.int64)
+        self._targets = np.zeros((n, max_len), dtype=np.int64)
+        for row, user in enumerate(users):
+            seq = split.train[user]
+            length = min(len(seq) - 1, max_len)
+            self._lengths[row] = length
+            self._inputs[row, max_len - length :] = seq[-length - 1 : -1]
+            self._targets[row, max_len - length :] = seq[-length:]
+        self._excluded: ExcludedItems | None = None
+        if num_negatives:
+            histories = [split.train[u] for u in users]
+            self._excluded = ExcludedItems(histories, split.num_items)
+            full = np.flatnonzero(self._excluded.num_excluded >= split.num_items)
+            if full.size:
+                raise ValueError(
+                    f"TrainBatcher: user {users[full[0]]} has interacted with all "
+                    f"{split.num_items} items, so no negative can be sampled; use "
+                    "num_negatives=0 (full softmax) or drop that user"
+                )
+
+    @property
+    def num_users(self) -> int:
+        """Users visited per epoch (those with at least 2 train items)."""
+        return len(self._users)
+
+    def __len__(self) -> int:
+        """Batches per epoch."""
+        return math.ceil(len(self._users) / self.batch_size)
+
+    def epoch(self, rng: np.random.Generator) -> Iterator[TrainBatch]:
+        """The batches of one epoch.
+
+        The user order and batch order are drawn from ``rng`` when this is called; negatives
+        are drawn from ``rng`` as the batches are produced. The same ``rng`` state gives the
+        same batches.
+
+        Args:
+            rng: random generator, e.g. ``np.random.default_rng(seed)``.
+
+        Returns:
+            An iterator over ``len(self)`` batches.
+        """
+        perm = rng.permutation(len(self._users))
+        if not self.bucket:
+            plan = [perm[i : i + self.batch_size] for i in range(0, len(perm), self.batch_size)]
+            return self._batches(plan, rng)
+        chunk = self.batch_size * self.bucket_size
+        plan = []
+        for start in range(0, len(perm), chunk):
+            part = perm[start : start + chunk]
+            part = part[np.argsort(self._lengths[part], kind="stable")]
+            plan.extend(part[i : i + self.batch_size] for i in range(0, len(part), self.batch_size))
+        plan = [plan[i] for i in rng.permutation(len(plan))]
+        return self._batches(plan, rng)
+
+    def _batches(self, plan: list[np.ndarray], rng: np.random.Generator) -> Iterator[TrainBatch]:
+        for rows in plan:
+            yield self._batch(rows, rng)
+
+    def _batch(self, rows: np.ndarray, rng: np.random.Generator) -> TrainBatch:
+        width = int(self._lengths[rows].max()) if self.bucket else self.max_len
+        inputs = self._inputs[rows, self.max_len - width :]
+        targets = self._targets[rows, self.max_len - width :]
+        negatives = None
+        if self._excluded is not None:
+            real = targets != 0
+            owner = np.broadcast_to(rows[:, None], targets.shape)[real]
+            sampled = np.zeros((*targets.shape, self.num_negatives), dtype=np.int64)
+            sampled[real] = self._excluded.sample(rng, owner, (self.num_negatives,))
+            negatives = torch.from_numpy(sampled)
+        return TrainBatch(
+            users=torch.from_numpy(self._users[rows]),
+            inputs=torch.from_numpy(np.ascontiguousarray(inputs)),
+            targets=torch.from_numpy(np.ascontiguousarray(targets)),
+            negatives=negatives,
+        )
+
+
+def num_eval_users(split: LeaveOneOutSplit, which: str) -> int:
+    """Number of users evaluated on ``which`` (``"valid"`` or ``"test"``).
+
+    Raises:
+        ValueError: if ``which`` is neither ``"valid"`` nor ``"test"``.
+    """
+    return len(_held_out(split, which))
+
+
+def eval_batches(
+    split: LeaveOneOutSplit,
+    which: str,
+    *,
+    max_len: int,
+    batch_size: int = 256,
+    users: Sequence[int] | None = None,
+) -> Iterator[EvalBatch]:
+    """Evaluation batches for full ranking (or, with ``sample_negatives_for_eval``, sampled).
+
+    ``which="valid"``: history ``train[u]``, target ``valid[u]``. ``which="test"``: history
+    ``train[u] + [valid[u]]``, target ``test[u]`` (as the SASRec port's ``evaluate``). Inputs
+    are the last ``max_len`` history items, left-padded to exactly ``max_len``, so a user's
+    row does not depend on the batch it lands in.
+
+    Args:
+        split: the leave-one-out split.
+        which: ``"valid"`` or ``"test"``.
+        max_len: input window (the model's maximum sequence length).
+        batch_size: users per batch.
+        users: evaluate only these users (duplicates ignored); default: every user in
+            ``split.valid`` / ``split.test``. Users are always produced in ascending id order.
+
+    Returns:
+        An iterator of batches (arguments are checked when this is called).
+
+    Raises:
+        ValueError: for an unknown ``which``, ``max_len`` or ``batch_size`` < 1, or a user in
+            ``users`` that has no ``which`` item.
+    """
+    if max_len < 1 or batch_size < 1:
+        raise ValueError(
+            f"eval_batches: max_len and batch_size must be >= 1, got {max_len} and {batch_size}"
+        )
+    ids, histories, targets = _eval_rows(split, which, users)
+    return _eval_iter(ids, histories, targets, max_len, batch_size)
+
+
+def sample_negatives_for_eval(
+    split: LeaveOneOutSplit,
+    which: str,
+    num_negatives: int = 100,
+    rng: np.random.Generator | None = None,
+    *,
+    users: Sequence[int] | None = None,
+) -> torch.Tensor:
+    """Negatives for sampled evaluation (the paper's protocol: rank the target among 100).
+
+    Row ``i`` belongs to the ``i``-th user of ``eval_batches(split, which, users=users)``
+    (ascending user id). Items are uniform over ``1..num_items`` excluding the user's history
+    (as defined in ``eval_batches``, so for ``"test"`` it includes the valid item) and the
+    target. They are drawn with replacement, as in the SASRec port's ``evaluate``, so a row
+    may repeat an item. (The port excludes only ``train[u]``, even for test, so its negatives
+    can include the valid item or the target; excluding both makes every negative a true
+    negative. The paper says only "randomly sample 100 negative items".)
+
+    Args:
+        split: the leave-one-out split.
+        which: ``"valid"`` or ``"test"``.
+        num_negatives: negatives per user.
+        rng: random generator (required; ``np.random.default_rng(seed)``).
+        users: restrict to these users, as in ``eval_batches``.
+
+    Returns:
+        int64 tensor of shape ``(num_users, num_negatives)``.
+
+    Raises:
+        ValueError: for an unknown ``which``, ``num_negatives`` < 1, a missing ``rng``, or a
+            user whose history and target cover every item.
+    """
+    if rng is None:
+        raise ValueError("sample_negatives_for_eval: pass rng=np.random.default_rng(seed)")
+    if num_negatives < 1:
+        raise ValueError(f"num_negatives must be >= 1, got {num_negatives}")
+    ids, histories, targets = _eval_rows(split, which, users)
+    rows = [h + [t] for h, t in zip(histories, targets, strict=True)]
+    excluded = ExcludedItems(rows, split.num_items)
+    full = np.flatnonzero(excluded.num_excluded >= split.num_items)
+    if full.size:
+        raise ValueError(
+            f"user {ids[full[0]]}: history and target cover all {split.num_items} items, so no "
+            "negative can be sampled; use full-ranking evaluation"
+        )
+    row_ids = np.arange(len(ids), dtype=np.int64)
+    return torch.from_numpy(excluded.sample(rng, row_ids, (num_negatives,)))
+
+
+def _held_out(split: LeaveOneOutSplit, which: str) -> dict[int, int]:
+    if which == "valid":
+        return split.valid
+    if which == "test":
+        return split.test
+    raise ValueError(f"which must be one of {_WHICH}, got {which!r}")
+
+
+def _eval_rows(
+    split: LeaveOneOutSplit, which: str, users: Sequence[int] | None
+) -> tuple[list[int], list[list[int]], list[int]]:
+    """(user ids ascending, histories, targets) for ``which``."""
+    held = _held_out(split, which)
+    if users is None:
+        ids = sorted(held)
+    else:
+        ids = sorted(set(users))
+        missing = [u for u in ids if u not in held]
+        if missing:
+            raise ValueError(
+                f"users {missing[:10]} have no {which} item (only users with >= 3 "
+                f"interactions are evaluated); pick users from split.{which}"
+            )
+    if which == "valid":
+        histories = [split.train[u] for u in ids]
+    else:
+        histories = [split.train[u] + [split.valid[u]] for u in ids]
+    return ids, histories, [held[u] for u in ids]
+
+
+def _eval_iter(
+    ids: list[int],
+    histories: list[list[int]],
+    targets: list[int],
+    max_len: int,
+    batch_size: int,
+) -> Iterator[EvalBatch]:
+    for start in range(0, len(ids), batch_size):
+        rows = range(start, min(start + batch_size, len(ids)))
+        width = max(1, max(len(histories[r]) for r in rows))
+        inputs = np.zeros((len(rows), max_len), dtype=np.int64)
+        history = np.zeros((len(rows), width), dtype=np.int64)
+        for i, r in enumerate(rows):
+            seq = histories[r]
+            window = seq[-max_len:]
+            if window:
+                inputs[i, max_len - len(window) :] = window
+                history[i, : len(seq)] = seq
+        yield EvalBatch(
+            users=torch.tensor(ids[start : rows.stop], dtype=torch.int64),
+            inputs=torch.from_numpy(inputs),
+            targets=torch.tensor(targets[start : rows.stop], dtype=torch.int64),
+            history=torch.from_numpy(history),
+        )
+
+
+_Batch = TypeVar("_Batch", TrainBatch, EvalBatch)
+
+
+def _move(batch: _Batch, device: torch.device | str, non_blocking: bool) -> _Batch:
+    moved = {}
+    for f in fields(batch):
+        value = getattr(batch, f.name)
+        moved[f.name] = None if value is None else value.to(device, non_blocking=non_blocking)
+    return type(batch)(**moved)

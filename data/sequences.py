@@ -1,0 +1,184 @@
+"""User -> item sequences and the SASRec text format (one ``user item`` line per interaction).
+
+The format, as written by the SASRec reference code (kang205/SASRec, pmixer/SASRec.pytorch)::
+
+    1 1
+    1 2
+    2 3
+
+Ids are positive integers (item 0 is the padding id). A user's lines are in time order; they
+need not be contiguous (later lines of a user are appended in file order).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from data._parse import parse_int_table
+from data.errors import DataFormatError
+
+_INT_RE = re.compile(rb"[+-]?[0-9]+")
+
+
+@dataclass(frozen=True)
+class SequenceDataset:
+    """Interaction sequences of every user.
+
+    Attributes:
+        sequences: user id -> item ids in time order.
+        num_users: largest user id.
+        num_items: largest item id; items are ``1..num_items`` and 0 is padding.
+        source: where the data came from (a path or a dataset name), for messages and logs.
+
+    Raises:
+        ValueError: if a user id exceeds ``num_users`` or an item id is outside
+            ``1..num_items``.
+    """
+
+    sequences: dict[int, list[int]]
+    num_users: int
+    num_items: int
+    source: str
+
+    def __post_init__(self) -> None:
+        if self.sequences and max(self.sequences) > self.num_users:
+            raise ValueError(
+                f"{self.source}: user id {max(self.sequences)} exceeds num_users="
+                f"{self.num_users}; num_users must be the largest user id"
+            )
+        nonempty = [s for s in self.sequences.values() if s]
+        if nonempty:
+            hi = max(max(s) for s in nonempty)
+            lo = min(min(s) for s in nonempty)
+            if hi > self.num_items or lo < 1:
+                raise ValueError(
+                    f"{self.source}: item ids span {lo}..{hi} but must lie in "
+                    f"1..num_items={self.num_items} (0 is the padding id)"
+                )
+
+    @property
+    def num_interactions(self) -> int:
+        """Total number of (user, item) interactions."""
+        return sum(len(s) for s in self.sequences.values())
+
+
+def read_sasrec_text(path: str | os.PathLike[str]) -> SequenceDataset:
+    """Read a SASRec ``user item`` text file.
+
+    Pure-digit files (the normal case) are parsed with numpy in well under a second for 1M
+    lines; anything else goes through a line-by-line parser that names the first bad line.
+    Trailing blank lines are ignored; any other line must hold exactly two positive integers.
+
+    Args:
+        path: the text file.
+
+    Returns:
+        The dataset; ``num_users``/``num_items`` are the largest ids seen, ``source`` the path.
+
+    Raises:
+        FileNotFoundError: if ``path`` is not a file.
+        DataFormatError: ``path:line_no: ...`` for an empty file, a line without exactly two
+            whitespace-separated fields (including a blank line before the end), a field that is
+            not an integer, or an id < 1.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file (expected a SASRec 'user item' text file)")
+    raw = path.read_bytes()
+    pairs = parse_int_table(raw, 2)
+    if pairs is None:
+        pairs = _parse_slow(raw, path)
+    if pairs.size == 0:
+        raise DataFormatError(f"{path}:1: file is empty; expected lines 'user item'")
+    bad = np.flatnonzero(pairs <= 0)
+    if bad.size:
+        row, col = divmod(int(bad[0]), 2)
+        raise DataFormatError(
+            f"{path}:{row + 1}: {('user', 'item')[col]} id {pairs[row, col]} is not positive; "
+            "ids start at 1 (0 is the padding item)"
+        )
+    sequences = _group_by_user(pairs[:, 0], pairs[:, 1])
+    return SequenceDataset(
+        sequences=sequences,
+        num_users=int(pairs[:, 0].max()),
+        num_items=int(pairs[:, 1].max()),
+        source=str(path),
+    )
+
+
+def write_sasrec_text(dataset: SequenceDataset, path: str | os.PathLike[str]) -> None:
+    """Write ``dataset`` as ``user item`` lines, users in ascending id order.
+
+    The file is written to ``<path>.tmp`` in the same directory and then renamed over ``path``
+    with ``os.replace``, so readers never see a half-written file.
+
+    Args:
+        dataset: the sequences to write; users with an empty sequence write no lines.
+        path: destination file; its directory must exist.
+
+    Raises:
+        OSError: if the file cannot be written (the temporary file is removed).
+    """
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    chunks = []
+    for user in sorted(dataset.sequences):
+        items = dataset.sequences[user]
+        if items:
+            prefix = f"{user} "
+            chunks.append(prefix + f"\n{prefix}".join(map(str, items)) + "\n")
+    try:
+        with open(tmp, "w", encoding="ascii", newline="\n") as f:
+            f.write("".join(chunks))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _group_by_user(users: np.ndarray, items: np.ndarray) -> dict[int, list[int]]:
+    """user -> items in input order (a stable sort by user keeps each user's file order)."""
+    order = np.argsort(users, kind="stable")
+    sorted_users, sorted_items = users[order], items[order].tolist()
+    bounds = (np.flatnonzero(np.diff(sorted_users)) + 1).tolist()
+    edges = [0, *bounds, len(sorted_items)]
+    heads = sorted_users[edges[:-1]].tolist()
+    return {u: sorted_items[a:b] for u, a, b in zip(heads, edges[:-1], edges[1:], strict=True)}
+
+
+def _parse_slow(raw: bytes, path: Path) -> np.ndarray:
+    """Line-by-line parser; raises DataFormatError at the first bad line."""
+    lines = raw.split(b"\n")
+    while lines and not lines[-1].strip():
+        lines.pop()
+    values: list[int] = []
+    for line_no, line in enumerate(lines, start=1):
+        fields = line.split()
+        if len(fields) != 2:
+            shown = line.decode("utf-8", errors="replace").strip("\r")
+            raise DataFormatError(
+                f"{path}:{line_no}: expected 2 whitespace-separated fields 'user item', got "
+                f"{len(fields)}: {shown!r}; fix or delete this line"
+            )
+        for name, field in zip(("user", "item"), fields, strict=True):
+            if not _INT_RE.fullmatch(field):
+                shown = field.decode("utf-8", errors="replace")
+                raise DataFormatError(
+                    f"{path}:{line_no}: {name} id {shown!r} is not an integer; "
+                    "ids must be positive integers"
+                )
+            value = int(field)
+            if value <= 0:
+                raise DataFormatError(
+                    f"{path}:{line_no}: {name} id {value} is not positive; "
+                    "ids start at 1 (0 is the padding item)"
+                )
+            if value >= 2**63:
+                raise DataFormatError(f"{path}:{line_no}: {name} id {value} is too large")
+            values.append(value)
+    return np.array(values, dtype=np.int64).reshape(-1, 2)

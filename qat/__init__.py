@@ -1,0 +1,9 @@
+"""SASRec model, training, evaluation and the registry of quantization methods."""
+from qat.config import SASRecConfig, TrainConfig
+from qat.evaluate import evaluate
+from qat.model import SASRec
+from qat.registry import METHODS, QuantMethod, get_method, register_method
+from qat.train import NonFiniteLossError, Trainer, TrainHooks
+
+__all__ = ["SASRecConfig", "TrainConfig", "SASRec", "evaluate", "Trainer", "TrainHooks",
+           "NonFiniteLossError", "METHODS", "QuantMethod", "get_method", "register_method"]

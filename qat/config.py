@@ -1,0 +1,75 @@
+"""Configuration dataclasses: the model's shape and the training run.
+
+Both are validated in ``__post_init__`` and saved next to every checkpoint (``config.json``), so a
+run folder fully describes how its model was made.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+LOSSES = ("ce", "bce")
+
+
+@dataclass(frozen=True)
+class SASRecConfig:
+    """Shape of a SASRec model (Kang & McAuley 2018, https://arxiv.org/abs/1808.09781).
+
+    Defaults follow the reference setup for MovieLens-1M.
+    """
+
+    num_items: int  # largest item id; ids are 1..num_items and 0 is padding
+    max_len: int = 200  # 200 for ML-1M in the paper; 50 is the fast setting
+    hidden: int = 50  # d, embedding and every layer width
+    blocks: int = 2  # self-attention blocks
+    heads: int = 1
+    dropout: float = 0.2
+
+    def __post_init__(self) -> None:
+        for name in ("num_items", "max_len", "hidden", "blocks", "heads"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"SASRecConfig.{name} must be a positive integer, got {value!r}")
+        if self.hidden % self.heads:
+            raise ValueError(
+                f"hidden ({self.hidden}) must be divisible by heads ({self.heads}); "
+                f"choose heads among {[h for h in range(1, self.hidden + 1) if self.hidden % h == 0]}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How a model is trained. Flags are keyword-only to keep call sites readable."""
+
+    epochs: int = 200  # upper bound; early stopping usually ends the run sooner
+    batch_size: int = 128
+    lr: float = 1e-3
+    loss: str = "ce"  # "ce": full softmax over all items (SASRec+); "bce": one sampled negative
+    weight_decay: float = 0.0
+    patience: int = 20  # evaluations without a better validation nDCG@10 before stopping
+    eval_every: int = 1  # epochs between validation evaluations
+    seed: int = 42
+    threads: int = 0  # torch intra-op threads; 0 keeps torch's default
+    bucket: bool = True  # batch users of similar length together and trim padding columns
+    eval_batch_size: int = 512
+    progress: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)  # method-specific settings (QAT)
+
+    def __post_init__(self) -> None:
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+        for name in ("epochs", "batch_size", "patience", "eval_every", "eval_batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"TrainConfig.{name} must be a positive integer, got {value!r}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.threads < 0:
+            raise ValueError(f"threads must be >= 0 (0 = torch default), got {self.threads}")
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """A JSON-serialisable dict of a config dataclass."""
+    return dataclasses.asdict(config)

@@ -1,0 +1,62 @@
+"""load_dataset dispatch: dataset name, SASRec text, ratings.dat, zip."""
+
+import zipfile
+
+import pytest
+
+from data import load_dataset
+
+# load_dataset uses the default min_item_ratings=5. Movies 7 and 8 get 5 ratings each (users 4
+# and 2 rate each twice, user 3 once), movie 9 only 2 and is dropped. Users 2, 3, 4 -> 1, 2, 3;
+# user 2's ratings: 7 (t=9), 8 (t=10), 9, 7 (t=9), 8 (t=10) -> stable by time: 7, 7, 8, 8.
+# Items by first appearance: 7 -> 1, 8 -> 2.
+RATINGS = "".join(f"{u}::{m}::3::{u + m}\n" for u in (4, 2) for m in (7, 8, 9, 7, 8))
+RATINGS += "3::7::1::0\n3::8::1::1\n"
+EXPECTED = {1: [1, 1, 2, 2], 2: [1, 2], 3: [1, 1, 2, 2]}
+
+
+def test_sasrec_text(tmp_path):
+    path = tmp_path / "any.txt"
+    path.write_text("1 2\n1 3\n")
+    d = load_dataset(path)
+    assert d.sequences == {1: [2, 3]}
+    assert load_dataset(str(path)).sequences == {1: [2, 3]}
+
+
+def test_ratings_dat_by_name(tmp_path):
+    path = tmp_path / "ratings.dat"
+    path.write_text(RATINGS)
+    assert load_dataset(path).sequences == EXPECTED
+
+
+def test_ratings_by_content(tmp_path):
+    path = tmp_path / "my_ratings.txt"
+    path.write_text(RATINGS)
+    assert load_dataset(path).sequences == EXPECTED
+
+
+def test_zip(tmp_path):
+    path = tmp_path / "archive.zip"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("ml-1m/ratings.dat", RATINGS)
+    assert load_dataset(path).sequences == EXPECTED
+
+
+def test_named_dataset_from_cache(tmp_path):
+    # A prepared cache means no download.
+    (tmp_path / "ml-1m").mkdir()
+    (tmp_path / "ml-1m" / "ml-1m.txt").write_text("1 1\n2 1\n2 2\n")
+    d = load_dataset("ml-1m", cache_dir=tmp_path)
+    assert d.sequences == {1: [1], 2: [1, 2]}
+
+
+def test_neither_path_nor_name(tmp_path):
+    with pytest.raises(ValueError, match=r"'ml-2m': the path does not exist .*known: ml-1m"):
+        load_dataset("ml-2m")
+    with pytest.raises(ValueError, match="the path does not exist"):
+        load_dataset(tmp_path / "missing.txt")
+
+
+def test_directory(tmp_path):
+    with pytest.raises(ValueError, match="is a directory"):
+        load_dataset(tmp_path)
