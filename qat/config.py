@@ -32,9 +32,9 @@ class SASRecConfig:
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"SASRecConfig.{name} must be a positive integer, got {value!r}")
         if self.hidden % self.heads:
-            raise ValueError(
-                f"hidden ({self.hidden}) must be divisible by heads ({self.heads}); "
-                f"choose heads among {[h for h in range(1, self.hidden + 1) if self.hidden % h == 0]}")
+            divisors = [h for h in range(1, self.hidden + 1) if self.hidden % h == 0]
+            raise ValueError(f"hidden ({self.hidden}) must be divisible by heads ({self.heads}); "
+                             f"choose heads among {divisors}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 

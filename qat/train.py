@@ -113,8 +113,8 @@ class Trainer:
         run = self._fresh_run()
         if resume and path.exists():
             run = self._restore(load_checkpoint(path))
-            if run["finished"]:  # nothing left to train: recompute the final metrics only
-                return self._finish(run)
+            if run["stopped_early"] or run["epoch"] >= self.config.epochs:
+                return self._finish(run)  # nothing left to train: recompute the metrics only
         if run["best_model"] is None:  # the starting point is the first "best" model
             run["best_model"] = copy.deepcopy(self.model.state_dict())
 
@@ -152,13 +152,11 @@ class Trainer:
                     run["bad_evals"] += 1
             run["history"].append(record)
             self._log(record, run)
-            stop = run["bad_evals"] >= self.config.patience
-            run["finished"] = stop or epoch == self.config.epochs
+            run["stopped_early"] = run["bad_evals"] >= self.config.patience
+            run["finished"] = run["stopped_early"] or epoch == self.config.epochs
             self._save(run)
-            if stop:
+            if run["stopped_early"]:
                 break
-        run["finished"] = True
-        self._save(run)
         return self._finish(run)
 
     def evaluate(self, which: str, **kwargs: Any) -> dict[str, float]:
@@ -181,7 +179,7 @@ class Trainer:
 
     def _fresh_run(self) -> dict[str, Any]:
         return {"epoch": 0, "best_epoch": 0, "best_valid": {}, "bad_evals": 0, "history": [],
-                "best_model": None, "finished": False}
+                "best_model": None, "finished": False, "stopped_early": False}
 
     def _config_record(self) -> dict[str, Any]:
         return {"method": self.method, "model": to_dict(self.model_config),
@@ -199,6 +197,7 @@ class Trainer:
             "best_valid": run["best_valid"],
             "history": run["history"],
             "finished": run["finished"],
+            "stopped_early": run["stopped_early"],
             "state": {
                 "epoch": run["epoch"],
                 "bad_evals": run["bad_evals"],
@@ -228,7 +227,8 @@ class Trainer:
         return {"epoch": state["epoch"], "best_epoch": ckpt["best_epoch"],
                 "best_valid": ckpt["best_valid"], "bad_evals": state["bad_evals"],
                 "history": ckpt["history"], "best_model": ckpt["model"],
-                "finished": ckpt["finished"]}
+                "finished": ckpt["finished"],
+                "stopped_early": ckpt.get("stopped_early", False)}
 
     def _finish(self, run: dict[str, Any]) -> dict[str, Any]:
         self.model.load_state_dict(run["best_model"])
