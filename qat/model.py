@@ -6,6 +6,9 @@ Written to be quantization-ready for the eager ``torch.ao.quantization`` flow:
   ``prepare_qat`` and its quantizable twin has no weight fake-quant);
 * residual additions go through ``FloatFunctional`` so ``convert`` can turn them into
   ``quantized::add``;
+* ``QuantStub``/``DeQuantStub`` mark where the quantized region starts (after the embeddings),
+  where attention's float core sits, and where it ends (before scoring); they are identities
+  until ``prepare_qat``;
 * ``forward`` takes tensors only; tensor creation and device moves live in ``data/``.
 
 Block (the paper's eq. 4-6, pre-LayerNorm residuals ``x + Dropout(g(LayerNorm(x)))``)::
@@ -17,9 +20,10 @@ Block (the paper's eq. 4-6, pre-LayerNorm residuals ``x + Dropout(g(LayerNorm(x)
     r_i = h_t . item_emb_i                                    # scores, tied item embedding
 
 Padding (item 0) is handled so that a sequence's output does not depend on how much left padding
-it carries: padding positions are zeroed after the embedding and after every block, and padding
-keys are masked out of attention (a padding query attends to itself only, so no softmax row is
-empty). Positions are right-aligned: the last column always has position ``max_len``, as in the
+it carries: padding keys are masked out of attention (a padding query attends to itself only, so
+no softmax row is empty), so padding rows never reach an item's row and need no zeroing; their
+own outputs are never used (the loss skips them, scoring reads the last column, which is always
+an item). Positions are right-aligned: the last column always has position ``max_len``, as in the
 reference port, so a batch trimmed to its longest sequence gives the same outputs as a fully
 padded one.
 """
@@ -31,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.ao.nn.quantized import FloatFunctional
+from torch.ao.quantization import DeQuantStub, QuantStub
 
 from qat.config import SASRecConfig
 
@@ -59,18 +64,25 @@ class AttentionCore(nn.Module):
 
 
 class CausalSelfAttention(nn.Module):
-    """Multi-head causal self-attention with explicit projection layers."""
+    """Multi-head causal self-attention with explicit projection layers.
+
+    The projections are quantizable; the core (scores, mask, softmax, weighted sum) runs in float
+    between ``dequant`` and ``quant_context``.
+    """
 
     def __init__(self, hidden: int, heads: int, dropout: float) -> None:
         super().__init__()
         self.q_proj = nn.Linear(hidden, hidden)
         self.k_proj = nn.Linear(hidden, hidden)
         self.v_proj = nn.Linear(hidden, hidden)
+        self.dequant = DeQuantStub()
         self.core = AttentionCore(heads, dropout)
+        self.quant_context = QuantStub()
         self.out_proj = nn.Linear(hidden, hidden)
 
     def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
-        return self.out_proj(self.core(self.q_proj(x), self.k_proj(x), self.v_proj(x), allowed))
+        q, k, v = (self.dequant(proj(x)) for proj in (self.q_proj, self.k_proj, self.v_proj))
+        return self.out_proj(self.quant_context(self.core(q, k, v, allowed)))
 
 
 class PointWiseFeedForward(nn.Module):
@@ -119,6 +131,8 @@ class SASRec(nn.Module):
         self.blocks = nn.ModuleList(
             SASRecBlock(d, config.heads, config.dropout) for _ in range(config.blocks))
         self.final_norm = nn.LayerNorm(d, eps=1e-8)
+        self.quant_input = QuantStub()  # the quantized region starts after the embeddings
+        self.dequant_output = DeQuantStub()  # and ends before scoring, which stays float32
         self.emb_scale = math.sqrt(d)
         self.reset_parameters()
 
@@ -132,8 +146,17 @@ class SASRec(nn.Module):
             self.pos_emb.weight[0].zero_()
 
     def item_table(self) -> torch.Tensor:
-        """The (num_items + 1, d) item embedding used for scoring (tied with the input table)."""
-        return self.item_emb.weight
+        """The (num_items + 1, d) item embedding used for scoring (tied with the input table).
+
+        Float model: the weight. QAT model: the fake-quantized weight, exactly what the lookup
+        uses. Converted model: the dequantized INT8 table.
+        """
+        emb = self.item_emb
+        if hasattr(emb, "weight_fake_quant"):
+            return emb.weight_fake_quant(emb.weight)
+        if callable(emb.weight):  # torch.ao.nn.quantized.Embedding stores a packed table
+            return emb.weight().dequantize()
+        return emb.weight
 
     def forward(self, item_seq: torch.Tensor) -> torch.Tensor:
         """Hidden state of every position.
@@ -152,13 +175,12 @@ class SASRec(nn.Module):
         keep = item_seq != 0  # (B, T)
         positions = torch.arange(self.config.max_len - length + 1, self.config.max_len + 1,
                                  device=item_seq.device).expand(batch, length) * keep
-        x = self.item_emb(item_seq) * self.emb_scale + self.pos_emb(positions)
-        keep_f = keep.unsqueeze(-1).to(x.dtype)  # (B, T, 1)
-        x = self.emb_dropout(x) * keep_f
+        x = self.item_emb(item_seq) * self.emb_scale + self.pos_emb(positions)  # (B, T, d)
+        x = self.quant_input(self.emb_dropout(x))
         allowed = attention_mask(keep)
         for block in self.blocks:
-            x = block(x, allowed) * keep_f
-        return self.final_norm(x)
+            x = block(x, allowed)
+        return self.dequant_output(self.final_norm(x))
 
     def score(self, hidden: torch.Tensor) -> torch.Tensor:
         """Scores of every item (column 0 is the padding item) for each hidden state (..., d)."""
