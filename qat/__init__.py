@@ -5,5 +5,7 @@ from qat.model import SASRec
 from qat.registry import METHODS, QuantMethod, get_method, register_method
 from qat.train import NonFiniteLossError, Trainer, TrainHooks
 
+import qat.methods  # noqa: E402,F401  (registers the six QAT methods)
+
 __all__ = ["SASRecConfig", "TrainConfig", "SASRec", "evaluate", "Trainer", "TrainHooks",
            "NonFiniteLossError", "METHODS", "QuantMethod", "get_method", "register_method"]

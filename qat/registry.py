@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+import torch
+from torch import nn
 from torch.ao.quantization import QConfigMapping
 
 
@@ -20,16 +22,32 @@ class QuantMethod:
         description: one line for ``--help``.
         qconfig_mapping: ``bits -> QConfigMapping``, or None for a float model.
         supported_bits: weight bit widths the method accepts.
+        regularizer: ``f(model, progress) -> loss term`` added during QAT (progress in [0, 1]).
+        freeze_float_weights: train the quantizers, not the float weights of quantized layers
+            (AdaRound learns only how to round the weights it was given).
+        quant_lr: default learning rate of the quantizer parameters (their own Adam group).
     """
 
     name: str
     description: str
     qconfig_mapping: Callable[[int], QConfigMapping] | None
     supported_bits: tuple[int, ...] = ()
+    regularizer: Callable[[nn.Module, float], torch.Tensor] | None = None
+    freeze_float_weights: bool = False
+    quant_lr: float = 1e-5
 
     @property
     def is_quantized(self) -> bool:
         return self.qconfig_mapping is not None
+
+    def mapping(self, bits: int) -> QConfigMapping:
+        """The QConfigMapping at ``bits`` weight bits; unsupported bits raise ``ValueError``."""
+        if self.qconfig_mapping is None:
+            raise ValueError(f"{self.name} is not a quantization method")
+        if bits not in self.supported_bits:
+            choices = ", ".join(map(str, self.supported_bits))
+            raise ValueError(f"{self.name} supports --bits {choices}, not {bits}")
+        return self.qconfig_mapping(bits)
 
 
 METHODS: dict[str, QuantMethod] = {}

@@ -49,10 +49,13 @@ class TrainHooks:
             at the first step to 1 at the last possible step (``epochs * batches``).
         extra_state: ``name -> (get, set)`` pairs for state outside ``model.state_dict()`` that a
             resume must restore.
+        eval_model: ``f(model) -> model to evaluate``, e.g. a copy with observers frozen and
+            soft rounding hardened, so validation sees what deployment will run.
     """
 
     param_groups: list[dict[str, Any]] | None = None
     regularizer: Callable[[float], torch.Tensor] | None = None
+    eval_model: Callable[[nn.Module], nn.Module] | None = None
     extra_state: dict[str, tuple[Callable[[], Any], Callable[[Any], None]]] = field(
         default_factory=dict)
 
@@ -161,9 +164,14 @@ class Trainer:
 
     def evaluate(self, which: str, **kwargs: Any) -> dict[str, float]:
         """Full-ranking metrics of the current model on ``"valid"`` or ``"test"``."""
-        self.model.eval()
-        return evaluate(self.model.score_last, self.split, which, max_len=self.model_config.max_len,
-                        batch_size=self.config.eval_batch_size, **kwargs)
+        model = self.model if self.hooks.eval_model is None else self.hooks.eval_model(self.model)
+        was_training = model.training
+        model.eval()
+        try:
+            return evaluate(model.score_last, self.split, which, max_len=self.model_config.max_len,
+                            batch_size=self.config.eval_batch_size, **kwargs)
+        finally:
+            model.train(was_training)
 
     # -- internals --------------------------------------------------------------------------
     def _loss(self, batch: Any, progress: float) -> torch.Tensor:

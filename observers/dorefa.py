@@ -1,0 +1,201 @@
+"""DoReFa-Net quantizers (Zhou et al. 2016, https://arxiv.org/abs/1606.06160).
+
+Weights. The paper maps ``tanh(w)`` to ``[-1, 1]`` and quantizes it with ``2^k - 1`` levels:
+``w_q = 2 quantize_k(tanh(w) / (2 max|tanh(w)|) + 1/2) - 1``. ``2^k - 1`` levels on ``[-1, 1]``
+have their zero point at 127.5 (8 bits), which no integer grid can hold, so here the same
+transform is quantized on the symmetric grid with ``2 Q_w`` steps (an even count, zero point
+0)::
+
+    t = tanh(w);  u = t / max_row |t|;  q = round(Q_w * u) in [-Q_w, Q_w];  w_q = q / Q_w
+
+i.e. the paper's formula with ``quantize`` having ``2 Q_w`` steps instead of ``2^k - 1``.
+
+Deviations, both documented choices:
+
+* **Per row, not per tensor**: ``max|t|`` is taken per output row, matching the per-row INT8
+  grid every method here uses. The max is *not* detached (as in the reference TensorFlow
+  implementation, gradients flow through the normalisation, reaching the row's arg-max).
+* **Rescaled to the weight's magnitude**: the paper trains with ``w_q`` in ``[-1, 1]`` (batch
+  norm after each layer absorbs the scale). SASRec's linears have no such normalisation and
+  fine-tuning starts from an FP32 checkpoint with small weights, so the output is
+  ``c * w_q`` with ``c = max_row |w|`` (a detached statistic, updated while the observer is
+  enabled). The forward is therefore ``q * scale`` with ``scale = c / Q_w`` per row, the value
+  ``calculate_qparams`` returns. For small weights ``tanh(w) ~ w`` and this is close to plain
+  round-to-nearest; larger weights get tanh's compression.
+
+Gradient: straight-through on the rounding, then through the tanh and the row normalisation:
+``dL/dw = c * d(t/m)/dw^T dL/dw_q`` (``m = max|t|``).
+
+Activations. DoReFa clips activations to a fixed range ``[0, 1]`` (after a bounded
+nonlinearity) and quantizes uniformly. SASRec's quantized activations are signed and unbounded,
+so :class:`DorefaActivationFakeQuantize` uses a fixed range calibrated from data: the running
+min/max of the first ``calibration_steps`` observed batches (the union of their ranges, not a
+moving average), after which the observer switches itself off and the range stays fixed;
+values are clipped to it and quantized uniformly (affine ``quint8``) with straight-through
+rounding, gradient 0 outside the range as for DoReFa's clip.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from observers.grid import (
+    EPS,
+    WEIGHT_BITS,
+    ActivationFakeQuantize,
+    WeightFakeQuantize,
+    absmax_scale,
+    affine_qparams,
+    channel_view,
+    fake_quant_affine,
+    round_ste,
+)
+
+__all__ = [
+    "DorefaActivationFakeQuantize",
+    "DorefaWeightFakeQuantize",
+    "dorefa_normalize",
+    "dorefa_weight_fake_quant",
+]
+
+
+def dorefa_normalize(w: torch.Tensor, *, ch_axis: int = 0, eps: float = EPS) -> torch.Tensor:
+    """``tanh(w) / max|tanh(w)|`` per channel (gradient flows through the max).
+
+    >>> dorefa_normalize(torch.tensor([[0.5, -1.0], [0.0, 0.0]]))
+    tensor([[ 0.6068, -1.0000],
+            [ 0.0000,  0.0000]])
+    """
+    t = torch.tanh(w)
+    dims = [d for d in range(w.dim()) if d != ch_axis]
+    m = t.abs().amax(dim=dims, keepdim=True) if dims else t.abs()
+    return t / torch.clamp(m, min=eps)
+
+
+def dorefa_weight_fake_quant(
+    w: torch.Tensor, scale: torch.Tensor, qmax: int, *, ch_axis: int = 0
+) -> torch.Tensor:
+    """``round(Qw * tanh(w) / max|tanh(w)|) * scale`` per channel, straight-through rounding.
+
+    ``scale`` is the per-channel grid step (``max|w| / Qw`` in :class:`DorefaWeightFakeQuantize`).
+    """
+    q = torch.clamp(round_ste(qmax * dorefa_normalize(w, ch_axis=ch_axis)), -qmax, qmax)
+    return q * channel_view(scale, w, ch_axis)
+
+
+class DorefaWeightFakeQuantize(WeightFakeQuantize):
+    """DoReFa weight fake-quant on the symmetric per-row grid, rescaled to ``max|w|``.
+
+    Forward ``round(Qw * tanh(w) / max_row|tanh(w)|) * scale`` with ``scale = max_row|w| / Qw``
+    (recomputed while the observer is enabled, frozen otherwise; 1.0 before the first observed
+    forward). See the module docstring for the deviations from the paper.
+
+    Args:
+        bits: 2..8.
+        full_range: ``Qw = 127`` at 8 bits.
+        embedding: report the ``nn.Embedding`` qscheme.
+        factory_kwargs: only the device is used.
+    """
+
+    supported_bits = WEIGHT_BITS
+    _lazy_state = ("scale",)
+
+    def __init__(
+        self,
+        *,
+        bits: int = 8,
+        full_range: bool = False,
+        embedding: bool = False,
+        factory_kwargs: Optional[dict] = None,
+    ) -> None:
+        super().__init__(
+            method="DoReFa",
+            bits=bits,
+            supported_bits=self.supported_bits,
+            full_range=full_range,
+            embedding=embedding,
+            factory_kwargs=factory_kwargs,
+        )
+        self.register_buffer("scale", torch.ones(1, device=self._factory_device))
+
+    def _observe(self, w: torch.Tensor) -> None:
+        self._set_lazy("scale", absmax_scale(w, self.int_max, ch_axis=0))
+        self.initialized.fill_(1)
+
+    def _scale(self) -> torch.Tensor:
+        return self.scale
+
+    def _quantize(self, w: torch.Tensor) -> torch.Tensor:
+        return dorefa_weight_fake_quant(w, self.scale, self.int_max)
+
+
+class DorefaActivationFakeQuantize(ActivationFakeQuantize):
+    """Fixed-range activation fake-quant, range calibrated on the first batches (DoReFa).
+
+    While the observer is enabled, ``min_val``/``max_val`` track the running min/max of all
+    observed batches; after ``calibration_steps`` observed batches the observer disables itself
+    (``calibration_steps=None``: observe until ``disable_observer()``). Forward
+    ``(clamp(round(x/s) + z, 0, 255) - z) * s`` with ``(s, z)`` from the range (widened to
+    contain 0). Before any observed batch ``s = 1, z = 0``.
+
+    Args:
+        calibration_steps: observed batches before the range is frozen (default 100).
+        bits: must be 8.
+        factory_kwargs: only the device is used.
+    """
+
+    def __init__(
+        self,
+        *,
+        calibration_steps: Optional[int] = 100,
+        bits: int = 8,
+        factory_kwargs: Optional[dict] = None,
+    ) -> None:
+        super().__init__(method="DoReFa", bits=bits, factory_kwargs=factory_kwargs)
+        if calibration_steps is not None and (
+            isinstance(calibration_steps, bool)
+            or not isinstance(calibration_steps, int)
+            or calibration_steps < 1
+        ):
+            raise ValueError(
+                f"calibration_steps must be a positive int (or None to calibrate until "
+                f"disable_observer()), got {calibration_steps!r}"
+            )
+        self.calibration_steps = calibration_steps
+        device = self._factory_device
+        self.register_buffer("min_val", torch.zeros(1, device=device))
+        self.register_buffer("max_val", torch.zeros(1, device=device))
+        self.register_buffer("scale", torch.ones(1, device=device))
+        self.register_buffer("zero_point", torch.zeros(1, dtype=torch.int64, device=device))
+        self.register_buffer("steps", torch.zeros(1, dtype=torch.int64, device=device))
+
+    def _observe(self, x: torch.Tensor) -> None:
+        if x.numel() == 0:
+            return
+        lo, hi = x.min().float().reshape(1), x.max().float().reshape(1)
+        if self.initialized[0] == 1:
+            lo, hi = torch.minimum(lo, self.min_val), torch.maximum(hi, self.max_val)
+        self.min_val.copy_(lo)
+        self.max_val.copy_(hi)
+        scale, zero_point = affine_qparams(
+            self.min_val, self.max_val, self.quant_min, self.quant_max
+        )
+        self.scale.copy_(scale)
+        self.zero_point.copy_(zero_point)
+        self.initialized.fill_(1)
+        self.steps += 1
+        if self.calibration_steps is not None and self.steps.item() >= self.calibration_steps:
+            self.disable_observer()
+
+    def _scale(self) -> torch.Tensor:
+        return self.scale
+
+    def _zero_point(self) -> torch.Tensor:
+        return self.zero_point
+
+    def _quantize(self, x: torch.Tensor) -> torch.Tensor:
+        return fake_quant_affine(
+            x, self.scale, self.zero_point.float(), self.quant_min, self.quant_max
+        )

@@ -1,0 +1,480 @@
+"""Integer grids shared by every quantizer, the straight-through estimator, and the base classes.
+
+Every method in this package quantizes onto one of two integer grids, chosen so that the INT8
+model produced by ``torch.ao.quantization.convert`` computes exactly what the fake-quant model
+computed during training.
+
+Weights: signed, symmetric, zero point 0, one scale per output row (``ch_axis=0``)::
+
+    w_q = q * scale,    q integer in [-Qw, Qw]
+
+with ``Qw = 64`` at 8 bits and ``Qw = 2**(bits - 1) - 1`` below. 64 rather than 127 because on
+AVX2 without VNNI the x86/fbgemm kernels add u8 x s8 products pairwise in saturating int16
+(``vpmaddubsw``): exact only if ``2 * 255 * max|q| <= 32767``, i.e. ``|q| <= 64``
+("8-bit storage, saturation-safe range"). ``full_range=True`` gives ``Qw = 127`` for machines
+with VNNI. Linear weights report ``torch.qint8`` / ``torch.per_channel_symmetric``; embedding
+tables (``embedding=True``) report the same values as ``torch.quint8`` /
+``torch.per_channel_affine_float_qparams`` with a per-row float zero point of 128
+(``u = q + 128`` in ``[128 - Qw, 128 + Qw]``), which is what ``nnqat.Embedding`` and
+``nnq.Embedding.from_float`` require.
+
+Activations: unsigned, per tensor, affine, ``torch.quint8``, integer zero point::
+
+    x_q = (clamp(round(x / scale) + zp, 0, 255) - zp) * scale
+
+The clamp is the full dtype range, the same clamp the converted model's requantization applies.
+
+Exactness contract (``convert`` ignores the fake-quant forward; it re-quantizes the raw float
+weight with round-to-nearest using ``calculate_qparams()``):
+
+* ``calculate_qparams()`` returns exactly the float32 scale tensor the forward multiplies by.
+* Weight forwards return ``q * scale`` with ``q`` an integer in range, so
+  ``dequantize(quantize(w_q)) == w_q`` bit for bit.
+* Every weight quantizer has ``fold(weight)``: it returns the grid values of the current
+  forward (hard-rounded where the method is soft), disables the observer and switches the
+  module to round-to-nearest on its frozen grid. The trainer assigns
+  ``weight.data = fq.fold(weight)`` (or calls :func:`fold_weights_`) before ``convert``; convert's
+  own round-to-nearest then reproduces the same integers, and the fake-quant model keeps
+  computing what the INT8 model computes.
+
+Initialisation: quantizers whose state depends on data initialise it on the first forward with
+the observer enabled (an ``initialized`` buffer records it, so a loaded state dict is not
+re-initialised). Per-channel state has unknown length until then; it starts with one element
+and is resized in place (Parameters keep their identity, so an optimizer built right after
+``prepare_qat`` stays valid as long as its first ``step()`` follows the first forward).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence
+
+import torch
+from torch import nn
+from torch.ao.quantization import FakeQuantizeBase
+
+__all__ = [
+    "ACT_QUANT_MAX",
+    "ACT_QUANT_MIN",
+    "ACTIVATION_BITS",
+    "EMBEDDING_ZERO_POINT",
+    "EPS",
+    "WEIGHT_BITS",
+    "ActivationFakeQuantize",
+    "StraightThrough",
+    "WeightFakeQuantize",
+    "absmax_scale",
+    "affine_qparams",
+    "channel_view",
+    "check_bits",
+    "fake_quant_affine",
+    "fold_weights_",
+    "round_ste",
+    "straight_through",
+    "weight_qmax",
+]
+
+ACT_QUANT_MIN = 0
+ACT_QUANT_MAX = 255
+ACTIVATION_BITS = (8,)
+EMBEDDING_ZERO_POINT = 128
+WEIGHT_BITS = (2, 3, 4, 5, 6, 7, 8)
+SATURATION_SAFE_QMAX = 64  # 2 * 255 * 64 = 32640 <= 32767 (int16 pair sums of u8 x s8)
+EPS = torch.finfo(torch.float32).eps
+
+
+# --------------------------------------------------------------------------------------------
+# Grid definitions (pure functions)
+# --------------------------------------------------------------------------------------------
+
+
+def check_bits(bits: int, supported: Sequence[int], what: str) -> int:
+    """Return ``bits`` if ``what`` supports it, else raise ``ValueError`` listing the choices.
+
+    >>> check_bits(4, (4, 8), "APoT weights")
+    4
+    """
+    if isinstance(bits, bool) or not isinstance(bits, int) or bits not in supported:
+        raise ValueError(
+            f"{what}: bits={bits!r} is not supported; supported bits are {tuple(supported)}"
+        )
+    return bits
+
+
+def weight_qmax(bits: int, *, full_range: bool = False) -> int:
+    """Largest weight integer ``Qw`` of the symmetric grid ``[-Qw, Qw]``.
+
+    ``Qw = 64`` at 8 bits (saturation-safe on AVX2 without VNNI, see the module docstring),
+    127 with ``full_range=True``; ``Qw = 2**(bits - 1) - 1`` for 2..7 bits (``full_range`` has
+    no effect there: those grids are already within +-64).
+
+    >>> [weight_qmax(b) for b in (2, 4, 8)], weight_qmax(8, full_range=True)
+    ([1, 7, 64], 127)
+    """
+    check_bits(bits, WEIGHT_BITS, "weight quantization")
+    if bits == 8:
+        return 127 if full_range else SATURATION_SAFE_QMAX
+    return 2 ** (bits - 1) - 1
+
+
+class StraightThrough(torch.autograd.Function):
+    """Apply a piecewise-constant ``fn`` forward; pass the gradient through unchanged.
+
+    Forward ``y = fn(x)``, backward ``dL/dx = dL/dy`` (the straight-through estimator, Bengio et
+    al. 2013, https://arxiv.org/abs/1308.3432). Written once and used for rounding
+    (:func:`round_ste`) and for APoT's nearest-level projection. The forward value is exactly
+    ``fn(x)``; the ``x + (fn(x) - x).detach()`` idiom can be an ulp off.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        return fn(x)
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return grad_output, None
+
+
+def straight_through(x: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """``fn(x)`` forward, identity gradient backward (see :class:`StraightThrough`)."""
+    return StraightThrough.apply(x, fn)
+
+
+def round_ste(x: torch.Tensor) -> torch.Tensor:
+    """Round half to even (``torch.round``, like ``nearbyint`` in torch's kernels) with STE.
+
+    >>> x = torch.tensor([0.4, 0.5, 1.5, 2.6], requires_grad=True)
+    >>> round_ste(x).sum().backward(); x.grad
+    tensor([1., 1., 1., 1.])
+    """
+    return StraightThrough.apply(x, torch.round)
+
+
+def channel_view(t: torch.Tensor, x: torch.Tensor, ch_axis: int = 0) -> torch.Tensor:
+    """Reshape a per-channel vector ``t`` so it broadcasts against ``x`` along ``ch_axis``."""
+    if t.numel() == 1:
+        return t.reshape([1] * x.dim())
+    shape = [1] * x.dim()
+    shape[ch_axis] = -1
+    return t.reshape(shape)
+
+
+def fake_quant_affine(
+    x: torch.Tensor,
+    scale: torch.Tensor,
+    zero_point: torch.Tensor | float,
+    quant_min: int,
+    quant_max: int,
+    ch_axis: Optional[int] = None,
+) -> torch.Tensor:
+    """Quantize-dequantize with straight-through rounding (Jacob et al. 2018, arXiv:1712.05877).
+
+    .. math::
+        x_{out} = (\\mathrm{clamp}(\\mathrm{round}(x / s) + z, q_{min}, q_{max}) - z) \\cdot s
+
+    Gradient w.r.t. ``x``: 1 where ``q_min <= round(x/s) + z <= q_max`` (inclusive, torch's
+    fake-quantize STE mask), 0 outside; gradients also flow to ``scale`` / ``zero_point`` if they
+    require grad (LSQ). ``ch_axis`` set: ``scale``/``zero_point`` are per-channel vectors.
+    ``zero_point`` must already be integer-valued.
+
+    >>> fake_quant_affine(torch.tensor([-1.0, 0.26, 9.0]), torch.tensor([0.5]), 2.0, 0, 7)
+    tensor([-1.0000,  0.5000,  2.5000])
+    """
+    if ch_axis is not None:
+        scale = channel_view(scale, x, ch_axis)
+        if isinstance(zero_point, torch.Tensor):
+            zero_point = channel_view(zero_point, x, ch_axis)
+    q = torch.clamp(round_ste(x / scale) + zero_point, quant_min, quant_max)
+    return (q - zero_point) * scale
+
+
+def absmax_scale(w: torch.Tensor, qmax: int, *, ch_axis: int = 0, eps: float = EPS) -> torch.Tensor:
+    """Per-channel symmetric scale ``max(|w_c|) / Qw``, clamped below at ``eps``.
+
+    Returns a float32 vector with one entry per index of ``ch_axis``.
+
+    >>> absmax_scale(torch.tensor([[1.0, -2.0], [0.0, 0.0]]), 4)
+    tensor([5.0000e-01, 1.1921e-07])
+    """
+    dims = [d for d in range(w.dim()) if d != ch_axis]
+    amax = w.detach().abs().amax(dim=dims) if dims else w.detach().abs()
+    return (amax.float() / qmax).clamp(min=eps)
+
+
+def affine_qparams(
+    min_val: torch.Tensor,
+    max_val: torch.Tensor,
+    quant_min: int = ACT_QUANT_MIN,
+    quant_max: int = ACT_QUANT_MAX,
+    *,
+    eps: float = EPS,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Affine ``(scale, zero_point)`` covering ``[min(min_val, 0), max(max_val, 0)]``.
+
+    As torch's ``MinMaxObserver`` for ``per_tensor_affine``: the range always contains 0 (so 0
+    is exactly representable),
+
+    .. math::
+        s = \\max\\left(\\frac{\\max(x_{max},0) - \\min(x_{min},0)}{q_{max} - q_{min}},
+        \\epsilon\\right),\\quad
+        z = \\mathrm{clamp}(q_{min} - \\mathrm{round}(\\min(x_{min},0) / s), q_{min}, q_{max})
+
+    Returns float32 scale and int64 zero point.
+
+    >>> affine_qparams(torch.tensor([-1.0]), torch.tensor([3.0]), 0, 255)
+    (tensor([0.0157]), tensor([64]))
+    """
+    lo = torch.clamp(min_val.float(), max=0.0)
+    hi = torch.clamp(max_val.float(), min=0.0)
+    scale = ((hi - lo) / float(quant_max - quant_min)).clamp(min=eps)
+    zero_point = torch.clamp(quant_min - torch.round(lo / scale), quant_min, quant_max)
+    return scale, zero_point.to(torch.int64)
+
+
+def fold_weights_(model: nn.Module) -> list[str]:
+    """Fold every ``weight_fake_quant`` that has ``fold`` into its module's weight, in place.
+
+    ``module.weight.data = module.weight_fake_quant.fold(module.weight)`` for every submodule
+    (``nnqat.Linear``, ``nnqat.Embedding``...); returns the folded module names. Call it after
+    QAT and before ``torch.ao.quantization.convert``. A weight shared by two modules is folded
+    once per module; folding is idempotent, so that is harmless.
+    """
+    folded = []
+    for name, module in model.named_modules():
+        fq = getattr(module, "weight_fake_quant", None)
+        if fq is not None and hasattr(fq, "fold") and isinstance(module.weight, torch.Tensor):
+            module.weight.data = fq.fold(module.weight)
+            folded.append(name)
+    return folded
+
+
+# --------------------------------------------------------------------------------------------
+# Base classes: the FakeQuantizeBase contract, written once
+# --------------------------------------------------------------------------------------------
+
+
+def _device(factory_kwargs: Optional[dict]) -> Optional[torch.device]:
+    if factory_kwargs is None:
+        return None
+    if not isinstance(factory_kwargs, dict):
+        raise ValueError(
+            f"factory_kwargs must be a dict like {{'device': None, 'dtype': None}} "
+            f"(what nnqat modules pass), got {type(factory_kwargs).__name__}"
+        )
+    return factory_kwargs.get("device")
+
+
+class _GridFakeQuantize(FakeQuantizeBase):
+    """Shared forward template, lazily-shaped state and state-dict handling.
+
+    ``forward(x)``: run the observer (``_observe``) if enabled, then return ``x`` unchanged if
+    fake quant is disabled, else ``_quantize(x)``. Subclasses list per-channel state whose
+    length is only known after the first forward in ``_lazy_state``.
+    """
+
+    _lazy_state: tuple[str, ...] = ()
+    initialized: torch.Tensor
+
+    def __init__(self, factory_kwargs: Optional[dict] = None) -> None:
+        super().__init__()
+        self._factory_device = _device(factory_kwargs)
+        self.is_dynamic = False
+        # 1 once the data-dependent state was set from a batch (or loaded from a state dict).
+        self.register_buffer(
+            "initialized", torch.tensor([0], dtype=torch.uint8, device=self._factory_device)
+        )
+
+    # -- template -----------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.observer_enabled[0] == 1:
+            with torch.no_grad():
+                self._observe(x.detach())
+        if self.fake_quant_enabled[0] == 0:
+            return x
+        return self._quantize(x)
+
+    def _observe(self, x: torch.Tensor) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def _quantize(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    # -- lazily shaped state ------------------------------------------------------------------
+    def _set_lazy(self, name: str, value: torch.Tensor) -> None:
+        """Replace ``self.<name>``'s data (any shape), keeping the Parameter/buffer object."""
+        getattr(self, name).data = value.detach().to(getattr(self, name).dtype).clone()
+
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
+        # Per-channel state starts with one element and gets its length on the first forward;
+        # resize it to the saved shape so the default loader can copy (torch's FakeQuantize does
+        # the same for its scale/zero_point).
+        for name in self._lazy_state:
+            key = prefix + name
+            if key in state_dict:
+                current = getattr(self, name)
+                if current.shape != state_dict[key].shape:
+                    current.data = torch.empty(
+                        state_dict[key].shape, dtype=current.dtype, device=current.device
+                    )
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+
+
+class WeightFakeQuantize(_GridFakeQuantize):
+    """Base of the weight quantizers: symmetric per-row grid ``q * scale``, ``|q| <= Qw``.
+
+    Reports what ``prepare_qat``/``convert`` read: ``dtype``, ``qscheme``, ``ch_axis=0``,
+    ``quant_min``/``quant_max`` (in the reported dtype's integer domain, used by convert's
+    weight clamp), ``is_dynamic=False``. Subclasses implement ``_observe``, ``_quantize`` and
+    ``_scale`` (the float32 per-row scale the forward multiplies by).
+
+    Args:
+        method: name used in error messages.
+        bits: weight bits; must be in ``supported_bits``.
+        supported_bits: the bits the method supports.
+        full_range: at 8 bits use ``Qw = 127`` instead of the saturation-safe 64.
+        embedding: report the grid as ``quint8``/``per_channel_affine_float_qparams`` with float
+            zero point 128 (``nn.Embedding`` tables); values are identical.
+        factory_kwargs: ``{"device": ..., "dtype": ...}`` as ``nnqat`` modules pass it; only the
+            device is used (quantizer state stays float32).
+    """
+
+    folded: torch.Tensor
+
+    def __init__(
+        self,
+        *,
+        method: str,
+        bits: int,
+        supported_bits: Sequence[int],
+        full_range: bool = False,
+        embedding: bool = False,
+        factory_kwargs: Optional[dict] = None,
+    ) -> None:
+        super().__init__(factory_kwargs)
+        check_bits(bits, supported_bits, f"{method} weights")
+        self.method = method
+        self.bits = bits
+        self.full_range = bool(full_range)
+        self.embedding = bool(embedding)
+        self.int_max = self._int_max(bits, self.full_range)  # Qw: integers live in [-Qw, Qw]
+        self.ch_axis = 0
+        if self.embedding:
+            self.dtype = torch.quint8
+            self.qscheme = torch.per_channel_affine_float_qparams
+            self.quant_min = EMBEDDING_ZERO_POINT - self.int_max
+            self.quant_max = EMBEDDING_ZERO_POINT + self.int_max
+        else:
+            self.dtype = torch.qint8
+            self.qscheme = torch.per_channel_symmetric
+            self.quant_min = -self.int_max
+            self.quant_max = self.int_max
+        # 1 after fold(): observer ignored, forward = round-to-nearest on the frozen grid.
+        self.register_buffer(
+            "folded", torch.tensor([0], dtype=torch.uint8, device=self._factory_device)
+        )
+
+    def _int_max(self, bits: int, full_range: bool) -> int:
+        return weight_qmax(bits, full_range=full_range)
+
+    # -- grid ---------------------------------------------------------------------------------
+    def _scale(self) -> torch.Tensor:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def calculate_qparams(self) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
+        """``(scale, zero_point)`` of the grid the forward uses, as ``convert`` expects.
+
+        ``scale``: float32, one entry per row. ``zero_point``: int64 zeros (``qint8``) or float32
+        128.0 (embedding variant, ``per_channel_affine_float_qparams``).
+        """
+        scale = self._scale().detach().float().clone()
+        if self.embedding:
+            zero_point = torch.full_like(scale, float(EMBEDDING_ZERO_POINT))
+        else:
+            zero_point = torch.zeros(scale.shape, dtype=torch.int64, device=scale.device)
+        return scale, zero_point
+
+    def _rtn(self, w: torch.Tensor) -> torch.Tensor:
+        """Round-to-nearest on the current grid (what ``convert`` does), with STE."""
+        return fake_quant_affine(w, self._scale(), 0.0, -self.int_max, self.int_max, ch_axis=0)
+
+    # -- forward / fold -----------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.folded[0] == 1:  # frozen: no observer, round-to-nearest on the fixed grid
+            return x if self.fake_quant_enabled[0] == 0 else self._rtn(x)
+        return super().forward(x)
+
+    def _fold_values(self, w: torch.Tensor) -> torch.Tensor:
+        """The forward's grid values for ``w`` (hard-rounded where the method is soft)."""
+        return self._quantize(w)
+
+    def fold(self, weight: torch.Tensor) -> torch.Tensor:
+        """Fake-quantized ``weight`` as exact grid values ``q * scale``; freezes this quantizer.
+
+        Runs the observer first if it is enabled (as the next forward would), computes the
+        values, then disables the observer and marks the module folded: from then on the
+        forward is round-to-nearest on the frozen grid, which maps the folded weight onto
+        itself. Assign the result to ``weight.data`` before ``convert``. Returns a detached
+        tensor; ``fold`` of an already folded module is round-to-nearest (idempotent).
+        """
+        with torch.no_grad():
+            if self.folded[0] == 1:
+                return self._rtn(weight).detach()
+            if self.observer_enabled[0] == 1:
+                self._observe(weight.detach())
+            values = self._fold_values(weight.detach()).detach()
+            self.disable_observer()
+            self.folded.fill_(1)
+        return values
+
+    def extra_repr(self) -> str:
+        return (
+            f"bits={self.bits}, int_range=[-{self.int_max}, {self.int_max}], "
+            f"embedding={self.embedding}, dtype={self.dtype}, qscheme={self.qscheme}, "
+            f"fake_quant_enabled={int(self.fake_quant_enabled[0])}, "
+            f"observer_enabled={int(self.observer_enabled[0])}, folded={int(self.folded[0])}"
+        )
+
+
+class ActivationFakeQuantize(_GridFakeQuantize):
+    """Base of the activation quantizers: per-tensor affine ``quint8`` on ``[0, 255]``.
+
+    Subclasses implement ``_observe``, ``_quantize``, ``_scale`` (float32, shape ``[1]``) and
+    ``_zero_point`` (integer-valued, shape ``[1]``). Activations are 8-bit whatever the weight
+    bits (``bits`` other than 8 raises ``ValueError``).
+    """
+
+    def __init__(
+        self, *, method: str, bits: int = 8, factory_kwargs: Optional[dict] = None
+    ) -> None:
+        super().__init__(factory_kwargs)
+        check_bits(bits, ACTIVATION_BITS, f"{method} activations (8-bit only)")
+        self.method = method
+        self.bits = bits
+        self.dtype = torch.quint8
+        self.qscheme = torch.per_tensor_affine
+        self.ch_axis = -1
+        self.quant_min = ACT_QUANT_MIN
+        self.quant_max = ACT_QUANT_MAX
+
+    def _scale(self) -> torch.Tensor:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def _zero_point(self) -> torch.Tensor:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def calculate_qparams(self) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
+        """``(scale, zero_point)``: float32 ``[1]`` and int64 ``[1]`` in ``[0, 255]``."""
+        scale = self._scale().detach().float().reshape(1).clone()
+        zero_point = self._zero_point().detach().round().to(torch.int64).reshape(1).clone()
+        return scale, zero_point
+
+    def extra_repr(self) -> str:
+        scale, zero_point = self.calculate_qparams()
+        return (
+            f"scale={scale.item():.6g}, zero_point={int(zero_point.item())}, "
+            f"fake_quant_enabled={int(self.fake_quant_enabled[0])}, "
+            f"observer_enabled={int(self.observer_enabled[0])}"
+        )
