@@ -46,3 +46,46 @@ def test_tiny_run_writes_checkpoint_config_and_metrics(cyclic_file, tmp_path):
     resumed = run(*common, "--epochs", 3, "--resume")
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads((out / "metrics.json").read_text())["epochs_run"] == 3
+
+
+def tiny_fp32_run(cyclic_file, out):
+    result = run("--data", cyclic_file, "--out", out, "--max-len", 10, "--hidden", 8,
+                 "--blocks", 1, "--batch-size", 8, "--threads", 1, "--no-progress",
+                 "--epochs", 1)
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+def test_qat_run_from_fp32_writes_int8_model_and_metrics(cyclic_file, tmp_path):
+    fp32 = tiny_fp32_run(cyclic_file, tmp_path / "fp32")
+    out = tmp_path / "lsq"
+    result = run("--qconfig", "lsq", "--init-from", fp32, "--data", cyclic_file, "--out", out,
+                 "--batch-size", 8, "--threads", 1, "--no-progress", "--epochs", 1)
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    config = json.loads((out / "config.json").read_text())
+    assert config["method"] == "lsq" and config["bits"] == 8
+    assert config["model"]["hidden"] == 8  # architecture taken from the --init-from run
+    assert (out / "model_int8.pt").is_file()
+    for split in ("valid", "test"):
+        assert set(metrics["int8"][split]) >= {"ndcg@10", "hit@10"}
+
+
+def test_init_from_another_architecture_is_refused(cyclic_file, tmp_path):
+    fp32 = tiny_fp32_run(cyclic_file, tmp_path / "fp32")
+    result = run("--qconfig", "ste", "--init-from", fp32, "--hidden", 16, "--data", cyclic_file,
+                 "--out", tmp_path / "ste")
+    assert result.returncode == 2
+    assert "has hidden=8, but --hidden 16 was given" in result.stderr
+    assert not (tmp_path / "ste").exists()
+
+
+def test_init_from_a_missing_run_is_a_clear_error(cyclic_file, tmp_path):
+    result = run("--qconfig", "ste", "--init-from", tmp_path / "nope", "--data", cyclic_file,
+                 "--out", tmp_path / "ste")
+    assert result.returncode == 2 and "no checkpoint at" in result.stderr
+
+
+def test_unsupported_bits_for_a_method(cyclic_file, tmp_path):
+    result = run("--qconfig", "apot", "--bits", 6, "--data", cyclic_file, "--out", tmp_path / "a")
+    assert result.returncode == 2 and "apot supports --bits 4, 8, not 6" in result.stderr
