@@ -43,15 +43,13 @@ import torch
 
 from observers.grid import (
     EPS,
-    WEIGHT_BITS,
     ActivationFakeQuantize,
-    WeightFakeQuantize,
-    absmax_scale,
     affine_qparams,
     channel_view,
     fake_quant_affine,
     round_ste,
 )
+from observers.ste import SteWeightFakeQuantize
 
 __all__ = [
     "DorefaActivationFakeQuantize",
@@ -85,7 +83,7 @@ def dorefa_weight_fake_quant(
     return q * channel_view(scale, w, ch_axis)
 
 
-class DorefaWeightFakeQuantize(WeightFakeQuantize):
+class DorefaWeightFakeQuantize(SteWeightFakeQuantize):
     """DoReFa weight fake-quant on the symmetric per-row grid, rescaled to ``max|w|``.
 
     Forward ``round(Qw * tanh(w) / max_row|tanh(w)|) * scale`` with ``scale = max_row|w| / Qw``
@@ -99,33 +97,7 @@ class DorefaWeightFakeQuantize(WeightFakeQuantize):
         factory_kwargs: only the device is used.
     """
 
-    supported_bits = WEIGHT_BITS
-    _lazy_state = ("scale",)
-
-    def __init__(
-        self,
-        *,
-        bits: int = 8,
-        full_range: bool = False,
-        embedding: bool = False,
-        factory_kwargs: Optional[dict] = None,
-    ) -> None:
-        super().__init__(
-            method="DoReFa",
-            bits=bits,
-            supported_bits=self.supported_bits,
-            full_range=full_range,
-            embedding=embedding,
-            factory_kwargs=factory_kwargs,
-        )
-        self.register_buffer("scale", torch.ones(1, device=self._factory_device))
-
-    def _observe(self, w: torch.Tensor) -> None:
-        self._set_lazy("scale", absmax_scale(w, self.int_max, ch_axis=0))
-        self.initialized.fill_(1)
-
-    def _scale(self) -> torch.Tensor:
-        return self.scale
+    method_name = "DoReFa"  # grid and observer are STE's (absmax per row); the forward differs
 
     def _quantize(self, w: torch.Tensor) -> torch.Tensor:
         return dorefa_weight_fake_quant(w, self.scale, self.int_max)

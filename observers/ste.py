@@ -66,6 +66,7 @@ class SteWeightFakeQuantize(WeightFakeQuantize):
     """
 
     supported_bits = WEIGHT_BITS
+    method_name = "STE"  # subclasses that only change the forward rename it
     _lazy_state = ("scale",)
 
     def __init__(
@@ -77,7 +78,7 @@ class SteWeightFakeQuantize(WeightFakeQuantize):
         factory_kwargs: Optional[dict] = None,
     ) -> None:
         super().__init__(
-            method="STE",
+            method=self.method_name,
             bits=bits,
             supported_bits=self.supported_bits,
             full_range=full_range,
