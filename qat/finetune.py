@@ -42,7 +42,7 @@ def load_float_model(run_dir: str | Path) -> tuple[SASRec, dict[str, Any]]:
         raise ValueError(f"{run_dir} is a {ckpt.get('method')} run; --init-from needs an fp32 run")
     model = SASRec(SASRecConfig(**ckpt["model_config"]))
     model.load_state_dict(ckpt["model"])
-    return model, ckpt
+    return model.eval(), ckpt
 
 
 def prepare_for_method(model: SASRec, method: QuantMethod, bits: int,
@@ -135,11 +135,11 @@ def load_int8_model(run_dir: str | Path) -> tuple[SASRec, dict[str, Any]]:
         saved = torch.load(path, map_location="cpu", weights_only=False)
         method = get_method(saved["method"])
         config = SASRecConfig(**saved["model_config"])
-    except (KeyError, TypeError, RuntimeError, EOFError) as err:
+        qat_model = prepare_qat_model(SASRec(config), method.mapping(saved["bits"]))
+        qat_model.load_state_dict(saved["qat_state"])
+        int8 = to_int8(qat_model)
+        int8.load_state_dict(saved["int8_state"])
+    except Exception as err:  # unpickling, missing keys, unknown method, shape mismatch
         raise ValueError(f"{path} is not a readable INT8 model ({type(err).__name__}: {err})") \
             from err
-    qat_model = prepare_qat_model(SASRec(config), method.mapping(saved["bits"]))
-    qat_model.load_state_dict(saved["qat_state"])
-    int8 = to_int8(qat_model)
-    int8.load_state_dict(saved["int8_state"])
     return int8, saved

@@ -1,0 +1,102 @@
+"""The model a ``scripts/train_qat.py`` run folder holds, ready to export.
+
+A QAT run folder has ``model_int8.pt`` (the converted INT8 model) and exports to
+``model_int8.onnx``; an FP32 run folder has only ``checkpoint.pt`` and exports to
+``model_fp32.onnx``. Every way a folder can be unusable raises ``FileNotFoundError`` or
+``ValueError`` with a one-line message naming the file.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from qat.checkpoint import load_checkpoint
+from qat.config import SASRecConfig
+from qat.finetune import INT8_MODEL, load_int8_model
+from qat.model import SASRec
+from qat.registry import METHODS
+from qat.train import CHECKPOINT, CONFIG
+
+PARITY = "parity.json"
+
+
+@dataclass
+class RunModel:
+    """A run folder's exportable model.
+
+    Attributes:
+        model: the INT8 (converted) or FP32 torch model, in eval mode.
+        kind: ``"int8"`` or ``"fp32"``.
+        method: the ``--qconfig`` it was trained with.
+        bits: weight bits (32 for FP32).
+        data: the dataset recorded in ``config.json`` (None if absent).
+        run_dir: the folder.
+    """
+
+    model: SASRec
+    kind: str
+    method: str
+    bits: int
+    data: str | None
+    run_dir: Path
+
+    @property
+    def onnx_path(self) -> Path:
+        return self.run_dir / f"model_{self.kind}.onnx"
+
+
+def load_run(run_dir: str | Path) -> RunModel:
+    """Load the model of ``run_dir`` (INT8 if ``model_int8.pt`` exists, else FP32).
+
+    Raises:
+        FileNotFoundError: no folder, or no model file in it.
+        ValueError: an unreadable or corrupt model file, an unknown method, a QAT run without
+            its INT8 model.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"no run folder at {run_dir}")
+    data = _recorded_data(run_dir)
+    if (run_dir / INT8_MODEL).exists():
+        model, saved = _load_int8(run_dir)
+        return RunModel(model.eval(), "int8", saved["method"], int(saved["bits"]), data, run_dir)
+    if not (run_dir / CHECKPOINT).exists():
+        raise FileNotFoundError(f"{run_dir} has neither {INT8_MODEL} nor {CHECKPOINT}: not a "
+                                "train_qat.py run folder")
+    ckpt = load_checkpoint(run_dir / CHECKPOINT)
+    method = ckpt.get("method")
+    if method != "fp32":
+        if method in METHODS:
+            raise ValueError(f"{run_dir} is a {method} run without {INT8_MODEL}: finish the QAT "
+                             "run (train_qat.py --resume) so it converts and saves the INT8 model")
+        raise ValueError(f"{run_dir / CHECKPOINT} records unknown method {method!r}; known: "
+                         f"{', '.join(METHODS)}")
+    try:
+        model = SASRec(SASRecConfig(**ckpt["model_config"]))
+        model.load_state_dict(ckpt["model"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise ValueError(f"{run_dir / CHECKPOINT} does not hold a usable FP32 SASRec "
+                         f"({type(err).__name__}: {_first_line(err)})") from err
+    return RunModel(model.eval(), "fp32", "fp32", 32, data, run_dir)
+
+
+def _load_int8(run_dir: Path) -> tuple[SASRec, dict]:
+    """``qat.finetune.load_int8_model`` already names the file in a one-line ``ValueError``."""
+    return load_int8_model(run_dir)
+
+
+def _recorded_data(run_dir: Path) -> str | None:
+    path = run_dir / CONFIG
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text()).get("data")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return str(data) if data else None
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

@@ -1,0 +1,208 @@
+"""SASRec as an ONNX graph, written once for the FP32 and the converted INT8 model.
+
+    model = build_sasrec_onnx(int8_model, top_k=10)    # or an FP32 SASRec
+    save_onnx(model, "runs/lsq/model_int8.onnx")
+
+Graph (``qat.model.SASRec.score_last``)::
+
+    item_seq (B, T) int64, 0 = padding, T <= max_len (dynamic B and T)
+    keep      = item_seq != 0
+    positions = Range(max_len - T + 1, max_len + 1) * keep      # right-aligned, padding -> 0
+    x         = item_emb[item_seq] * sqrt(d) + pos_emb[positions]
+    allowed   = (j <= i) & (keep[j] | i == j)                    # (B, 1, T, T)
+    x         = Quantize(x)                                      # INT8 only
+    per block:  x = x + out_proj(Quantize(Attn(DeQuantize(q, k, v of LN(x)))))
+                x = x + fc2(ReLU(fc1(LN(x))))
+    h         = LN(x[:, -1])                                     # only the last column is scored
+    scores    = h . item_table^T                                 # (B, num_items + 1) float32
+
+``Attn`` is softmax(Q K^T / sqrt(d_head), masked with -inf) V per head, in float, as torch's
+``scaled_dot_product_attention`` with a boolean mask. The final LayerNorm is applied to the last
+column only (it is per position, so this equals torch's full-sequence LN followed by
+``[:, -1]``). The per-layer arithmetic comes from ``export.float_layers`` or
+``export.int8_layers`` (the INT8 requantizing ops are ONNX local functions from
+``export.torch_kernels`` that round exactly like torch).
+
+Outputs: ``scores``; with ``top_k`` also ``top_k_items`` (B, k) int64 item ids (the padding item
+excluded, history not masked) and ``top_k_scores``; with ``hidden_output`` also ``hidden``,
+the final LayerNorm output (uint8 for INT8), for parity checks.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Union
+
+import numpy as np
+import onnx
+from torch import nn
+from torch.ao.nn import quantized as nnq
+
+from export.float_layers import FloatLayers
+from export.graph_builder import FLOAT, INT64, GraphBuilder
+from export.int8_layers import Int8Layers
+from qat.model import SASRec
+
+Layers = Union[FloatLayers, Int8Layers]
+INPUT = "item_seq"
+SCORES = "scores"
+TOP_K_ITEMS = "top_k_items"
+TOP_K_SCORES = "top_k_scores"
+HIDDEN = "hidden"
+
+
+def model_kind(model: SASRec) -> str:
+    """``"int8"`` for a converted model, ``"fp32"`` for a float one.
+
+    Raises:
+        ValueError: for a QAT (fake-quant) model that has not been converted.
+    """
+    emb = model.item_emb
+    if isinstance(emb, nnq.Embedding):
+        return "int8"
+    if hasattr(emb, "weight_fake_quant") or hasattr(model.quant_input, "activation_post_process"):
+        raise ValueError("this is a QAT (fake-quant) model: convert it to INT8 first "
+                         "(qat.finetune.to_int8 or load_int8_model)")
+    if type(emb) is nn.Embedding:
+        return "fp32"
+    raise ValueError(f"cannot export a SASRec whose item_emb is {type(emb).__name__}")
+
+
+def build_sasrec_onnx(model: SASRec, *, top_k: int | None = None, hidden_output: bool = False,
+                      torch_exact: bool = True,
+                      metadata: dict[str, Any] | None = None) -> onnx.ModelProto:
+    """The ONNX graph of ``model.score_last`` (FP32 or converted INT8 SASRec).
+
+    Args:
+        model: an FP32 ``SASRec`` or its converted INT8 twin (``qat.finetune.to_int8``).
+        top_k: also output the ``top_k`` best item ids and their scores.
+        hidden_output: also output the final hidden state (diagnostics, parity).
+        torch_exact: INT8 only: round exactly like torch's kernels (the ONNX functions of
+            ``export.torch_kernels``); False writes plain ``QuantizeLinear``/
+            ``LayerNormalization``/``DequantizeLinear`` ops (faster in onnxruntime, each within
+            one step of torch, but a flipped step propagates).
+        metadata: extra ``metadata_props`` (method, bits, ...); values are stringified.
+
+    Raises:
+        ValueError: an unconverted QAT model, unsupported quantization or a bad ``top_k``.
+    """
+    config = model.config
+    if top_k is not None and not 1 <= top_k <= config.num_items:
+        raise ValueError(f"top_k must be in [1, {config.num_items}] (the number of items), "
+                         f"got {top_k}")
+    kind = model_kind(model)
+    g = GraphBuilder(f"sasrec_{kind}")
+    layers: Layers = (Int8Layers(g, torch_exact=torch_exact) if kind == "int8"
+                      else FloatLayers(g))
+    item_seq = g.add_input(INPUT, INT64, ["batch", "length"])
+
+    positions, allowed = _positions_and_mask(g, item_seq, config.max_len)
+    items = layers.embed(item_seq, model.item_emb, "item_emb")
+    items = g.node("Mul", [items, g.scalar(np.float32(model.emb_scale), np.float32, "emb_scale")],
+                   name="item_emb.scaled")  # float32(sqrt(d)), as torch multiplies a float32
+    x = g.node("Add", [items, layers.embed(positions, model.pos_emb, "pos_emb")], name="embedding")
+    x = layers.quantize(x, model.quant_input, "quant_input")
+    for i, block in enumerate(model.blocks):
+        x = _block(g, layers, block, x, allowed, config.heads, config.hidden // config.heads,
+                   f"blocks.{i}")
+    last = layers.last_position(x, "last_position")
+    hidden = layers.layer_norm(last, model.final_norm, "final_norm")
+    scores = layers.score(hidden, model.item_emb, SCORES)
+    num_scores = config.num_items + 1
+
+    g.add_output(scores, FLOAT, ["batch", num_scores])
+    if top_k is not None:
+        candidates = g.node("Slice", [scores, g.ints([1]), g.ints([num_scores]), g.ints([1])],
+                            name="top_k.candidates")  # drop the padding item (column 0)
+        values, indices = g.node("TopK", [candidates, g.ints([top_k], "k")], name="top_k",
+                                 num_outputs=2, axis=-1, largest=1, sorted=1)
+        g.add_output(_rename(g, values, TOP_K_SCORES), FLOAT, ["batch", top_k])
+        item_ids = g.node("Add", [indices, g.scalar(1, np.int64, "one")], name=TOP_K_ITEMS)
+        g.add_output(item_ids, INT64, ["batch", top_k])
+    if hidden_output:
+        g.add_output(_rename(g, layers.hidden_value(hidden), HIDDEN), layers.hidden_type,
+                     ["batch", config.hidden])
+    props = {"sasrec_qat.kind": kind, "sasrec_qat.num_items": config.num_items,
+             "sasrec_qat.max_len": config.max_len, "sasrec_qat.hidden": config.hidden,
+             "sasrec_qat.blocks": config.blocks, "sasrec_qat.heads": config.heads,
+             **(metadata or {})}
+    if isinstance(layers, Int8Layers):  # > 64 can saturate u8 x s8 kernels on AVX2 without VNNI
+        props["sasrec_qat.max_abs_weight_int"] = layers.max_abs_weight
+        props["sasrec_qat.torch_exact"] = int(torch_exact)
+    return g.build(metadata={k: str(v) for k, v in props.items()},
+                   doc=f"SASRec ({kind}) next-item scores; see export/sasrec_graph.py")
+
+
+def _rename(g: GraphBuilder, value: str, name: str) -> str:
+    """An Identity so a graph output carries a stable public name."""
+    return g.node("Identity", [value], name=name)
+
+
+def _positions_and_mask(g: GraphBuilder, item_seq: str, max_len: int) -> tuple[str, str]:
+    """Right-aligned ``positions`` (B, T) int64 and the attention mask ``allowed`` (B, 1, T, T).
+
+    As ``qat.model``: position ``max_len`` for the last column, 0 for padding; query i may
+    attend key j iff j <= i and (j is an item or j == i).
+    """
+    keep = g.node("Not", [g.node("Equal", [item_seq, g.scalar(0, np.int64, "zero")],
+                                 name="is_padding")], name="keep")
+    length = g.node("Gather", [g.node("Shape", [item_seq], name="seq_shape"),
+                               g.scalar(1, np.int64, "one")], name="length", axis=0)
+    end = g.scalar(max_len + 1, np.int64, "max_len_plus_one")
+    one = g.scalar(1, np.int64, "one")
+    start = g.node("Sub", [end, length], name="first_position")
+    positions = g.node("Mul", [g.node("Range", [start, end, one], name="position_range"),
+                               g.node("Cast", [keep], name="keep_int", to=INT64)],
+                       name="positions")
+    steps = g.node("Range", [g.scalar(0, np.int64, "zero"), length, one], name="steps")
+    query = g.node("Unsqueeze", [steps, g.ints([1], "axes_1")], name="query_index")  # (T, 1)
+    key = g.node("Unsqueeze", [steps, g.ints([0], "axes_0")], name="key_index")  # (1, T)
+    causal = g.node("LessOrEqual", [key, query], name="causal")
+    diagonal = g.node("Equal", [key, query], name="diagonal")
+    key_ok = g.node("Or", [g.node("Unsqueeze", [keep, g.ints([1], "axes_1")], name="keep_keys"),
+                           diagonal], name="key_allowed")  # (B, T, T)
+    allowed = g.node("Unsqueeze", [g.node("And", [causal, key_ok], name="allowed_bt"),
+                                   g.ints([1], "axes_1")], name="allowed")  # (B, 1, T, T)
+    return positions, allowed
+
+
+def _block(g: GraphBuilder, layers: Layers, block: nn.Module, x: Any, allowed: str, heads: int,
+           head_dim: int, hint: str) -> Any:
+    """One pre-LayerNorm block (``qat.model.SASRecBlock``): attention then FFN, residuals."""
+    attn = block.attn
+    h = layers.layer_norm(x, block.attn_norm, f"{hint}.attn_norm")
+    q, k, v = (layers.dequantize(layers.linear(h, getattr(attn, f"{n}_proj"),
+                                               f"{hint}.attn.{n}_proj"), f"{hint}.attn.{n}")
+               for n in "qkv")
+    context = _attention_core(g, q, k, v, allowed, heads, head_dim, f"{hint}.attn.core")
+    context = layers.quantize(context, attn.quant_context, f"{hint}.attn.quant_context")
+    x = layers.add(x, layers.linear(context, attn.out_proj, f"{hint}.attn.out_proj"),
+                   block.attn_residual, f"{hint}.attn_residual")
+    ffn = block.ffn
+    h = layers.layer_norm(x, block.ffn_norm, f"{hint}.ffn_norm")
+    h = layers.linear(h, ffn.fc1, f"{hint}.ffn.fc1", relu=True)
+    h = layers.linear(h, ffn.fc2, f"{hint}.ffn.fc2")
+    return layers.add(x, h, block.ffn_residual, f"{hint}.ffn_residual")
+
+
+def _attention_core(g: GraphBuilder, q: str, k: str, v: str, allowed: str, heads: int,
+                    head_dim: int, hint: str) -> str:
+    """softmax(Q K^T / sqrt(d_head) where allowed, else -inf) V for every head, in float.
+
+    (B, T, d) x3 -> (B, T, d); heads split as ``view(B, T, nh, hs).transpose(1, 2)``.
+    """
+    split = g.ints([0, 0, heads, head_dim], "head_split")
+    q, k, v = (g.node("Reshape", [t, split], name=f"{hint}.{n}_heads") for t, n in
+               ((q, "q"), (k, "k"), (v, "v")))
+    q = g.node("Transpose", [q], name=f"{hint}.q_t", perm=[0, 2, 1, 3])  # (B, nh, T, hs)
+    k = g.node("Transpose", [k], name=f"{hint}.k_t", perm=[0, 2, 3, 1])  # (B, nh, hs, T)
+    v = g.node("Transpose", [v], name=f"{hint}.v_t", perm=[0, 2, 1, 3])  # (B, nh, T, hs)
+    logits = g.node("Mul", [g.node("MatMul", [q, k], name=f"{hint}.qk"),
+                            g.scalar(np.float32(1.0 / math.sqrt(head_dim)), np.float32,
+                                     "attn_scale")], name=f"{hint}.logits")  # (B, nh, T, T)
+    masked = g.node("Where", [allowed, logits, g.scalar(-np.inf, np.float32, "minus_inf")],
+                    name=f"{hint}.masked")
+    weights = g.node("Softmax", [masked], name=f"{hint}.softmax", axis=-1)
+    context = g.node("MatMul", [weights, v], name=f"{hint}.context")  # (B, nh, T, hs)
+    context = g.node("Transpose", [context], name=f"{hint}.context_t", perm=[0, 2, 1, 3])
+    return g.node("Reshape", [context, g.ints([0, 0, heads * head_dim], "head_merge")],
+                  name=hint)  # (B, T, d)

@@ -1,0 +1,156 @@
+#!/usr/bin/env python
+"""Export a run folder's model to ONNX, run it in onnxruntime and check parity with torch.
+
+Examples:
+    python scripts/export_int8.py --run runs/lsq             # QAT run -> runs/lsq/model_int8.onnx
+    python scripts/export_int8.py --run runs/fp32 --threads 2  # FP32 run -> model_fp32.onnx
+
+A QAT run folder (with model_int8.pt) gives DIR/model_int8.onnx, an FP32 run folder
+DIR/model_fp32.onnx. Both models score the test users (full ranking, qat.evaluate) and
+DIR/parity.json records nDCG@10/Hit@10 of torch and onnxruntime, top-10 agreement, the largest
+score difference and the file size.
+
+Exit status: 0 parity passed; 1 parity failed (|delta nDCG@10| or |delta Hit@10| > 0.002, or
+top-10 agreement < 0.99; the files are still written); 2 bad input (nothing is written).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import onnx
+import torch
+
+from data import DataFormatError, DownloadError, leave_one_out, load_dataset
+from export import (
+    OPTIMIZATION_LEVELS,
+    ParityReport,
+    RunModel,
+    build_sasrec_onnx,
+    check_parity,
+    load_run,
+    make_session,
+    save_onnx,
+)
+from export.run_folder import PARITY
+from qat.checkpoint import save_json
+
+WHICH = "test"
+SATURATION_SAFE = 64  # 2 * 255 * 64 <= 32767: exact in vpmaddubsw's int16 pairs
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", type=Path, required=True, metavar="DIR",
+                   help="a train_qat.py run folder (QAT: model_int8.pt; FP32: checkpoint.pt)")
+    p.add_argument("--data", default=None, metavar="PATH_OR_NAME",
+                   help="dataset for the parity check (default: the one in DIR/config.json)")
+    p.add_argument("--cache-dir", type=Path, default=None,
+                   help="download cache for named datasets (default $SASREC_QAT_CACHE or "
+                        "~/.cache/sasrec-qat)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch and onnxruntime intra-op threads (0 = library default)")
+    p.add_argument("--batch-size", type=int, default=256, help="users per evaluation batch")
+    p.add_argument("--top-k", type=int, default=None, metavar="K",
+                   help="also output the K best item ids (top_k_items) and scores")
+    p.add_argument("--optimization", choices=list(OPTIMIZATION_LEVELS), default="all",
+                   help="onnxruntime graph optimisation level for the parity run (default all)")
+    return p.parse_args(argv)
+
+
+def export_and_check(
+        args: argparse.Namespace) -> tuple[RunModel, onnx.ModelProto, ParityReport, dict[str, Any]]:
+    """Load, export and compare, in memory (nothing is written). Raises on bad input."""
+    if args.threads < 0 or args.batch_size < 1:
+        raise ValueError("--threads must be >= 0 and --batch-size >= 1")
+    run = load_run(args.run)
+    data = args.data if args.data is not None else run.data
+    if data is None:
+        raise ValueError(f"{args.run / 'config.json'} records no dataset: pass --data")
+    try:
+        dataset = load_dataset(data, cache_dir=args.cache_dir)
+    except ValueError as err:
+        if args.data is None:  # a relative path in config.json is relative to where it trained
+            raise ValueError(f"{err} (recorded in {args.run / 'config.json'}); pass --data") \
+                from err
+        raise
+    if dataset.num_items != run.model.config.num_items:
+        raise ValueError(f"the model scores {run.model.config.num_items} items but {data} has "
+                         f"{dataset.num_items}: pass --data with the run's dataset")
+    split = leave_one_out(dataset)
+    meta = {"sasrec_qat.method": run.method, "sasrec_qat.bits": run.bits}
+    onnx_model = build_sasrec_onnx(run.model, top_k=args.top_k, metadata=meta)
+    payload = onnx_model.SerializeToString()
+    session = make_session(payload, threads=args.threads, optimization=args.optimization)
+    hidden_session = None
+    if run.kind == "int8":
+        hidden_session = make_session(
+            build_sasrec_onnx(run.model, hidden_output=True, metadata=meta), threads=args.threads,
+            optimization=args.optimization)
+    report = check_parity(run.model, session, split, WHICH, batch_size=args.batch_size,
+                          hidden_session=hidden_session)
+    props = {p.key: p.value for p in onnx_model.metadata_props}
+    max_weight = props.get("sasrec_qat.max_abs_weight_int")
+    record = {
+        "method": run.method, "bits": run.bits, "kind": run.kind,
+        "onnx_file": run.onnx_path.name, "onnx_bytes": len(payload), "dataset": str(data),
+        "split": WHICH, "optimization": args.optimization, "threads": args.threads,
+        "max_abs_weight_int": None if max_weight is None else int(max_weight),
+        **report.to_dict(),
+    }
+    return run, onnx_model, report, record
+
+
+def print_table(record: dict[str, Any], report: ParityReport) -> None:
+    print(f"{record['onnx_file']}: {record['method']}, {record['bits']}-bit weights, "
+          f"{record['onnx_bytes']:,} bytes; {report.users} {WHICH} users")
+    print(f"{'':18s}{'torch':>10s}{'onnxruntime':>13s}{'|delta|':>10s}")
+    for name, pair, delta in (("nDCG@10", report.ndcg, report.ndcg_delta),
+                              ("Hit@10", report.hit, report.hit_delta)):
+        print(f"{name:18s}{pair['torch']:10.4f}{pair['onnxruntime']:13.4f}{delta:10.4f}")
+    print(f"top-10 agreement  {report.top10_agreement:.4f} (mean overlap "
+          f"{report.top10_mean_overlap:.4f}); max |score diff| {report.max_abs_score_diff:.3g}")
+    if report.hidden_steps is not None:
+        h = report.hidden_steps
+        print(f"final hidden      max {h['max']} step(s), {100 * h['fraction_differing']:.3f}% "
+              "of elements differ")
+    if (record["max_abs_weight_int"] or 0) > SATURATION_SAFE:
+        print(f"note: integer weights reach {record['max_abs_weight_int']} > {SATURATION_SAFE}; "
+              "u8 x s8 kernels can saturate on AVX2 CPUs without VNNI", file=sys.stderr)
+    print("parity: PASSED" if report.passed else "parity: FAILED (" + "; ".join(report.failures)
+          + ")")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    for message in (".*quantized tensor creation", "TypedStorage is deprecated",
+                    "torch.ao.quantization is deprecated"):  # torch's, about its own internals
+        warnings.filterwarnings("ignore", message=message)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    try:
+        run, onnx_model, report, record = export_and_check(args)
+    except (FileNotFoundError, ValueError, DataFormatError, DownloadError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    parity_path = run.run_dir / PARITY
+    try:
+        save_onnx(onnx_model, run.onnx_path)
+        try:
+            save_json(record, parity_path)
+        except BaseException:
+            run.onnx_path.unlink(missing_ok=True)  # no ONNX file without its parity record
+            raise
+    except OSError as err:
+        print(f"error: cannot write to {run.run_dir}: {err}", file=sys.stderr)
+        return 2
+    print_table(record, report)
+    return 0 if report.passed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
