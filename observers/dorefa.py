@@ -43,13 +43,10 @@ import torch
 
 from observers.grid import (
     EPS,
-    ActivationFakeQuantize,
-    affine_qparams,
     channel_view,
-    fake_quant_affine,
     round_ste,
 )
-from observers.ste import SteWeightFakeQuantize
+from observers.ste import SteActivationFakeQuantize, SteWeightFakeQuantize
 
 __all__ = [
     "DorefaActivationFakeQuantize",
@@ -103,20 +100,22 @@ class DorefaWeightFakeQuantize(SteWeightFakeQuantize):
         return dorefa_weight_fake_quant(w, self.scale, self.int_max)
 
 
-class DorefaActivationFakeQuantize(ActivationFakeQuantize):
+class DorefaActivationFakeQuantize(SteActivationFakeQuantize):
     """Fixed-range activation fake-quant, range calibrated on the first batches (DoReFa).
 
     While the observer is enabled, ``min_val``/``max_val`` track the running min/max of all
     observed batches; after ``calibration_steps`` observed batches the observer disables itself
-    (``calibration_steps=None``: observe until ``disable_observer()``). Forward
-    ``(clamp(round(x/s) + z, 0, 255) - z) * s`` with ``(s, z)`` from the range (widened to
-    contain 0). Before any observed batch ``s = 1, z = 0``.
+    (``calibration_steps=None``: observe until ``disable_observer()``). Grid, qparams and forward
+    are STE's: ``(clamp(round(x/s) + z, 0, 255) - z) * s`` with ``(s, z)`` from the range
+    (widened to contain 0). Before any observed batch ``s = 1, z = 0``.
 
     Args:
         calibration_steps: observed batches before the range is frozen (default 100).
         bits: must be 8.
         factory_kwargs: only the device is used.
     """
+
+    method_name = "DoReFa"
 
     def __init__(
         self,
@@ -125,7 +124,7 @@ class DorefaActivationFakeQuantize(ActivationFakeQuantize):
         bits: int = 8,
         factory_kwargs: Optional[dict] = None,
     ) -> None:
-        super().__init__(method="DoReFa", bits=bits, factory_kwargs=factory_kwargs)
+        super().__init__(bits=bits, factory_kwargs=factory_kwargs)
         if calibration_steps is not None and (
             isinstance(calibration_steps, bool)
             or not isinstance(calibration_steps, int)
@@ -137,37 +136,19 @@ class DorefaActivationFakeQuantize(ActivationFakeQuantize):
             )
         self.calibration_steps = calibration_steps
         device = self._factory_device
-        self.register_buffer("min_val", torch.zeros(1, device=device))
-        self.register_buffer("max_val", torch.zeros(1, device=device))
-        self.register_buffer("scale", torch.ones(1, device=device))
-        self.register_buffer("zero_point", torch.zeros(1, dtype=torch.int64, device=device))
         self.register_buffer("steps", torch.zeros(1, dtype=torch.int64, device=device))
+
+    def _update_range(self, batch_min: torch.Tensor, batch_max: torch.Tensor) -> None:
+        if self.initialized[0] == 1:  # running min/max instead of STE's moving average
+            batch_min = torch.minimum(batch_min, self.min_val)
+            batch_max = torch.maximum(batch_max, self.max_val)
+        self.min_val.copy_(batch_min)
+        self.max_val.copy_(batch_max)
 
     def _observe(self, x: torch.Tensor) -> None:
         if x.numel() == 0:
             return
-        lo, hi = x.min().float().reshape(1), x.max().float().reshape(1)
-        if self.initialized[0] == 1:
-            lo, hi = torch.minimum(lo, self.min_val), torch.maximum(hi, self.max_val)
-        self.min_val.copy_(lo)
-        self.max_val.copy_(hi)
-        scale, zero_point = affine_qparams(
-            self.min_val, self.max_val, self.quant_min, self.quant_max
-        )
-        self.scale.copy_(scale)
-        self.zero_point.copy_(zero_point)
-        self.initialized.fill_(1)
+        super()._observe(x)
         self.steps += 1
         if self.calibration_steps is not None and self.steps.item() >= self.calibration_steps:
             self.disable_observer()
-
-    def _scale(self) -> torch.Tensor:
-        return self.scale
-
-    def _zero_point(self) -> torch.Tensor:
-        return self.zero_point
-
-    def _quantize(self, x: torch.Tensor) -> torch.Tensor:
-        return fake_quant_affine(
-            x, self.scale, self.zero_point.float(), self.quant_min, self.quant_max
-        )

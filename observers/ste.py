@@ -117,6 +117,8 @@ class SteActivationFakeQuantize(ActivationFakeQuantize):
         moves it to a forward *pre*-hook, observing the module's input instead of its output.
     """
 
+    method_name = "STE"  # subclasses that only change how the range is tracked rename it
+
     def __init__(
         self,
         *,
@@ -124,7 +126,7 @@ class SteActivationFakeQuantize(ActivationFakeQuantize):
         bits: int = 8,
         factory_kwargs: Optional[dict] = None,
     ) -> None:
-        super().__init__(method="STE", bits=bits, factory_kwargs=factory_kwargs)
+        super().__init__(method=self.method_name, bits=bits, factory_kwargs=factory_kwargs)
         if not 0.0 < averaging_constant <= 1.0:
             raise ValueError(
                 f"averaging_constant must be in (0, 1] (0.01 is the default), "

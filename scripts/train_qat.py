@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
             method.mapping(args.bits)  # validates --bits for this method
         init_model, init_config = None, None
         if args.init_from is not None:
-            init_model, init_ckpt = load_float_model(args.init_from)
+            init_model, _ = load_float_model(args.init_from)
             init_config = init_model.config
         finetune = method.is_quantized and init_model is not None
         schedule = {k: getattr(args, k) if getattr(args, k) is not None else v[int(finetune)]
