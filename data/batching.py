@@ -158,6 +158,17 @@ class TrainBatcher:
         """Users visited per epoch (those with at least 2 train items)."""
         return len(self._users)
 
+    @property
+    def mean_targets_per_batch(self) -> float:
+        """Target positions per epoch divided by batches per epoch.
+
+        Dividing a batch's summed loss by this constant (instead of by the batch's own target
+        count) weights every target position equally across the epoch, whatever the batch
+        composition. Bucketing needs that: with per-batch means a batch of 128 short users
+        (~3k targets) would pull as hard as one of 128 long users (~25k targets).
+        """
+        return float(self._lengths.sum()) / len(self)
+
     def __len__(self) -> int:
         """Batches per epoch."""
         return math.ceil(len(self._users) / self.batch_size)

@@ -90,6 +90,10 @@ class Trainer:
         self.batcher = TrainBatcher(
             split, max_len=model_config.max_len, batch_size=train_config.batch_size,
             num_negatives=1 if train_config.loss == "bce" else 0, bucket=train_config.bucket)
+        # Every target position weighs the same, whatever the batch: see
+        # TrainBatcher.mean_targets_per_batch. Per-batch means under bucketing up-weight short
+        # users several-fold.
+        self._normalizer = self.batcher.mean_targets_per_batch
         groups = self.hooks.param_groups or [
             {"params": [p for p in model.parameters() if p.requires_grad]}]
         self.optimizer = torch.optim.Adam(groups, lr=train_config.lr, betas=(0.9, 0.98),
@@ -178,9 +182,9 @@ class Trainer:
         hidden = self.model(batch.inputs)
         table = self.model.item_table()
         if self.config.loss == "ce":
-            loss = softmax_ce(hidden, batch.targets, table)
+            loss = softmax_ce(hidden, batch.targets, table, self._normalizer)
         else:
-            loss = sampled_bce(hidden, batch.targets, batch.negatives, table)
+            loss = sampled_bce(hidden, batch.targets, batch.negatives, table, self._normalizer)
         if self.hooks.regularizer is not None:
             loss = loss + self.hooks.regularizer(progress)
         return loss
