@@ -16,6 +16,14 @@ Graph (``qat.model.SASRec.score_last``)::
     h         = LN(x[:, -1])                                     # only the last column is scored
     scores    = h . item_table^T                                 # (B, num_items + 1) float32
 
+Serving graph (``last_position_only``, the default): only the last column is scored, so the
+last block computes its queries, attention row, output projection, residuals and FFN for the
+last position only; its keys and values still come from every position. All per-position ops
+(Linear, LayerNorm, Add, quantization) give the last column exactly as the full-sequence graph
+does; the attention row is the same dot products (``(B, nh, 1, hs) x (B, nh, hs, T)``) and may
+differ from the full matrix product in the last float bit. The earlier blocks are needed in
+full (the last block attends to all their outputs).
+
 ``Attn`` is softmax(Q K^T / sqrt(d_head), masked with -inf) V per head, in float, as torch's
 ``scaled_dot_product_attention`` with a boolean mask. The final LayerNorm is applied to the last
 column only (it is per position, so this equals torch's full-sequence LN followed by
@@ -68,7 +76,7 @@ def model_kind(model: SASRec) -> str:
 
 
 def build_sasrec_onnx(model: SASRec, *, top_k: int | None = None, hidden_output: bool = False,
-                      torch_exact: bool = True,
+                      torch_exact: bool = True, last_position_only: bool = True,
                       metadata: dict[str, Any] | None = None) -> onnx.ModelProto:
     """The ONNX graph of ``model.score_last`` (FP32 or converted INT8 SASRec).
 
@@ -80,6 +88,9 @@ def build_sasrec_onnx(model: SASRec, *, top_k: int | None = None, hidden_output:
             ``export.torch_kernels``); False writes plain ``QuantizeLinear``/
             ``LayerNormalization``/``DequantizeLinear`` ops (faster in onnxruntime, each within
             one step of torch, but a flipped step propagates).
+        last_position_only: the serving graph: the last block computes only what the last
+            position needs (see the module docstring). False computes every position, as
+            ``SASRec.forward`` does.
         metadata: extra ``metadata_props`` (method, bits, ...); values are stringified.
 
     Raises:
@@ -101,11 +112,15 @@ def build_sasrec_onnx(model: SASRec, *, top_k: int | None = None, hidden_output:
                    name="item_emb.scaled")  # float32(sqrt(d)), as torch multiplies a float32
     x = g.node("Add", [items, layers.embed(positions, model.pos_emb, "pos_emb")], name="embedding")
     x = layers.quantize(x, model.quant_input, "quant_input")
+    head_dim = config.hidden // config.heads
     for i, block in enumerate(model.blocks):
-        x = _block(g, layers, block, x, allowed, config.heads, config.hidden // config.heads,
-                   f"blocks.{i}")
-    last = layers.last_position(x, "last_position")
-    hidden = layers.layer_norm(last, model.final_norm, "final_norm")
+        if last_position_only and i == len(model.blocks) - 1:
+            x = _last_block(g, layers, block, x, allowed, config.heads, head_dim, f"blocks.{i}")
+        else:
+            x = _block(g, layers, block, x, allowed, config.heads, head_dim, f"blocks.{i}")
+    if not last_position_only or not len(model.blocks):
+        x = layers.last_position(x, "last_position")
+    hidden = layers.layer_norm(x, model.final_norm, "final_norm")
     scores = layers.score(hidden, model.item_emb, SCORES)
     num_scores = config.num_items + 1
 
@@ -124,7 +139,7 @@ def build_sasrec_onnx(model: SASRec, *, top_k: int | None = None, hidden_output:
     props = {"sasrec_qat.kind": kind, "sasrec_qat.num_items": config.num_items,
              "sasrec_qat.max_len": config.max_len, "sasrec_qat.hidden": config.hidden,
              "sasrec_qat.blocks": config.blocks, "sasrec_qat.heads": config.heads,
-             **(metadata or {})}
+             "sasrec_qat.last_position_only": int(last_position_only), **(metadata or {})}
     if isinstance(layers, Int8Layers):  # > 64 can saturate u8 x s8 kernels on AVX2 without VNNI
         props["sasrec_qat.max_abs_weight_int"] = layers.max_abs_weight
         props["sasrec_qat.torch_exact"] = int(torch_exact)
@@ -184,16 +199,54 @@ def _block(g: GraphBuilder, layers: Layers, block: nn.Module, x: Any, allowed: s
     return layers.add(x, h, block.ffn_residual, f"{hint}.ffn_residual")
 
 
+def _last_block(g: GraphBuilder, layers: Layers, block: nn.Module, x: Any, allowed: str,
+                heads: int, head_dim: int, hint: str) -> Any:
+    """``_block`` for the last position only: (B, T, d) -> (B, d).
+
+    Keys and values come from every position; the query, the attention row, the output
+    projection, both residuals and the FFN from the last position alone.
+    """
+    attn = block.attn
+    h = layers.layer_norm(x, block.attn_norm, f"{hint}.attn_norm")
+    k, v = (layers.dequantize(layers.linear(h, getattr(attn, f"{n}_proj"),
+                                            f"{hint}.attn.{n}_proj"), f"{hint}.attn.{n}")
+            for n in "kv")
+    h_last = layers.last_position(h, f"{hint}.attn_norm.last")
+    q = layers.dequantize(layers.linear(h_last, attn.q_proj, f"{hint}.attn.q_proj"),
+                          f"{hint}.attn.q")
+    to_end = g.ints([np.iinfo(np.int64).max], "to_end")
+    last_row = g.node("Slice", [allowed, g.ints([-1], "minus_one"), to_end, g.ints([2], "axes_2")],
+                      name=f"{hint}.attn.allowed_last")  # (B, 1, 1, T)
+    context = _attention_core(g, q, k, v, last_row, heads, head_dim, f"{hint}.attn.core",
+                              single_query=True)
+    context = layers.quantize(context, attn.quant_context, f"{hint}.attn.quant_context")
+    x = layers.add(layers.last_position(x, f"{hint}.last"),
+                   layers.linear(context, attn.out_proj, f"{hint}.attn.out_proj"),
+                   block.attn_residual, f"{hint}.attn_residual")
+    ffn = block.ffn
+    h = layers.layer_norm(x, block.ffn_norm, f"{hint}.ffn_norm")
+    h = layers.linear(h, ffn.fc1, f"{hint}.ffn.fc1", relu=True)
+    h = layers.linear(h, ffn.fc2, f"{hint}.ffn.fc2")
+    return layers.add(x, h, block.ffn_residual, f"{hint}.ffn_residual")
+
+
 def _attention_core(g: GraphBuilder, q: str, k: str, v: str, allowed: str, heads: int,
-                    head_dim: int, hint: str) -> str:
+                    head_dim: int, hint: str, *, single_query: bool = False) -> str:
     """softmax(Q K^T / sqrt(d_head) where allowed, else -inf) V for every head, in float.
 
     (B, T, d) x3 -> (B, T, d); heads split as ``view(B, T, nh, hs).transpose(1, 2)``.
+    ``single_query``: ``q`` is (B, d), one query per row (the last position), ``allowed``
+    (B, 1, 1, T), and the result is (B, d).
     """
     split = g.ints([0, 0, heads, head_dim], "head_split")
-    q, k, v = (g.node("Reshape", [t, split], name=f"{hint}.{n}_heads") for t, n in
-               ((q, "q"), (k, "k"), (v, "v")))
-    q = g.node("Transpose", [q], name=f"{hint}.q_t", perm=[0, 2, 1, 3])  # (B, nh, T, hs)
+    k, v = (g.node("Reshape", [t, split], name=f"{hint}.{n}_heads") for t, n in
+            ((k, "k"), (v, "v")))
+    if single_query:  # (B, d) -> (B, nh, 1, hs)
+        q = g.node("Reshape", [q, g.ints([0, heads, 1, head_dim], "head_split_one")],
+                   name=f"{hint}.q_heads")
+    else:
+        q = g.node("Transpose", [g.node("Reshape", [q, split], name=f"{hint}.q_heads")],
+                   name=f"{hint}.q_t", perm=[0, 2, 1, 3])  # (B, nh, T, hs)
     k = g.node("Transpose", [k], name=f"{hint}.k_t", perm=[0, 2, 3, 1])  # (B, nh, hs, T)
     v = g.node("Transpose", [v], name=f"{hint}.v_t", perm=[0, 2, 1, 3])  # (B, nh, T, hs)
     logits = g.node("Mul", [g.node("MatMul", [q, k], name=f"{hint}.qk"),
@@ -203,6 +256,9 @@ def _attention_core(g: GraphBuilder, q: str, k: str, v: str, allowed: str, heads
                     name=f"{hint}.masked")
     weights = g.node("Softmax", [masked], name=f"{hint}.softmax", axis=-1)
     context = g.node("MatMul", [weights, v], name=f"{hint}.context")  # (B, nh, T, hs)
+    if single_query:  # (B, nh, 1, hs) -> (B, d)
+        return g.node("Reshape", [context, g.ints([0, heads * head_dim], "head_merge_one")],
+                      name=hint)
     context = g.node("Transpose", [context], name=f"{hint}.context_t", perm=[0, 2, 1, 3])
     return g.node("Reshape", [context, g.ints([0, 0, heads * head_dim], "head_merge")],
                   name=hint)  # (B, T, d)

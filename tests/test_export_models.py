@@ -49,21 +49,21 @@ def batch(seed: int = 1, size: int = 24, config: SASRecConfig = CONFIG) -> torch
 
 
 @functools.lru_cache(maxsize=None)
-def tiny_model(name: str, steps: int = 3) -> SASRec:
+def tiny_model(name: str, steps: int = 3, config: SASRecConfig = CONFIG) -> SASRec:
     """FP32 (``name="fp32"``) or a converted INT8 model after a few QAT steps (cached: tests
     only read it)."""
     torch.manual_seed(0)
-    model = SASRec(CONFIG)
+    model = SASRec(config)
     if name == "fp32":
         return model.eval()
     method = get_method(name)
-    qat_model = prepare_for_method(model, method, 8, batch(0))
+    qat_model = prepare_for_method(model, method, 8, batch(0, config=config))
     hooks = qat_hooks(qat_model, method, lr=1e-3, quant_lr=1e-3)
     optimizer = torch.optim.Adam(hooks.param_groups)
     for step in range(steps):
-        x = batch(step)
+        x = batch(step, config=config)
         loss = torch.nn.functional.cross_entropy(qat_model.score(qat_model(x)[:, -1]),
-                                                 torch.arange(len(x)) % CONFIG.num_items + 1)
+                                                 torch.arange(len(x)) % config.num_items + 1)
         if hooks.regularizer is not None:
             loss = loss + hooks.regularizer(0.5)
         optimizer.zero_grad()
@@ -155,7 +155,8 @@ def test_onnxruntime_optimised_graph_runs_int8_kernels(name, torch_exact, tmp_pa
 
 def test_int8_file_is_under_a_third_of_fp32_when_the_item_table_dominates(tmp_path):
     """ML-1M's shape: 3416 items x 50 (171k table entries) vs ~30k other parameters. The table
-    costs 50 int8 + one float32 row scale per item vs 200 bytes, 0.27; the graph adds a little.
+    costs 50 int8 + one float32 row scale per item vs 200 bytes, 0.27; the linears' int8 weights
+    and the graph's nodes (~16 KB) add about 0.03.
     (At d=16 the row scale alone would make it 20/64 = 0.31.)"""
     config = SASRecConfig(num_items=3416, max_len=50, hidden=50, blocks=2, heads=1)
     torch.manual_seed(0)
@@ -163,7 +164,7 @@ def test_int8_file_is_under_a_third_of_fp32_when_the_item_table_dominates(tmp_pa
     int8 = to_int8(prepare_for_method(fp32, get_method("ste"), 8, batch(0, 32, config)))
     int8_bytes = save_onnx(build_sasrec_onnx(int8), tmp_path / "int8.onnx")
     fp32_bytes = save_onnx(build_sasrec_onnx(fp32), tmp_path / "fp32.onnx")
-    assert int8_bytes <= 0.3 * fp32_bytes, int8_bytes / fp32_bytes
+    assert int8_bytes <= 0.31 * fp32_bytes, int8_bytes / fp32_bytes
 
 
 def test_top_k_output_and_bad_top_k():

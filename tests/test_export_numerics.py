@@ -6,7 +6,10 @@ compared in integer steps of their uint8 grid.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
+import onnx
 import pytest
 import torch
 from torch.ao.nn import quantized as nnq
@@ -87,13 +90,17 @@ def one_layer_graph(module, name, args, torch_exact):
     return g.build(), feed
 
 
-@pytest.mark.parametrize("name", ["lsq", "pact"])
-def test_each_int8_layer_rounds_like_torch(name):
+# hidden 16: LayerNorm rounds 0 vectorised + 16 scalar columns; 64: 2 full vectors, no tail
+WIDE = dataclasses.replace(CONFIG, hidden=64)
+
+
+@pytest.mark.parametrize("name, config", [("lsq", CONFIG), ("pact", CONFIG), ("ste", WIDE)])
+def test_each_int8_layer_rounds_like_torch(name, config):
     """Fed torch's own inputs, each quantized op gives torch's uint8 output: bit for bit with
     ``torch_exact`` (the ONNX functions of export.torch_kernels), within one step with the
     plain ONNX ops."""
-    model = tiny_model(name)
-    layers = captured_layers(model, batch(5, size=64))
+    model = tiny_model(name, config=config)
+    layers = captured_layers(model, batch(5, size=64, config=config))
     assert len(layers) == 1 + CONFIG.blocks * 11 + 1  # input stub; 6 linears, 2 LN, 2 adds,
     for torch_exact in (True, False):                   # context stub per block; final LN
         for layer_name, (module, args, output) in layers.items():
@@ -181,3 +188,31 @@ def test_padding_does_not_change_the_scores(name):
     x = batch(10, size=8)[:, -4:]
     padded = torch.cat([torch.zeros(8, 3, dtype=torch.long), x], dim=1)
     torch.testing.assert_close(scorer(padded), scorer(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", EXPORT_METHODS)
+def test_serving_graph_equals_full_graph(name):
+    """The serving graph (last block for the last position only) gives the full graph's final
+    hidden state and scores, and its last block's FFN really runs on (B, d), not (B, T, d)."""
+    model = tiny_model(name)
+    x = batch(11, size=32)
+    outputs = {}
+    for last_only in (True, False):
+        proto = build_sasrec_onnx(model, hidden_output=True, last_position_only=last_only)
+        session = make_session(proto, optimization="disable", threads=1)
+        outputs[last_only] = OnnxScorer(session).run(x, ["scores", "hidden"])
+        shapes = {v.name: len(v.type.tensor_type.shape.dim) for v in
+                  onnx.shape_inference.infer_shapes(proto).graph.value_info}
+        suffix = ".matmul" if name == "fp32" else ""  # the float Linear's MatMul, or nnq.Linear
+        assert shapes[f"blocks.{CONFIG.blocks - 1}.ffn.fc1{suffix}"] == (2 if last_only else 3)
+        assert shapes[f"blocks.0.ffn.fc1{suffix}"] == 3
+    (serving_scores, serving_hidden), (full_scores, full_hidden) = outputs[True], outputs[False]
+    if name == "fp32":
+        np.testing.assert_allclose(serving_scores, full_scores, rtol=1e-5, atol=1e-5)
+    else:  # uint8 hidden: the float attention row may flip a step on a near-tie, rarely
+        same = (serving_hidden == full_hidden).mean()
+        assert same >= 0.98, same
+        assert np.abs(serving_hidden.astype(int) - full_hidden.astype(int)).max() <= 8
+    same_set, _ = top_k_sets_agree(torch.from_numpy(serving_scores),
+                                   torch.from_numpy(full_scores), 10)
+    assert same_set.all()
