@@ -25,7 +25,7 @@ into ``Gemm``, quantizes the float bias to int32 and runs ``QGemm``, which is no
 torch computes (one step off in ~0.07% of outputs in a probe). ``Relu`` before rounding equals
 torch's fused clamp at the output zero point: ``Q(max(y, 0)) == max(Q(y), z_out)``.
 
-QuantStub, LayerNorm, residual add: ``QuantizePerTensor``, ``LayerNorm``, ``AddByTable`` functions
+QuantStub, LayerNorm, residual add: ``QuantizePerTensor``, ``LayerNorm``, ``Add`` functions
 (or QuantizeLinear; DequantizeLinear -> LayerNormalization -> QuantizeLinear; DequantizeLinear
 x2 -> Add -> QuantizeLinear, which onnxruntime fuses into ``QLinearAdd``). DeQuantStub:
 ``DequantizeLinear``, ``(u - z) * s`` with one rounding, as torch.
@@ -231,11 +231,9 @@ class Int8Layers:
                        name=f"{hint}.float")
             return self._quantize_linear(y, module, hint)
         scale, zero_point, scale_name, zp_name = self._output(module)
-        tables = [torch_kernels.dequantize_table(g, t.scale_name, t.zero_point_name,
-                                                 f"{hint}.{n}_table")
-                  for t, n in ((a, "a"), (b, "b"))]
-        q = g.call(torch_kernels.add_by_table(), [a.name, tables[0], b.name, tables[1],
-                                                  scale_name, zp_name], name=hint)
+        q = g.call(torch_kernels.add(), [a.name, a.scale_name, a.zero_point_name, b.name,
+                                         b.scale_name, b.zero_point_name, scale_name, zp_name],
+                   name=hint)
         return QTensor(q, scale, zero_point, scale_name, zp_name)
 
     def last_position(self, x: QTensor, hint: str) -> QTensor:

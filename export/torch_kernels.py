@@ -23,14 +23,11 @@ Functions (domain ``DOMAIN``; ``s``/``z`` are float32 scales and uint8 zero poin
   ``y = fma(((u - z_x) - (mean - z_x)) * r, gamma, beta)``; rounded
   ``sat(rint(y * (1/s)) + z)`` in the first ``32 * floor(N / 32)`` columns (the vectorised
   part) and ``sat(rint(y * (1/s) + z))`` in the others (the scalar remainder);
-  ``LayerNormVector`` when N is a multiple of 32 (no remainder). ``u - z_x`` is read from a
-  256-entry table (exact small integers in float32).
-* ``AddByTable(a, table_a, b, table_b, s, z)``: the vectorised ``quantized::add``:
-  ``c = fma(a, s_a, s_a * -z_a) + fma(b, s_b, s_b * -z_b)``, ``sat(rint(c * (1/s)) + z)``,
-  each ``fma`` term read from a 256-entry table indexed by its uint8 input
-  (``dequantize_table``, the same float32 values): a cast and a lookup instead of five float64
-  ops per operand. (The last ``numel % 64`` elements of each thread's range take torch's
-  scalar path, which can differ on a near-tie.)
+  ``LayerNormVector`` when N is a multiple of 32 (no remainder).
+* ``Add(a, s_a, z_a, b, s_b, z_b, s, z)``: the vectorised ``quantized::add``:
+  ``c = fma(a, s_a, s_a * -z_a) + fma(b, s_b, s_b * -z_b)``, ``sat(rint(c * (1/s)) + z)``.
+  (The last ``numel % 64`` elements of each thread's range take torch's scalar path, which can
+  differ on a near-tie.)
 
 Measured on torch 2.13 (CPU capability AVX512, i.e. torch's AVX2/AVX512 kernels); other builds
 (ARM, no FBGEMM) round differently and then agree within one step per op.
@@ -137,10 +134,8 @@ def layer_norm(scalar_tail: bool = True) -> onnx.FunctionProto:
                                  name="var_eps")], name="std64")
     ratio = _cast(g, g.node("Div", [_cast(g, "s_x", DOUBLE, "s_x64"), std], name="ratio64"), FLOAT,
                   "ratio")
-    u_minus_z = g.node("Sub", [g.node("Range", [_f32(g, 0.0), _f32(g, 256.0), _f32(g, 1.0)],
-                                      name="u_values"), z_x], name="u_minus_z_table")
-    dq = g.node("Gather", [u_minus_z, ints], name="dq")  # f32(u) - z_x, exact, by lookup
-    centred = g.node("Sub", [dq, mean_centred], name="centred")
+    centred = g.node("Sub", [g.node("Sub", [_cast(g, "u", FLOAT, "u_f32"), z_x], name="dq"),
+                             mean_centred], name="centred")
     y = fma(g, g.node("Mul", [centred, ratio], name="normed"), "gamma", "beta", "affine")
     steps = g.node("Mul", [y, _inverse(g, "s")], name="steps")
     vector = _round_to_u8(g, steps, "z", "y_vector")
@@ -158,25 +153,14 @@ def layer_norm(scalar_tail: bool = True) -> onnx.FunctionProto:
                    "quantized::layer_norm (x86 kernel)")
 
 
-def dequantize_table(g: GraphBuilder, scale: str, zero_point: str, hint: str) -> str:
-    """(256,) float32 ``fma(u, s, s * -z)`` for every uint8 ``u``: torch's vectorised
-    dequantization as ``Add`` computes it, tabulated (index = the uint8 value).
-
-    Written as graph ops on constants (onnxruntime folds them when the session loads), so the
-    file holds no table and the values come from the very same ops as ``Add``'s.
-    """
-    u = g.node("Range", [_f32(g, 0.0), _f32(g, 256.0), _f32(g, 1.0)], name=f"{hint}_u")
-    neg_z = g.node("Neg", [_cast(g, zero_point, FLOAT, f"{hint}_z_f32")], name=f"{hint}_neg_z")
-    offset = g.node("Mul", [scale, neg_z], name=f"{hint}_offset")  # float32 s * -z
-    return fma(g, u, scale, offset, hint)
-
-
 @functools.lru_cache(maxsize=None)
-def add_by_table() -> onnx.FunctionProto:
-    """``AddByTable(a, table_a, b, table_b, s, z) -> u8``: ``Add`` with tabulated terms."""
-    g = _function("AddByTable", ["a", "table_a", "b", "table_b", "s", "z"])
-    terms = [g.node("Gather", [f"table_{t}", _cast(g, t, INT32, f"{t}_index")], name=f"dq_{t}")
-             for t in ("a", "b")]
+def add() -> onnx.FunctionProto:
+    """``Add(a, s_a, z_a, b, s_b, z_b, s, z) -> u8``: vectorised ``quantized::add``."""
+    g = _function("Add", ["a", "s_a", "z_a", "b", "s_b", "z_b", "s", "z"])
+    terms = []
+    for t in ("a", "b"):
+        neg_z = g.node("Neg", [_cast(g, f"z_{t}", FLOAT, f"z_{t}_f32")], name=f"neg_z_{t}")
+        offset = g.node("Mul", [f"s_{t}", neg_z], name=f"offset_{t}")  # float32 s * -z
+        terms.append(fma(g, _cast(g, t, FLOAT, f"{t}_f32"), f"s_{t}", offset, f"dq_{t}"))
     steps = g.node("Mul", [g.node("Add", terms, name="sum"), _inverse(g, "s")], name="steps")
-    return _finish(g, _round_to_u8(g, steps, "z", "y"),
-                   "quantized::add (vectorised kernel), dequantization by table lookup")
+    return _finish(g, _round_to_u8(g, steps, "z", "y"), "quantized::add (vectorised kernel)")
