@@ -107,7 +107,7 @@ class TrainBatcher:
         max_len: int,
         batch_size: int,
         num_negatives: int = 0,
-        bucket: bool = True,
+        bucket: bool = False,
         bucket_size: int = 32,
     ) -> None:
         for name, value, low in (

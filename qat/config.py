@@ -52,7 +52,7 @@ class TrainConfig:
     eval_every: int = 1  # epochs between validation evaluations
     seed: int = 42
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
-    bucket: bool = True  # batch users of similar length together and trim padding columns
+    bucket: bool = False  # batch users of similar length together, trim padding (faster)
     eval_batch_size: int = 512
     progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)  # method-specific settings (QAT)
