@@ -1,0 +1,481 @@
+#!/usr/bin/env python
+"""Latency of exported SASRec models (INT8 vs FP32) in onnxruntime on the CPU, with PTQ baselines.
+
+Examples:
+    python scripts/benchmark.py --runs runs/fp32 runs/lsq --out bench.json
+    python scripts/benchmark.py --runs runs/fp32 runs/lsq runs/ste --batches 1 256 --threads 1 2 \
+        --repeats 100 --sweep-hidden 50 128 256 --out bench.json
+
+What is measured: the wall-clock time of one onnxruntime ``session.run`` of every run folder's
+ONNX model (DIR/model_int8.onnx or DIR/model_fp32.onnx; built in memory from the run's model when
+the file is missing) on a batch of real test-user sequences (``item_seq`` (B, max_len), the last
+max_len history items left-padded as in evaluation; batch 1 cycles through users), at every
+--batches size and --threads count (intra-op threads; one inter-op thread, sequential execution,
+full graph optimisation). After --warmup untimed rounds, --repeats rounds each time one call of
+every model, in a rotated order, on the same batch, so machine drift hits all models alike.
+Reported: median and p90 in ms, and the ratio to the FP32 ONNX model in the same case.
+
+Baselines (when an FP32 run is among --runs, unless --no-baselines), timed in the same loop:
+``torch_eager_fp32`` (``model.score_last`` under ``torch.inference_mode``,
+``torch.set_num_threads(threads)``), ``ort_quantize_dynamic`` and ``ort_quantize_static``
+(onnxruntime's post-training quantization of the FP32 graph, static calibrated on
+--calibration-users training sequences; see export/ort_baselines.py). Test nDCG@10/Hit@10 (full
+ranking) of every timed model: from DIR/parity.json when it describes the same ONNX file and
+dataset, else computed with qat.evaluate.
+
+--sweep-hidden D...: for each width D, a randomly initialised SASRec (the runs' num_items and
+max_len, the first run's blocks and heads) in FP32 and converted to INT8 the project's way (STE,
+8 bits, calibrated on random sequences), both timed at every batch/threads case.
+
+Output: --out JSON {"machine", "settings", "models", "baselines", "records", "quality", "sweep",
+"notes"}, written atomically. Exit status: 0 done; 2 bad input (nothing is written).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from data import DataFormatError, DownloadError, LeaveOneOutSplit, leave_one_out, load_dataset
+from export import OnnxScorer, RunModel, build_sasrec_onnx, load_run, make_session
+from export.latency import (
+    Call,
+    batch_pool,
+    eval_inputs,
+    latency_stats,
+    machine_info,
+    ort_call,
+    time_interleaved,
+    timing_session,
+    torch_call,
+)
+from export.ort_baselines import (
+    PTQResult,
+    calibration_inputs,
+    quantize_dynamic_model,
+    quantize_static_model,
+)
+from export.run_folder import PARITY
+from qat.checkpoint import save_json
+from qat.config import SASRecConfig
+from qat.evaluate import evaluate
+from qat.finetune import prepare_for_method, to_int8
+from qat.model import SASRec
+from qat.registry import get_method
+
+WHICH = "test"
+EVAL_BATCH = 512
+SWEEP_METHOD, SWEEP_BITS, SWEEP_CALIBRATION = "ste", 8, 64
+TORCH_EAGER, ORT_DYNAMIC, ORT_STATIC = "torch_eager_fp32", "ort_quantize_dynamic", \
+    "ort_quantize_static"
+
+
+@dataclass
+class Candidate:
+    """One timed model: an ONNX graph (``onnx``) or a torch model (``torch_model``)."""
+
+    name: str
+    kind: str  # "onnx_fp32" | "onnx_int8" | "torch_eager" | "ort_ptq"
+    run: str | None
+    method: str
+    bits: int
+    source: str
+    onnx: bytes | None = None
+    torch_model: SASRec | None = None
+    sweep_hidden: int | None = None
+
+    def call(self, threads: int, allow_spinning: bool) -> Call:
+        """The timed callable at ``threads`` (a new session; the caller sets torch threads)."""
+        if self.onnx is not None:
+            return ort_call(timing_session(self.onnx, threads=threads,
+                                           allow_spinning=allow_spinning))
+        assert self.torch_model is not None
+        return torch_call(self.torch_model.score_last)
+
+    def label(self) -> dict[str, Any]:
+        out = {"model": self.name, "kind": self.kind, "run": self.run, "method": self.method,
+               "bits": self.bits}
+        if self.sweep_hidden is not None:
+            out["sweep_hidden"] = self.sweep_hidden
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        return {**self.label(), "source": self.source,
+                "onnx_bytes": None if self.onnx is None else len(self.onnx)}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--runs", type=Path, nargs="+", required=True, metavar="RUN_DIR",
+                   help="train_qat.py run folders (FP32: checkpoint.pt; QAT: model_int8.pt), "
+                        "exported with export_int8.py or not")
+    p.add_argument("--out", type=Path, required=True, help="JSON file to write")
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 256], metavar="B",
+                   help="batch sizes (default 1 256)")
+    p.add_argument("--threads", type=int, nargs="+", default=[1, 2], metavar="N",
+                   help="intra-op thread counts (default 1 2)")
+    p.add_argument("--repeats", type=int, default=100,
+                   help="timed calls per model and case (default 100)")
+    p.add_argument("--warmup", type=int, default=10,
+                   help="untimed calls per model and case first (default 10)")
+    p.add_argument("--data", default=None, metavar="PATH_OR_NAME",
+                   help="dataset (default: the one in the first run's config.json)")
+    p.add_argument("--cache-dir", type=Path, default=None,
+                   help="download cache for named datasets")
+    p.add_argument("--no-baselines", dest="baselines", action="store_false",
+                   help="skip torch eager and onnxruntime PTQ baselines")
+    p.add_argument("--calibration-users", type=int, default=512,
+                   help="training sequences calibrating ort quantize_static (default 512)")
+    p.add_argument("--sweep-hidden", type=int, nargs="+", default=[], metavar="D",
+                   help="also time random FP32/INT8 SASRec at these hidden sizes")
+    p.add_argument("--ort-spinning", action="store_true",
+                   help="let onnxruntime worker threads spin between runs (its default; off "
+                        "here because interleaved sessions would compete with spinning workers)")
+    return p.parse_args(argv)
+
+
+def check_numbers(args: argparse.Namespace) -> None:
+    """Raise ``ValueError`` for out-of-range numbers; deduplicate lists (order kept)."""
+    for name, values, low in (("--batches", args.batches, 1), ("--threads", args.threads, 1),
+                              ("--sweep-hidden", args.sweep_hidden, 1)):
+        bad = [v for v in values if v < low]
+        if bad:
+            raise ValueError(f"{name} values must be >= {low}, got {bad[0]}")
+    for name, value, low in (("--repeats", args.repeats, 1), ("--warmup", args.warmup, 0),
+                             ("--calibration-users", args.calibration_users, 1)):
+        if value < low:
+            raise ValueError(f"{name} must be >= {low}, got {value}")
+    for name in ("batches", "threads", "sweep_hidden"):
+        setattr(args, name, list(dict.fromkeys(getattr(args, name))))
+    if args.out.is_dir():
+        raise ValueError(f"--out {args.out} is a folder; give a file name")
+
+
+def load_runs(paths: Sequence[Path]) -> list[RunModel]:
+    """Every run's model; runs must share num_items and max_len (same inputs for all)."""
+    seen: dict[Path, Path] = {}
+    for path in paths:
+        key = path.resolve()
+        if key in seen:
+            raise ValueError(f"--runs lists {path} twice")
+        seen[key] = path
+    runs = [load_run(path) for path in paths]
+    first = runs[0].model.config
+    for run in runs[1:]:
+        config = run.model.config
+        for name in ("num_items", "max_len"):
+            if getattr(config, name) != getattr(first, name):
+                raise ValueError(f"{run.run_dir} has {name}={getattr(config, name)} but "
+                                 f"{runs[0].run_dir} has {getattr(first, name)}: benchmark runs "
+                                 "of one dataset and max_len together")
+    return runs
+
+
+def load_split(args: argparse.Namespace, runs: list[RunModel]) -> tuple[str, LeaveOneOutSplit]:
+    data = args.data if args.data is not None else runs[0].data
+    if data is None:
+        raise ValueError(f"{runs[0].run_dir / 'config.json'} records no dataset: pass --data")
+    try:
+        dataset = load_dataset(data, cache_dir=args.cache_dir)
+    except ValueError as err:
+        if args.data is None:
+            raise ValueError(f"{err} (recorded in {runs[0].run_dir / 'config.json'}); pass "
+                             "--data") from err
+        raise
+    num_items = runs[0].model.config.num_items
+    if dataset.num_items != num_items:
+        raise ValueError(f"the models score {num_items} items but {data} has "
+                         f"{dataset.num_items}: pass --data with the runs' dataset")
+    return str(data), leave_one_out(dataset)
+
+
+def run_names(runs: list[RunModel]) -> list[str]:
+    """``fp32`` or ``<method>_w<bits>``; colliding labels get the folder name appended."""
+    labels = ["fp32" if r.kind == "fp32" else f"{r.method}_w{r.bits}" for r in runs]
+    counts = Counter(labels)
+    names = [f"{label}_{r.run_dir.name}" if counts[label] > 1 else label
+             for label, r in zip(labels, runs)]
+    out: list[str] = []
+    for name in names:
+        unique, i = name, 2
+        while unique in out:
+            unique, i = f"{name}_{i}", i + 1
+        out.append(unique)
+    return out
+
+
+def run_candidates(runs: list[RunModel], notes: list[str]) -> list[Candidate]:
+    """The ONNX model of every run: its file if exported, else built in memory (noted)."""
+    out = []
+    for run, name in zip(runs, run_names(runs)):
+        path = run.onnx_path
+        if path.is_file():
+            payload, source = path.read_bytes(), str(path)
+            _check_metadata(payload, run, path)
+        else:
+            meta = {"sasrec_qat.method": run.method, "sasrec_qat.bits": run.bits}
+            payload = build_sasrec_onnx(run.model, metadata=meta).SerializeToString()
+            source = f"built in memory (no {path.name} in {run.run_dir})"
+            notes.append(f"{name}: {source}")
+        out.append(Candidate(name, f"onnx_{run.kind}", str(run.run_dir), run.method, run.bits,
+                             source, onnx=payload))
+    return out
+
+
+def _check_metadata(payload: bytes, run: RunModel, path: Path) -> None:
+    """An exported file must describe the run's model (a stale export would mislead)."""
+    session = make_session(payload, threads=1)
+    props = session.get_modelmeta().custom_metadata_map
+    for name in ("num_items", "max_len", "hidden"):
+        recorded = props.get(f"sasrec_qat.{name}")
+        expected = getattr(run.model.config, name)
+        if recorded is not None and int(recorded) != expected:
+            raise ValueError(f"{path} has {name}={recorded} but the run's model has {expected}: "
+                             "re-export it with scripts/export_int8.py")
+
+
+def baseline_candidates(fp32_run: RunModel, fp32: Candidate, split: LeaveOneOutSplit,
+                        calibration_users: int) -> tuple[list[Candidate], list[PTQResult]]:
+    """Torch eager FP32 and onnxruntime's quantize_dynamic/quantize_static of ``fp32``."""
+    assert fp32.onnx is not None
+    run = str(fp32_run.run_dir)
+    out = [Candidate(TORCH_EAGER, "torch_eager", run, "fp32", 32,
+                     f"torch eager model of {run}", torch_model=fp32_run.model)]
+    max_len = fp32_run.model.config.max_len
+    results = [quantize_dynamic_model(fp32.onnx),
+               quantize_static_model(fp32.onnx, calibration_inputs(
+                   split, max_len=max_len, users=calibration_users))]
+    for name, result in zip((ORT_DYNAMIC, ORT_STATIC), results):
+        if result.model is not None:
+            out.append(Candidate(name, "ort_ptq", run, result.name, 8,
+                                 f"onnxruntime {result.name} of the FP32 graph "
+                                 f"({fp32.source})",
+                                 onnx=result.model))
+    return out, results
+
+
+def quality(candidates: list[Candidate], runs: list[RunModel], data: str,
+            split: LeaveOneOutSplit) -> list[dict[str, Any]]:
+    """Test nDCG@10/Hit@10 of every candidate (parity.json when it matches, else computed)."""
+    by_dir = {str(r.run_dir): r for r in runs}
+    out = []
+    for c in candidates:
+        recorded = _parity_quality(c, by_dir.get(c.run or ""), data)
+        if recorded is not None:
+            out.append({"model": c.name, "kind": c.kind, **recorded})
+            continue
+        max_len = runs[0].model.config.max_len
+        if c.onnx is not None:
+            scorer, source = OnnxScorer(make_session(c.onnx)), "computed (onnxruntime)"
+        else:
+            assert c.torch_model is not None
+            scorer, source = c.torch_model.score_last, "computed (torch)"
+        metrics = evaluate(scorer, split, WHICH, max_len=max_len, batch_size=EVAL_BATCH)
+        out.append({"model": c.name, "kind": c.kind, "ndcg@10": metrics["ndcg@10"],
+                    "hit@10": metrics["hit@10"], "users": metrics["users"], "source": source})
+    return out
+
+
+def _parity_quality(c: Candidate, run: RunModel | None, data: str) -> dict[str, Any] | None:
+    """The run's parity.json numbers if they were measured on this very ONNX file and data."""
+    if run is None or c.kind not in ("onnx_fp32", "onnx_int8", "torch_eager"):
+        return None
+    path = run.run_dir / PARITY
+    try:
+        parity = json.loads(path.read_text())
+        if (parity.get("split") != WHICH or parity.get("kind") != run.kind
+                or not _same_data(str(parity.get("dataset")), data)
+                or not run.onnx_path.is_file()
+                or parity.get("onnx_bytes") != run.onnx_path.stat().st_size
+                or (c.kind != "torch_eager" and c.source != str(run.onnx_path))):
+            return None
+        which = "torch" if c.kind == "torch_eager" else "onnxruntime"
+        return {"ndcg@10": float(parity["ndcg@10"][which]),
+                "hit@10": float(parity["hit@10"][which]), "users": parity.get("users"),
+                "source": f"{path} ({which})"}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def _same_data(a: str, b: str) -> bool:
+    if a == b:
+        return True
+    pa, pb = Path(a), Path(b)
+    return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()
+
+
+def time_cases(candidates: list[Candidate], inputs: np.ndarray, args: argparse.Namespace,
+               what: str) -> list[dict[str, Any]]:
+    """Interleaved timing of ``candidates`` at every threads x batch case -> records."""
+    records = []
+    torch_threads = torch.get_num_threads()
+    try:
+        for threads in args.threads:
+            torch.set_num_threads(threads)
+            calls = [c.call(threads, args.ort_spinning) for c in candidates]
+            for batch in args.batches:
+                print(f"timing {what}: {len(candidates)} models, batch {batch}, {threads} "
+                      f"thread(s), {args.warmup} + {args.repeats} rounds", file=sys.stderr)
+                pool = batch_pool(inputs, batch=batch, count=args.warmup + args.repeats)
+                times = time_interleaved(calls, pool, warmup=args.warmup, repeats=args.repeats)
+                for c, t in zip(candidates, times):
+                    records.append({**c.label(), "batch": batch, "threads": threads,
+                                    **latency_stats(t)})
+    finally:
+        torch.set_num_threads(torch_threads)
+    return records
+
+
+def add_ratios(records: list[dict[str, Any]], reference: dict[int | None, str]) -> None:
+    """``ratio_to_fp32``: median over the reference model's median in the same case (None if
+    there is no reference). ``reference`` maps ``sweep_hidden`` (None: the runs) to a name."""
+    medians = {(r["model"], r["batch"], r["threads"]): r["median_ms"] for r in records}
+    for r in records:
+        ref = reference.get(r.get("sweep_hidden"))
+        base = medians.get((ref, r["batch"], r["threads"]))
+        r["ratio_to_fp32"] = None if base is None else r["median_ms"] / base
+
+
+def sweep_candidates(hidden: int, first: SASRecConfig, seed: int = 0) -> list[Candidate]:
+    """Random FP32 SASRec of width ``hidden`` and its INT8 twin (STE, calibrated, converted)."""
+    config = SASRecConfig(num_items=first.num_items, max_len=first.max_len, hidden=hidden,
+                          blocks=first.blocks, heads=first.heads, dropout=first.dropout)
+    generator = torch.Generator().manual_seed(seed + hidden)
+    torch.manual_seed(seed + hidden)
+    fp32 = SASRec(config).eval()
+    calibration = torch.randint(1, config.num_items + 1, (SWEEP_CALIBRATION, config.max_len),
+                                generator=generator)
+    pads = torch.randint(0, config.max_len, (SWEEP_CALIBRATION, 1), generator=generator)
+    calibration[torch.arange(config.max_len).unsqueeze(0) < pads] = 0  # left padding
+    qat_model = prepare_for_method(fp32, get_method(SWEEP_METHOD), SWEEP_BITS, calibration)
+    int8 = to_int8(qat_model)
+    source = f"random init (seed {seed + hidden}), hidden {hidden}"
+    return [Candidate(f"sweep_fp32_d{hidden}", "onnx_fp32", None, "fp32", 32, source,
+                      onnx=build_sasrec_onnx(fp32).SerializeToString(), sweep_hidden=hidden),
+            Candidate(f"sweep_int8_d{hidden}", "onnx_int8", None, SWEEP_METHOD, SWEEP_BITS,
+                      f"{source}, {SWEEP_METHOD} calibrated on {SWEEP_CALIBRATION} random "
+                      "sequences, converted", onnx=build_sasrec_onnx(int8).SerializeToString(),
+                      sweep_hidden=hidden)]
+
+
+def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
+    """Everything but writing: the bench.json content. Raises on bad input."""
+    check_numbers(args)
+    runs = load_runs(args.runs)
+    first = runs[0].model.config
+    bad = [d for d in args.sweep_hidden if d % first.heads]
+    if bad:
+        raise ValueError(f"--sweep-hidden {bad[0]} is not divisible by the first run's "
+                         f"{first.heads} heads")
+    data, split = load_split(args, runs)
+    notes: list[str] = []
+    candidates = run_candidates(runs, notes)
+    baselines: list[PTQResult] = []
+    fp32_index = next((i for i, r in enumerate(runs) if r.kind == "fp32"), None)
+    if args.baselines and fp32_index is None:
+        notes.append("no FP32 run among --runs: baselines skipped")
+    if args.baselines and fp32_index is not None:
+        extra, baselines = baseline_candidates(runs[fp32_index], candidates[fp32_index], split,
+                                               args.calibration_users)
+        candidates += extra
+        for result in baselines:
+            if result.model is None:
+                notes.append(f"ort {result.name} failed, not timed: {result.error}")
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    print(f"quality of {len(candidates)} models on {data} ({WHICH})", file=sys.stderr)
+    scores = quality(candidates, runs, data, split)
+    inputs = eval_inputs(split, WHICH, max_len=first.max_len)
+    records = time_cases(candidates, inputs, args, "runs")
+    add_ratios(records, {None: None if fp32_index is None else candidates[fp32_index].name})
+    sweep: list[dict[str, Any]] = []
+    for hidden in args.sweep_hidden:
+        pair = sweep_candidates(hidden, first)
+        sweep += time_cases(pair, inputs, args, f"sweep hidden {hidden}")
+    add_ratios(sweep, {d: f"sweep_fp32_d{d}" for d in args.sweep_hidden})
+    settings = {
+        "runs": [str(r.run_dir) for r in runs], "data": data, "split": WHICH,
+        "test_users": int(len(inputs)), "num_items": first.num_items, "max_len": first.max_len,
+        "batches": args.batches, "threads": args.threads, "repeats": args.repeats,
+        "warmup": args.warmup,
+        "inputs": "test users' last max_len history items, left-padded (as eval_batches), "
+                  "shuffled; batch b of a case holds the next B users cyclically",
+        "schedule": "interleaved: each round times one call of every model on the same batch, "
+                    "in a rotated order (balanced Latin square, export.latency.round_order)",
+        "timer": "time.perf_counter_ns around one session.run / score_last call",
+        "onnxruntime": {"graph_optimization": "all", "inter_op_threads": 1,
+                        "execution_mode": "sequential", "allow_spinning": args.ort_spinning},
+        "torch_eager": "model.score_last under torch.inference_mode, "
+                       "torch.set_num_threads(threads)",
+        "baselines": bool(args.baselines and fp32_index is not None),
+        "baseline_source": None if fp32_index is None else str(runs[fp32_index].run_dir),
+        "calibration_users": args.calibration_users, "sweep_hidden": args.sweep_hidden,
+        "sweep_quantization": f"{SWEEP_METHOD}, {SWEEP_BITS}-bit weights, "
+                              f"{SWEEP_CALIBRATION} random calibration sequences",
+    }
+    return {"machine": machine_info(), "settings": settings,
+            "models": [c.describe() for c in candidates],
+            "baselines": [r.to_dict() for r in baselines], "records": records,
+            "quality": scores, "sweep": sweep, "notes": notes}
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def print_tables(bench: dict[str, Any]) -> None:
+    """Latency per model and case, the sweep's INT8/FP32 ratios, and quality."""
+    print(f"{'model':26s}{'batch':>6s}{'threads':>8s}{'median ms':>11s}{'p90 ms':>10s}"
+          f"{'vs fp32':>9s}")
+    for r in sorted(bench["records"], key=lambda r: (r["threads"], r["batch"])):
+        print(f"{r['model']:26s}{r['batch']:6d}{r['threads']:8d}{r['median_ms']:11.3f}"
+              f"{r['p90_ms']:10.3f}{_ratio(r['ratio_to_fp32']):>9s}")
+    ints = [r for r in bench["sweep"] if r["kind"] == "onnx_int8"]
+    if ints:
+        fp = {(r["sweep_hidden"], r["batch"], r["threads"]): r for r in bench["sweep"]
+              if r["kind"] == "onnx_fp32"}
+        print(f"\nsweep (random weights){'hidden':>8s}{'batch':>6s}{'threads':>8s}"
+              f"{'fp32 ms':>10s}{'int8 ms':>10s}{'int8/fp32':>11s}")
+        for r in sorted(ints, key=lambda r: (r["sweep_hidden"], r["threads"], r["batch"])):
+            f = fp[(r["sweep_hidden"], r["batch"], r["threads"])]
+            print(f"{'':22s}{r['sweep_hidden']:8d}{r['batch']:6d}{r['threads']:8d}"
+                  f"{f['median_ms']:10.3f}{r['median_ms']:10.3f}"
+                  f"{_ratio(r['ratio_to_fp32']):>11s}")
+    if bench["quality"]:
+        print(f"\n{'model':26s}{'nDCG@10':>9s}{'Hit@10':>9s}  source")
+        for q in bench["quality"]:
+            print(f"{q['model']:26s}{q['ndcg@10']:9.4f}{q['hit@10']:9.4f}  {q['source']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    for message in (".*quantized tensor creation", "TypedStorage is deprecated",
+                    "torch.ao.quantization is deprecated"):  # torch's, about its own internals
+        warnings.filterwarnings("ignore", message=message)
+    try:
+        bench = run_benchmark(args)
+    except (FileNotFoundError, ValueError, DataFormatError, DownloadError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    try:
+        save_json(bench, args.out)
+    except OSError as err:
+        print(f"error: cannot write {args.out}: {err}", file=sys.stderr)
+        return 2
+    print_tables(bench)
+    print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
