@@ -1,0 +1,353 @@
+"""scripts/run_all.py: the summary table and figure, the step logic on stand-in scripts, and the
+real pipeline (train, export, benchmark, summary) end to end on a tiny synthetic dataset."""
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import cyclic_dataset
+
+from data import write_sasrec_text
+from export.results_plot import plot_comparison
+from export.results_table import RunResult, summary_columns, summary_rows, write_summary_csv
+
+ROOT = Path(__file__).resolve().parents[1]
+RUN_ALL = ROOT / "scripts" / "run_all.py"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def load_run_all() -> Any:
+    spec = importlib.util.spec_from_file_location("run_all_script", RUN_ALL)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while it loads
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_cli(*args: Any) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, str(RUN_ALL), *map(str, args)], capture_output=True,
+                          text=True, timeout=600, env=env)
+
+
+def read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        return list(reader.fieldnames), list(reader)
+
+
+def step_lines(stdout: str) -> dict[str, list[str]]:
+    """``"train fp32" -> ["started", "done in 1.2 s"]`` from the ``[i/n] step: what`` lines."""
+    out: dict[str, list[str]] = {}
+    for line in stdout.splitlines():
+        if line.startswith("[") and "] " in line and ": " in line:
+            label, what = line.split("] ", 1)[1].split(": ", 1)
+            out.setdefault(label, []).append(what)
+    return out
+
+
+# -- summary table and figure -------------------------------------------------------------------
+def parity(method: str, bits: int, ndcg: float, passed: bool = True) -> dict[str, Any]:
+    return {"method": method, "bits": bits, "passed": passed, "onnx_bytes": 1000 + bits,
+            "ndcg@10": {"torch": ndcg, "onnxruntime": ndcg + 1e-4},
+            "hit@10": {"torch": 2 * ndcg, "onnxruntime": 2 * ndcg}}
+
+
+def record(model: str, batch: int, threads: int, median: float) -> dict[str, Any]:
+    return {"model": model, "kind": "x", "run": None, "method": None, "bits": None,
+            "batch": batch, "threads": threads, "median_ms": median, "p90_ms": median * 1.1,
+            "repeats": 3}
+
+
+def test_summary_rows_csv_and_figure(tmp_path):
+    runs = [RunResult("fp32", "fp32", 32, parity("fp32", 32, 0.15)),
+            RunResult("ste_w8", "ste", 8, parity("ste", 8, 0.14, passed=False)),
+            RunResult("lsq_w4", "lsq", 4, None)]  # not exported: empty cells, no crash
+    records = [record("fp32", 1, 1, 9.0), record("fp32", 1, 2, 4.0), record("fp32", 256, 2, 80.0),
+               record("ste_w8", 1, 2, 2.0), record("ste_w8", 256, 2, 20.0),
+               record("ort_quantize_dynamic", 1, 2, 8.0),
+               record("torch_eager_fp32", 1, 2, 16.0)]  # not an ONNX deployment: no row
+    bench = {"records": records, "quality": [
+        {"model": "ort_quantize_dynamic", "ndcg@10": 0.12, "hit@10": 0.25}],
+        "models": [{"model": "ort_quantize_dynamic", "onnx_bytes": 600}]}
+    rows = summary_rows(runs, bench, batches=[1, 256], threads=2)
+    assert [r["model"] for r in rows] == ["fp32", "ste_w8", "lsq_w4", "ort_quantize_dynamic"]
+    fp32, ste, lsq, dynamic = rows
+    assert ste["method"] == "ste" and ste["bits"] == 8 and ste["parity_passed"] is False
+    assert ste["ndcg@10_onnxruntime"] == pytest.approx(0.1401) and ste["onnx_bytes"] == 1008
+    assert (fp32["latency_b1_ms"], fp32["latency_b256_ms"]) == (4.0, 80.0)  # the 2-thread ones
+    assert (ste["speedup_b1"], ste["speedup_b256"]) == (2.0, 4.0)
+    assert fp32["speedup_b1"] == 1.0
+    assert lsq["ndcg@10_torch"] is None and lsq["latency_b1_ms"] is None
+    assert lsq["speedup_b1"] is None
+    assert dynamic["method"] == "quantize_dynamic" and dynamic["ndcg@10_onnxruntime"] == 0.12
+    assert dynamic["ndcg@10_torch"] is None and dynamic["speedup_b1"] == 0.5
+    assert dynamic["onnx_bytes"] == 600
+    assert dynamic["latency_b256_ms"] is None and dynamic["speedup_b256"] is None
+
+    path = tmp_path / "summary.csv"
+    write_summary_csv(rows, path, batches=[1, 256])
+    columns, table = read_csv(path)
+    assert columns == summary_columns([1, 256]) == [
+        "model", "method", "bits", "ndcg@10_torch", "hit@10_torch", "ndcg@10_onnxruntime",
+        "hit@10_onnxruntime", "parity_passed", "onnx_bytes", "latency_b1_ms", "latency_b256_ms",
+        "speedup_b1", "speedup_b256"]
+    assert table[1]["parity_passed"] == "False" and table[1]["speedup_b256"] == "4"
+    assert table[2]["ndcg@10_torch"] == "" and table[3]["parity_passed"] == ""
+
+    png = tmp_path / "figure.png"
+    plot_comparison(rows, png, batches=[1, 256], threads=2)
+    assert png.read_bytes().startswith(PNG_SIGNATURE)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["figure.png", "summary.csv"]  # no .tmp
+
+
+# -- the step logic, on stand-in scripts ----------------------------------------------------------
+FAKE = r'''
+import json, pathlib, sys
+role, statuses, calls = {role!r}, {statuses!r}, pathlib.Path({calls!r})
+args = sys.argv[1:]
+with calls.open("a") as f:
+    f.write(json.dumps([role, *args]) + "\n")
+def value(flag):
+    return args[args.index(flag) + 1]
+if role == "train_qat":
+    out = pathlib.Path(value("--out"))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "checkpoint.pt").write_text("checkpoint")
+    metrics = {{"test": {{"ndcg@10": 0.5, "hit@10": 0.9}}}}
+    if value("--qconfig") != "fp32":
+        (out / "model_int8.pt").write_text("int8")
+        metrics["int8"] = {{"test": {{"ndcg@10": 0.5}}}}
+    (out / "metrics.json").write_text(json.dumps(metrics))
+elif role == "export_int8":
+    run = pathlib.Path(value("--run"))
+    status = statuses.get(run.name, 0)
+    if status == 2:
+        print("error: something is broken")
+        sys.exit(2)
+    kind = "int8" if (run / "model_int8.pt").exists() else "fp32"
+    (run / f"model_{{kind}}.onnx").write_text("onnx")
+    q = {{"torch": 0.5, "onnxruntime": 0.5}}
+    (run / "parity.json").write_text(json.dumps({{
+        "passed": status == 0, "ndcg@10": q, "hit@10": q, "onnx_bytes": 4}}))
+    print("parity: " + ("PASSED" if status == 0 else "FAILED"))
+    sys.exit(status)
+else:
+    i = args.index("--batches")
+    batches = [int(b) for b in args[i + 1:args.index("--threads")]]
+    threads = [int(t) for t in args[args.index("--threads") + 1:args.index("--repeats")]]
+    records = [{{"model": pathlib.Path(r).name, "batch": b, "threads": t, "median_ms": 1.0}}
+               for r in args[1:args.index("--out")] for b in batches for t in threads]
+    pathlib.Path(value("--out")).write_text(json.dumps({{"records": records, "quality": []}}))
+'''
+
+
+@pytest.fixture
+def fake_pipeline(tmp_path, monkeypatch):
+    """``(run(statuses, *extra) -> (exit status, stdout, stderr), calls())``: run_all.main in
+    process with train/export/benchmark replaced by stand-ins that write the files the real
+    scripts write; ``statuses`` maps a run folder name to the export's exit status."""
+    module = load_run_all()
+    calls = tmp_path / "calls.jsonl"
+
+    def run(capsys, statuses: dict[str, int], *extra: str) -> tuple[int, str, str]:
+        for role in module.SCRIPTS:
+            script = tmp_path / f"fake_{role}.py"
+            script.write_text(FAKE.format(role=role, statuses=statuses, calls=str(calls)))
+            monkeypatch.setitem(module.SCRIPTS, role, script)
+        argv = ["--data", "d.txt", "--out", str(tmp_path / "all"), "--methods", "ste", "pact",
+                "--bench-batches", "1", "8", "--bench-threads", "1", "--no-progress", *extra]
+        status = module.main(argv)
+        captured = capsys.readouterr()
+        return status, captured.out, captured.err
+
+    def read_calls() -> list[list[str]]:
+        lines = calls.read_text().splitlines() if calls.exists() else []
+        calls.unlink(missing_ok=True)
+        return [json.loads(line) for line in lines]
+    return run, read_calls, tmp_path / "all"
+
+
+def test_flags_reach_each_script(fake_pipeline, capsys):
+    run, calls, out = fake_pipeline
+    status, stdout, _ = run(capsys, {}, "--hidden", "16", "--qat-epochs", "3", "--epochs", "7",
+                            "--threads", "1", "--bench-repeats", "5", "--no-baselines")
+    assert status == 0
+    by_step = {(c[0], c[c.index("--out") + 1] if "--out" in c else c[c.index("--run") + 1]): c
+               for c in calls()}
+    fp32 = by_step[("train_qat", str(out / "fp32"))]
+    assert fp32[fp32.index("--hidden") + 1] == "16" and fp32[fp32.index("--epochs") + 1] == "7"
+    assert "--blocks" not in fp32 and "--resume" not in fp32  # not given: train_qat's default
+    ste = by_step[("train_qat", str(out / "ste_w8"))]
+    assert ste[ste.index("--init-from") + 1] == str(out / "fp32")
+    assert ste[ste.index("--epochs") + 1] == "3" and "--hidden" not in ste
+    assert ste[ste.index("--bits") + 1] == "8" and ste[ste.index("--threads") + 1] == "1"
+    bench = by_step[("benchmark", str(out / "bench.json"))]
+    assert bench[bench.index("--runs") + 1:bench.index("--out")] == [
+        str(out / name) for name in ("fp32", "ste_w8", "pact_w8")]
+    assert bench[bench.index("--batches") + 1:bench.index("--threads")] == ["1", "8"]
+    assert "--no-baselines" in bench and bench[bench.index("--repeats") + 1] == "5"
+    assert (out / "logs" / "train_pact_w8.log").read_text().count("=== exit status 0") == 1
+    assert [r["model"] for r in read_csv(out / "results_summary.csv")[1]] == [
+        "fp32", "ste_w8", "pact_w8"]
+
+
+def test_failed_parity_is_marked_and_the_pipeline_goes_on(fake_pipeline, capsys):
+    run, calls, out = fake_pipeline
+    status, stdout, stderr = run(capsys, {"ste_w8": 1})
+    assert status == 0
+    assert "export ste_w8: done in" in stdout and "parity FAILED" in stdout
+    assert "parity failed for ste_w8" in stderr
+    rows = {r["model"]: r for r in read_csv(out / "results_summary.csv")[1]}
+    assert rows["ste_w8"]["parity_passed"] == "False" and rows["pact_w8"]["parity_passed"] == "True"
+    calls()
+    run(capsys, {})  # a failed parity gate is a result, not an unfinished step
+    assert calls() == []
+
+
+def test_export_error_stops_and_a_rerun_resumes_there(fake_pipeline, capsys):
+    run, calls, out = fake_pipeline
+    status, stdout, stderr = run(capsys, {"ste_w8": 2})
+    log = out / "logs" / "export_ste_w8.log"
+    assert status == 1
+    assert f"step 'export ste_w8' failed with exit status 2; its log is {log}" in stderr
+    cause = "error: something is broken"
+    assert cause in stderr and cause in log.read_text()  # the log's last lines are shown
+    assert "export pact_w8" not in stdout and not (out / "bench.json").exists()
+    calls()
+    status, stdout, _ = run(capsys, {})
+    assert status == 0
+    assert [(c[0], Path(c[2]).name) for c in calls() if c[0] != "benchmark"] == [
+        ("export_int8", "ste_w8"), ("export_int8", "pact_w8")]
+    steps = step_lines(stdout)
+    assert all(steps[f"train {name}"][0].startswith("skipped") for name in ("fp32", "ste_w8"))
+
+
+def test_usage_errors(capsys):
+    module = load_run_all()
+    for argv in (["--data", "x", "--methods", "apot", "--bits", "6"],
+                 ["--data", "x", "--bench-threads", "1", "2", "--summary-threads", "4"],
+                 ["--data", "x", "--methods", "int3"]):
+        with pytest.raises(SystemExit) as exit_info:
+            module.parse_args(argv)
+        assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "apot supports --bits 4, 8, not 6" in err and "--summary-threads 4" in err
+
+
+def test_help_documents_every_flag():
+    out = run_cli("--help").stdout
+    for flag in ["--data", "--out", "--methods", "--bits", "--max-len", "--hidden", "--blocks",
+                 "--heads", "--epochs", "--qat-epochs", "--patience", "--batch-size", "--threads",
+                 "--bench-threads", "--bench-repeats", "--bench-batches", "--no-baselines",
+                 "--seed", "--summary-threads", "--quiet", "--no-progress"]:
+        assert flag in out
+    assert "python scripts/run_all.py --data ml-1m" in out  # the reproduce command
+
+
+def test_a_failing_training_step_names_step_and_log(tmp_path):
+    out = tmp_path / "all"
+    result = run_cli("--data", tmp_path / "nope.txt", "--out", out, "--quiet", "--no-progress")
+    log = out / "logs" / "train_fp32.log"
+    assert result.returncode == 1
+    assert f"step 'train fp32' failed with exit status 2; its log is {log}" in result.stderr
+    assert "nope.txt" in log.read_text() and "nope.txt" in result.stderr  # the cause, shown
+    assert list(step_lines(result.stdout)) == ["train fp32"]
+
+
+# -- the real pipeline --------------------------------------------------------------------------
+@pytest.mark.slow
+def test_pipeline_end_to_end_rerun_and_resume(tmp_path):
+    data = tmp_path / "cyclic.txt"
+    write_sasrec_text(cyclic_dataset(num_users=30, length=10), data)
+    out = tmp_path / "all"
+    argv = ["--data", data, "--out", out, "--methods", "ste", "lsq", "--bits", 8,
+            "--max-len", 8, "--hidden", 8, "--blocks", 1, "--epochs", 1, "--qat-epochs", 1,
+            "--batch-size", 8, "--threads", 1, "--bench-batches", 1, 4, "--bench-threads", 1,
+            "--bench-repeats", 3, "--quiet", "--no-progress"]
+    names = ["fp32", "ste_w8", "lsq_w8"]
+    labels = ([f"train {n}" for n in names] + [f"export {n}" for n in names]
+              + ["benchmark", "summary"])
+
+    first = run_cli(*argv)
+    assert first.returncode == 0, first.stdout + first.stderr
+    steps = step_lines(first.stdout)
+    assert list(steps) == labels
+    assert all(len(s) == 2 and s[0].startswith("started") and s[1].startswith("done in")
+               for s in steps.values())
+    assert sorted(p.name for p in (out / "logs").iterdir()) == sorted(
+        label.replace(" ", "_") + ".log" for label in labels[:-1])
+
+    bench = json.loads((out / "bench.json").read_text())
+    columns, rows = read_csv(out / "results_summary.csv")
+    assert columns == summary_columns([1, 4])
+    baselines = ["ort_quantize_dynamic", "ort_quantize_static"]
+    assert [r["model"] for r in rows] == names + baselines
+    fp32_ms = {}
+    for row, name in zip(rows, names):  # baselines after the runs (zip stops there)
+        report = json.loads((out / name / "parity.json").read_text())
+        assert row["method"] == report["method"] and int(row["bits"]) == report["bits"]
+        for metric in ("ndcg@10", "hit@10"):
+            for engine in ("torch", "onnxruntime"):
+                assert float(row[f"{metric}_{engine}"]) == pytest.approx(
+                    report[metric][engine], rel=1e-5, abs=1e-9)
+        assert row["parity_passed"] == str(report["passed"]) == "True"
+        onnx_file = out / name / report["onnx_file"]
+        assert int(row["onnx_bytes"]) == report["onnx_bytes"] == onnx_file.stat().st_size
+        for batch in (1, 4):
+            median = [r["median_ms"] for r in bench["records"]
+                      if (r["model"], r["batch"], r["threads"]) == (name, batch, 1)]
+            assert len(median) == 1
+            assert float(row[f"latency_b{batch}_ms"]) == pytest.approx(median[0], rel=1e-5)
+            fp32_ms.setdefault(batch, median[0])
+            assert float(row[f"speedup_b{batch}"]) == pytest.approx(
+                fp32_ms[batch] / median[0], rel=1e-5)
+    for row in rows[len(names):]:  # quality from bench.json, latency against the same FP32
+        quality = next(q for q in bench["quality"] if q["model"] == row["model"])
+        model = next(m for m in bench["models"] if m["model"] == row["model"])
+        assert row["method"] == row["model"].removeprefix("ort_") == model["method"]
+        assert float(row["ndcg@10_onnxruntime"]) == pytest.approx(quality["ndcg@10"], rel=1e-5)
+        assert float(row["hit@10_onnxruntime"]) == pytest.approx(quality["hit@10"], rel=1e-5)
+        assert row["ndcg@10_torch"] == row["parity_passed"] == ""
+        assert int(row["onnx_bytes"]) == model["onnx_bytes"]
+        for batch in (1, 4):
+            assert float(row[f"speedup_b{batch}"]) == pytest.approx(
+                fp32_ms[batch] / float(row[f"latency_b{batch}_ms"]), rel=1e-4)
+    png = (out / "results_comparison.png").read_bytes()
+    assert png.startswith(PNG_SIGNATURE) and len(png) > 10_000
+
+    def stamps() -> dict[Path, int]:
+        return {p: p.stat().st_mtime_ns for p in out.rglob("*")
+                if p.suffix in (".pt", ".onnx", ".json")}
+    before = stamps()
+    second = run_cli(*argv)
+    assert second.returncode == 0, second.stdout + second.stderr
+    steps = step_lines(second.stdout)
+    assert all(steps[label][0].startswith("skipped") for label in labels[:-1])
+    assert steps["summary"][-1].startswith("done in")
+    assert stamps() == before
+
+    (out / "lsq_w8" / "metrics.json").unlink()  # a crash after the last checkpoint
+    third = run_cli(*argv)
+    assert third.returncode == 0, third.stdout + third.stderr
+    steps = step_lines(third.stdout)
+    ran = [label for label in labels if not steps[label][0].startswith("skipped")]
+    # the resumed run rewrites model_int8.pt, so its export and the benchmark are redone too
+    assert ran == ["train lsq_w8", "export lsq_w8", "benchmark", "summary"]
+    assert steps["train lsq_w8"][0] == "started (resuming from checkpoint.pt)"
+    commands = [line for line in (out / "logs" / "train_lsq_w8.log").read_text().splitlines()
+                if line.startswith("=== ") and " $ " in line]
+    assert len(commands) == 2 and "--resume" not in commands[0] and "--resume" in commands[1]
+    after = stamps()
+    assert all(after[p] == before[p] for p in before if "lsq_w8" not in p.parts
+               and p.name != "bench.json")
+    assert after[out / "lsq_w8" / "checkpoint.pt"] == before[out / "lsq_w8" / "checkpoint.pt"]
+    assert json.loads((out / "lsq_w8" / "metrics.json").read_text())["epochs_run"] == 1
