@@ -23,6 +23,11 @@ Baselines (when an FP32 run is among --runs, unless --no-baselines), timed in th
 ranking) of every timed model: from DIR/parity.json when it describes the same ONNX file and
 dataset, else computed with qat.evaluate.
 
+--int8-fast: also time every INT8 run's plain-op graph (``build_sasrec_onnx(torch_exact=False)``:
+QuantizeLinear/LayerNormalization/QLinearAdd instead of the ops that round exactly like torch),
+named ``<model>_fast``; its parity with the torch INT8 model (nDCG@10, Hit@10, top-10 agreement,
+pass/fail at export/parity.py's thresholds) is measured and recorded in "quality".
+
 --sweep-hidden D...: for each width D, a randomly initialised SASRec (the runs' num_items and
 max_len, the first run's blocks and heads) in FP32 and converted to INT8 the project's way (STE,
 8 bits, calibrated on random sequences), both timed at every batch/threads case.
@@ -46,7 +51,7 @@ import numpy as np
 import torch
 
 from data import DataFormatError, DownloadError, LeaveOneOutSplit, leave_one_out, load_dataset
-from export import OnnxScorer, RunModel, build_sasrec_onnx, load_run, make_session
+from export import OnnxScorer, RunModel, build_sasrec_onnx, check_parity, load_run, make_session
 from export.latency import (
     Call,
     batch_pool,
@@ -84,7 +89,7 @@ class Candidate:
     """One timed model: an ONNX graph (``onnx``) or a torch model (``torch_model``)."""
 
     name: str
-    kind: str  # "onnx_fp32" | "onnx_int8" | "torch_eager" | "ort_ptq"
+    kind: str  # "onnx_fp32" | "onnx_int8" | "onnx_int8_fast" | "torch_eager" | "ort_ptq"
     run: str | None
     method: str
     bits: int
@@ -136,6 +141,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="skip torch eager and onnxruntime PTQ baselines")
     p.add_argument("--calibration-users", type=int, default=512,
                    help="training sequences calibrating ort quantize_static (default 512)")
+    p.add_argument("--int8-fast", action="store_true",
+                   help="also time each INT8 run's plain-op graph (not bit-exact with torch) "
+                        "and measure its parity")
     p.add_argument("--sweep-hidden", type=int, nargs="+", default=[], metavar="D",
                    help="also time random FP32/INT8 SASRec at these hidden sizes")
     p.add_argument("--ort-spinning", action="store_true",
@@ -232,6 +240,19 @@ def run_candidates(runs: list[RunModel], notes: list[str]) -> list[Candidate]:
     return out
 
 
+def fast_candidates(runs: list[RunModel]) -> list[Candidate]:
+    """Every INT8 run's plain-op graph (``torch_exact=False``), built in memory."""
+    out = []
+    for run, name in zip(runs, run_names(runs)):
+        if run.kind == "int8":
+            meta = {"sasrec_qat.method": run.method, "sasrec_qat.bits": run.bits}
+            payload = build_sasrec_onnx(run.model, torch_exact=False, metadata=meta)
+            out.append(Candidate(f"{name}_fast", "onnx_int8_fast", str(run.run_dir), run.method,
+                                 run.bits, "built in memory with torch_exact=False",
+                                 onnx=payload.SerializeToString()))
+    return out
+
+
 def _check_metadata(payload: bytes, run: RunModel, path: Path) -> None:
     """An exported file must describe the run's model (a stale export would mislead)."""
     session = make_session(payload, threads=1)
@@ -270,6 +291,16 @@ def quality(candidates: list[Candidate], runs: list[RunModel], data: str,
     by_dir = {str(r.run_dir): r for r in runs}
     out = []
     for c in candidates:
+        if c.kind == "onnx_int8_fast":
+            assert c.onnx is not None
+            report = check_parity(by_dir[c.run or ""].model, make_session(c.onnx), split, WHICH,
+                                  batch_size=EVAL_BATCH)
+            out.append({"model": c.name, "kind": c.kind, "ndcg@10": report.ndcg["onnxruntime"],
+                        "hit@10": report.hit["onnxruntime"], "users": report.users,
+                        "top10_agreement": report.top10_agreement,
+                        "ndcg@10_delta": report.ndcg_delta, "parity_passed": report.passed,
+                        "source": "computed (onnxruntime), parity vs the torch INT8 model"})
+            continue
         recorded = _parity_quality(c, by_dir.get(c.run or ""), data)
         if recorded is not None:
             out.append({"model": c.name, "kind": c.kind, **recorded})
@@ -380,6 +411,8 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     data, split = load_split(args, runs)
     notes: list[str] = []
     candidates = run_candidates(runs, notes)
+    if args.int8_fast:
+        candidates += fast_candidates(runs)
     baselines: list[PTQResult] = []
     fp32_index = next((i for i, r in enumerate(runs) if r.kind == "fp32"), None)
     if args.baselines and fp32_index is None:
@@ -420,6 +453,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         "baselines": bool(args.baselines and fp32_index is not None),
         "baseline_source": None if fp32_index is None else str(runs[fp32_index].run_dir),
         "calibration_users": args.calibration_users, "sweep_hidden": args.sweep_hidden,
+        "int8_fast": args.int8_fast,
         "sweep_quantization": f"{SWEEP_METHOD}, {SWEEP_BITS}-bit weights, "
                               f"{SWEEP_CALIBRATION} random calibration sequences",
     }
@@ -454,7 +488,10 @@ def print_tables(bench: dict[str, Any]) -> None:
     if bench["quality"]:
         print(f"\n{'model':26s}{'nDCG@10':>9s}{'Hit@10':>9s}  source")
         for q in bench["quality"]:
-            print(f"{q['model']:26s}{q['ndcg@10']:9.4f}{q['hit@10']:9.4f}  {q['source']}")
+            agreement = (f", top-10 agreement {q['top10_agreement']:.4f}"
+                         if "top10_agreement" in q else "")
+            print(f"{q['model']:26s}{q['ndcg@10']:9.4f}{q['hit@10']:9.4f}  {q['source']}"
+                  f"{agreement}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,7 +15,7 @@ import pytest
 from conftest import cyclic_dataset
 
 from data import leave_one_out, write_sasrec_text
-from export import OnnxScorer, make_session
+from export import OnnxScorer, build_sasrec_onnx, check_parity, load_run, make_session
 from export import ort_baselines
 from export.latency import (
     CPU_FLAGS,
@@ -332,3 +332,23 @@ def test_cli_exit_status_2_on_missing_run(tmp_path):
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("error: no run folder at")
     assert "Traceback" not in result.stderr and list(tmp_path.iterdir()) == []
+
+
+def test_int8_fast_variant_is_timed_with_its_parity(runs, tmp_path):
+    """--int8-fast adds each INT8 run's plain-op graph, timed like the others, and records its
+    parity against the torch INT8 model as check_parity measures it."""
+    data, fp32_dir, lsq_dir = runs
+    out = tmp_path / "bench.json"
+    assert benchmark.main(["--runs", str(fp32_dir), str(lsq_dir), *FAST, "--no-baselines",
+                           "--int8-fast", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    cases = {(r["model"], r["batch"]) for r in result["records"]}
+    assert cases == {(m, b) for m in ("fp32", "lsq_w8", "lsq_w8_fast") for b in (1, 4)}
+    fast = {q["model"]: q for q in result["quality"]}["lsq_w8_fast"]
+    run = load_run(lsq_dir)
+    proto = build_sasrec_onnx(run.model, torch_exact=False)
+    report = check_parity(run.model, make_session(proto), leave_one_out(cyclic_dataset()))
+    assert fast["ndcg@10"] == pytest.approx(report.ndcg["onnxruntime"], abs=1e-12)
+    assert fast["top10_agreement"] == pytest.approx(report.top10_agreement, abs=1e-12)
+    assert fast["parity_passed"] == report.passed
+    assert result["settings"]["int8_fast"] is True
