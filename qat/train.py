@@ -14,6 +14,7 @@ Run folder layout (each file written atomically, so a crash never leaves a trunc
 from __future__ import annotations
 
 import copy
+import math
 import resource
 import statistics
 import time
@@ -134,17 +135,14 @@ class Trainer:
                            desc=f"epoch {epoch}", disable=not self.config.progress)
             for step, batch in enumerate(batches):
                 progress = ((epoch - 1) * len(self.batcher) + step) / max(total_steps - 1, 1)
-                loss = self._loss(batch, progress)
-                if not torch.isfinite(loss):
+                loss = self.step(batch, progress)
+                if not math.isfinite(loss):
                     raise NonFiniteLossError(
-                        f"loss is {loss.item()} at epoch {epoch}, step {step + 1}/"
+                        f"loss is {loss} at epoch {epoch}, step {step + 1}/"
                         f"{len(self.batcher)} (method {self.method}); training stopped, the last "
                         f"good checkpoint is kept at {path}"
                         + (" (epoch %d)" % run["epoch"] if run["epoch"] else " (none written yet)"))
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                self.optimizer.step()
-                losses.append(loss.item())
+                losses.append(loss)
                 batches.set_postfix(loss=f"{losses[-1]:.4f}")
             record: dict[str, Any] = {"epoch": epoch, "loss": statistics.fmean(losses),
                                       "train_seconds": time.perf_counter() - start}
@@ -176,6 +174,20 @@ class Trainer:
                             batch_size=self.config.eval_batch_size, **kwargs)
         finally:
             model.train(was_training)
+
+    def step(self, batch: Any, progress: float) -> float:
+        """One optimiser step on ``batch``; returns its loss.
+
+        ``progress`` in [0, 1] is how far training is (the regularizer's schedule). A NaN/Inf
+        loss is returned without touching the weights.
+        """
+        loss = self._loss(batch, progress)
+        if not torch.isfinite(loss):
+            return loss.item()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return loss.item()
 
     # -- internals --------------------------------------------------------------------------
     def _loss(self, batch: Any, progress: float) -> torch.Tensor:
