@@ -28,6 +28,10 @@ QuantizeLinear/LayerNormalization/QLinearAdd instead of the ops that round exact
 named ``<model>_fast``; its parity with the torch INT8 model (nDCG@10, Hit@10, top-10 agreement,
 pass/fail at export/parity.py's thresholds) is measured and recorded in "quality".
 
+--torch-int8: also time every INT8 run's converted torch model in eager mode
+(``torch_eager_<model>``: torch's own fbgemm INT8 kernels, the reference the exact ONNX graph
+reproduces).
+
 --sweep-hidden D...: for each width D, a randomly initialised SASRec (the runs' num_items and
 max_len, the first run's blocks and heads) in FP32 and converted to INT8 the project's way (STE,
 8 bits, calibrated on random sequences), both timed at every batch/threads case.
@@ -80,6 +84,7 @@ from qat.registry import get_method
 WHICH = "test"
 EVAL_BATCH = 512
 SWEEP_METHOD, SWEEP_BITS, SWEEP_CALIBRATION = "ste", 8, 64
+TORCH_EAGER_PREFIX = "torch_eager_"
 TORCH_EAGER, ORT_DYNAMIC, ORT_STATIC = "torch_eager_fp32", "ort_quantize_dynamic", \
     "ort_quantize_static"
 
@@ -144,6 +149,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--int8-fast", action="store_true",
                    help="also time each INT8 run's plain-op graph (not bit-exact with torch) "
                         "and measure its parity")
+    p.add_argument("--torch-int8", action="store_true",
+                   help="also time each INT8 run's converted torch model (eager, fbgemm)")
     p.add_argument("--sweep-hidden", type=int, nargs="+", default=[], metavar="D",
                    help="also time random FP32/INT8 SASRec at these hidden sizes")
     p.add_argument("--ort-spinning", action="store_true",
@@ -251,6 +258,13 @@ def fast_candidates(runs: list[RunModel]) -> list[Candidate]:
                                  run.bits, "built in memory with torch_exact=False",
                                  onnx=payload.SerializeToString()))
     return out
+
+
+def torch_int8_candidates(runs: list[RunModel]) -> list[Candidate]:
+    """Every INT8 run's converted torch model, run eagerly by torch's quantized kernels."""
+    return [Candidate(f"{TORCH_EAGER_PREFIX}{name}", "torch_eager", str(run.run_dir), run.method,
+                      run.bits, f"torch eager INT8 model of {run.run_dir}", torch_model=run.model)
+            for run, name in zip(runs, run_names(runs)) if run.kind == "int8"]
 
 
 def _check_metadata(payload: bytes, run: RunModel, path: Path) -> None:
@@ -413,6 +427,8 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     candidates = run_candidates(runs, notes)
     if args.int8_fast:
         candidates += fast_candidates(runs)
+    if args.torch_int8:
+        candidates += torch_int8_candidates(runs)
     baselines: list[PTQResult] = []
     fp32_index = next((i for i, r in enumerate(runs) if r.kind == "fp32"), None)
     if args.baselines and fp32_index is None:
@@ -453,7 +469,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         "baselines": bool(args.baselines and fp32_index is not None),
         "baseline_source": None if fp32_index is None else str(runs[fp32_index].run_dir),
         "calibration_users": args.calibration_users, "sweep_hidden": args.sweep_hidden,
-        "int8_fast": args.int8_fast,
+        "int8_fast": args.int8_fast, "torch_int8": args.torch_int8,
         "sweep_quantization": f"{SWEEP_METHOD}, {SWEEP_BITS}-bit weights, "
                               f"{SWEEP_CALIBRATION} random calibration sequences",
     }

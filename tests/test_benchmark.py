@@ -334,20 +334,27 @@ def test_cli_exit_status_2_on_missing_run(tmp_path):
     assert "Traceback" not in result.stderr and list(tmp_path.iterdir()) == []
 
 
-def test_int8_fast_variant_is_timed_with_its_parity(runs, tmp_path):
+def test_int8_fast_and_torch_int8_variants(runs, tmp_path):
     """--int8-fast adds each INT8 run's plain-op graph, timed like the others, and records its
-    parity against the torch INT8 model as check_parity measures it."""
+    parity against the torch INT8 model as check_parity measures it; --torch-int8 adds the
+    converted torch model itself, with its own quality."""
     data, fp32_dir, lsq_dir = runs
     out = tmp_path / "bench.json"
     assert benchmark.main(["--runs", str(fp32_dir), str(lsq_dir), *FAST, "--no-baselines",
-                           "--int8-fast", "--out", str(out)]) == 0
+                           "--int8-fast", "--torch-int8", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     cases = {(r["model"], r["batch"]) for r in result["records"]}
-    assert cases == {(m, b) for m in ("fp32", "lsq_w8", "lsq_w8_fast") for b in (1, 4)}
+    models = ("fp32", "lsq_w8", "lsq_w8_fast", "torch_eager_lsq_w8")
+    assert cases == {(m, b) for m in models for b in (1, 4)}
+    torch_int8 = {q["model"]: q for q in result["quality"]}["torch_eager_lsq_w8"]
+    split = leave_one_out(cyclic_dataset())
+    run = load_run(lsq_dir)
+    expected = evaluate(run.model.score_last, split, "test", max_len=10, batch_size=512)
+    assert torch_int8["ndcg@10"] == pytest.approx(expected["ndcg@10"], abs=1e-12)
     fast = {q["model"]: q for q in result["quality"]}["lsq_w8_fast"]
     run = load_run(lsq_dir)
     proto = build_sasrec_onnx(run.model, torch_exact=False)
-    report = check_parity(run.model, make_session(proto), leave_one_out(cyclic_dataset()))
+    report = check_parity(run.model, make_session(proto), split)
     assert fast["ndcg@10"] == pytest.approx(report.ndcg["onnxruntime"], abs=1e-12)
     assert fast["top10_agreement"] == pytest.approx(report.top10_agreement, abs=1e-12)
     assert fast["parity_passed"] == report.passed
