@@ -151,6 +151,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     bench.add_argument("--no-baselines", action="store_true",
                        help="do not benchmark torch eager FP32 and onnxruntime "
                             "quantize_dynamic/quantize_static")
+    bench.add_argument("--int8-fast", action="store_true",
+                       help="benchmark.py --int8-fast: also time each INT8 run's plain-op "
+                            "graph (not bit-exact) and record its parity")
+    bench.add_argument("--torch-int8", action="store_true",
+                       help="benchmark.py --torch-int8: also time the converted torch models")
+    bench.add_argument("--sweep-hidden", nargs="+", type=int, default=[], metavar="D",
+                       help="benchmark.py --sweep-hidden: INT8/FP32 latency of random models "
+                            "of these widths")
     bench.add_argument("--summary-threads", type=int, default=None, metavar="T",
                        help="thread count whose latencies the summary shows (default the largest "
                             "--bench-threads)")
@@ -224,6 +232,11 @@ def bench_missing(bench_path: Path, runs: list[Run], args: argparse.Namespace) -
         return f"it has {settings['repeats']} repeats, not {args.bench_repeats}"
     if not args.no_baselines and settings.get("baselines") is False:
         return "it has no baselines"
+    for flag in ("int8_fast", "torch_int8"):
+        if getattr(args, flag) and not settings.get(flag):
+            return f"it was made without --{flag.replace('_', '-')}"
+    if args.sweep_hidden and settings.get("sweep_hidden") != args.sweep_hidden:
+        return f"its sweep is {settings.get('sweep_hidden')}, not {args.sweep_hidden}"
     batches, threads = args.bench_batches, args.bench_threads
     have = {(r.get("model"), r.get("batch"), r.get("threads")) for r in bench.get("records", [])}
     for run in runs:
@@ -290,7 +303,11 @@ def bench_step(runs: list[Run], args: argparse.Namespace) -> Step:
                  "--data", args.data, "--batches", *map(str, args.bench_batches),
                  "--threads", *map(str, args.bench_threads),
                  "--repeats", str(args.bench_repeats)]
-        return Plan(args=flags + (["--no-baselines"] if args.no_baselines else []), note=why)
+        flags += ["--no-baselines"] if args.no_baselines else []
+        flags += ["--int8-fast"] if args.int8_fast else []
+        flags += ["--torch-int8"] if args.torch_int8 else []
+        flags += ["--sweep-hidden", *map(str, args.sweep_hidden)] if args.sweep_hidden else []
+        return Plan(args=flags, note=why)
     return Step("benchmark", "benchmark", "benchmark", plan)
 
 

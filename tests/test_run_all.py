@@ -179,7 +179,8 @@ def fake_pipeline(tmp_path, monkeypatch):
 def test_flags_reach_each_script(fake_pipeline, capsys):
     run, calls, out = fake_pipeline
     status, stdout, _ = run(capsys, {}, "--hidden", "16", "--qat-epochs", "3", "--epochs", "7",
-                            "--threads", "1", "--bench-repeats", "5", "--no-baselines")
+                            "--threads", "1", "--bench-repeats", "5", "--no-baselines",
+                            "--int8-fast", "--torch-int8", "--sweep-hidden", "8", "16")
     assert status == 0
     by_step = {(c[0], c[c.index("--out") + 1] if "--out" in c else c[c.index("--run") + 1]): c
                for c in calls()}
@@ -195,6 +196,8 @@ def test_flags_reach_each_script(fake_pipeline, capsys):
         str(out / name) for name in ("fp32", "ste_w8", "pact_w8")]
     assert bench[bench.index("--batches") + 1:bench.index("--threads")] == ["1", "8"]
     assert "--no-baselines" in bench and bench[bench.index("--repeats") + 1] == "5"
+    assert "--int8-fast" in bench and "--torch-int8" in bench
+    assert bench[bench.index("--sweep-hidden") + 1:] == ["8", "16"]
     assert (out / "logs" / "train_pact_w8.log").read_text().count("=== exit status 0") == 1
     assert [r["model"] for r in read_csv(out / "results_summary.csv")[1]] == [
         "fp32", "ste_w8", "pact_w8"]
