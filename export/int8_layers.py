@@ -120,6 +120,10 @@ class Int8Layers:
         return (self.g.scalar(np.float32(scale), np.float32, "scale"),
                 self.g.scalar(zero_point, np.uint8, "zero_point"))
 
+    def _inverse_scale(self, scale: float) -> str:
+        """The float32 ``1/scale`` constant the exact functions multiply by."""
+        return self.g.scalar(torch_kernels.inverse_scale(scale), np.float32, "inv_scale")
+
     def _output(self, module: nn.Module) -> tuple[float, int, str, str]:
         """(scale, zero point, their constants) of a module's quantized output."""
         scale = float(np.float32(torch.as_tensor(module.scale).reshape(-1)[0]))
@@ -165,7 +169,8 @@ class Int8Layers:
         if not self.torch_exact:
             return self._quantize_linear(x, stub, hint)
         scale, zero_point, scale_name, zp_name = self._output(stub)
-        q = self.g.call(torch_kernels.quantize_per_tensor(), [x, scale_name, zp_name], name=hint)
+        q = self.g.call(torch_kernels.quantize_per_tensor(),
+                        [x, self._inverse_scale(scale), zp_name], name=hint)
         return QTensor(q, scale, zero_point, scale_name, zp_name)
 
     def dequantize(self, x: QTensor, hint: str) -> str:
@@ -218,7 +223,7 @@ class Int8Layers:
         function = torch_kernels.layer_norm(
             scalar_tail=module.normalized_shape[-1] % torch_kernels.LAYER_NORM_VECTOR != 0)
         q = g.call(function, [x.name, x.scale_name, x.zero_point_name, gamma, beta, eps,
-                              scale_name, zp_name], name=hint)
+                              self._inverse_scale(scale), zp_name], name=hint)
         return QTensor(q, scale, zero_point, scale_name, zp_name)
 
     def add(self, a: QTensor, b: QTensor, module: nn.Module, hint: str) -> QTensor:
@@ -232,8 +237,8 @@ class Int8Layers:
             return self._quantize_linear(y, module, hint)
         scale, zero_point, scale_name, zp_name = self._output(module)
         q = g.call(torch_kernels.add(), [a.name, a.scale_name, a.zero_point_name, b.name,
-                                         b.scale_name, b.zero_point_name, scale_name, zp_name],
-                   name=hint)
+                                         b.scale_name, b.zero_point_name,
+                                         self._inverse_scale(scale), zp_name], name=hint)
         return QTensor(q, scale, zero_point, scale_name, zp_name)
 
     def last_position(self, x: QTensor, hint: str) -> QTensor:

@@ -11,20 +11,21 @@ layer by layer on ML-1M: 0 differing elements). onnxruntime inlines them at load
 computed in float64, where the product of two float32 is exact, then cast back; a double
 rounding would need the float64 sum to land exactly on a float32 midpoint.
 
-Functions (domain ``DOMAIN``; ``s``/``z`` are float32 scales and uint8 zero points):
+Functions (domain ``DOMAIN``; ``s``/``z`` are float32 scales and uint8 zero points; ``1/s`` is
+passed in as ``inv_s = inverse_scale(s)``, a float32 constant):
 
-* ``QuantizePerTensor(x, s, z)``: fbgemm ``Quantize``: ``sat(rint(fma(x, 1/s, z)))``.
+* ``QuantizePerTensor(x, inv_s, z)``: fbgemm ``Quantize``: ``sat(rint(fma(x, 1/s, z)))``.
 * ``Requantize(acc, s_x, s_w, b, s, z)`` and ``RequantizeRelu``: fbgemm's float-bias output
   pipeline of ``quantized::linear``: ``m = s_x * s_w``,
   ``sat(rint([relu]((acc + b / m) * (m / s))) + z)``.
-* ``LayerNorm(u, s_x, z_x, gamma, beta, eps, s, z)``: ``mean = sum(u) / N``,
+* ``LayerNorm(u, s_x, z_x, gamma, beta, eps, inv_s, z)``: ``mean = sum(u) / N``,
   ``var = max(fma(-mean, mean, sum(u^2) / N), 0)`` (integer sums),
   ``r = f32(s_x / sqrt(f64(var * s_x * s_x) + eps))``,
   ``y = fma(((u - z_x) - (mean - z_x)) * r, gamma, beta)``; rounded
   ``sat(rint(y * (1/s)) + z)`` in the first ``32 * floor(N / 32)`` columns (the vectorised
   part) and ``sat(rint(y * (1/s) + z))`` in the others (the scalar remainder);
   ``LayerNormVector`` when N is a multiple of 32 (no remainder).
-* ``Add(a, s_a, z_a, b, s_b, z_b, s, z)``: the vectorised ``quantized::add``:
+* ``Add(a, s_a, z_a, b, s_b, z_b, inv_s, z)``: the vectorised ``quantized::add``:
   ``c = fma(a, s_a, s_a * -z_a) + fma(b, s_b, s_b * -z_b)``, ``sat(rint(c * (1/s)) + z)``.
   (The last ``numel % 64`` elements of each thread's range take torch's scalar path, which can
   differ on a near-tie.)
@@ -66,8 +67,14 @@ def _round_to_u8(g: GraphBuilder, steps: str, zero_point: str, hint: str) -> str
     return g.node("QuantizeLinear", [steps, _f32(g, 1.0), zero_point], name=hint)
 
 
-def _inverse(g: GraphBuilder, scale: str) -> str:
-    return g.node("Div", [_f32(g, 1.0), scale], name="inv_scale")  # float32 1/s
+def inverse_scale(scale: float) -> np.float32:
+    """float32 ``1 / s``, as the kernels compute it; pass it to the functions as ``inv_s``.
+
+    Computed here, not in the graph: onnxruntime's DivMulFusion rewrites ``Mul(y, Div(1, s))``
+    into ``Div(y, s)``, which is not torch's arithmetic (``y / s`` and ``y * f32(1/s)`` can differ
+    in the last bit; no rounded step flipped in the 10^6-value tests, but nothing rules it out).
+    """
+    return np.float32(1.0) / np.float32(scale)
 
 
 def _function(name: str, inputs: list[str]) -> GraphBuilder:
@@ -84,9 +91,9 @@ def _finish(g: GraphBuilder, output: str, doc: str) -> onnx.FunctionProto:
 
 @functools.lru_cache(maxsize=None)
 def quantize_per_tensor() -> onnx.FunctionProto:
-    """``QuantizePerTensor(x, s, z) -> u8``: ``sat(rint(fma(x, 1/s, z)))``."""
-    g = _function("QuantizePerTensor", ["x", "s", "z"])
-    steps = fma(g, "x", _inverse(g, "s"), _cast(g, "z", FLOAT, "z_f32"), "steps")
+    """``QuantizePerTensor(x, inv_s, z) -> u8``: ``sat(rint(fma(x, inv_s, z)))``."""
+    g = _function("QuantizePerTensor", ["x", "inv_s", "z"])
+    steps = fma(g, "x", "inv_s", _cast(g, "z", FLOAT, "z_f32"), "steps")
     return _finish(g, _round_to_u8(g, steps, g.scalar(0, np.uint8, "zero"), "y"),
                    "torch.quantize_per_tensor (fbgemm), quint8")
 
@@ -107,14 +114,14 @@ def requantize(relu: bool) -> onnx.FunctionProto:
 
 @functools.lru_cache(maxsize=None)
 def layer_norm(scalar_tail: bool = True) -> onnx.FunctionProto:
-    """``LayerNorm(u, s_x, z_x, gamma, beta, eps, s, z) -> u8`` over the last axis.
+    """``LayerNorm(u, s_x, z_x, gamma, beta, eps, inv_s, z) -> u8`` over the last axis.
 
     ``scalar_tail=False`` (``LayerNormVector``) may be used only when the width is a multiple
     of ``LAYER_NORM_VECTOR``: every column then takes the vectorised rounding, and the function
     skips computing the scalar remainder's.
     """
     g = _function("LayerNorm" if scalar_tail else "LayerNormVector",
-                  ["u", "s_x", "z_x", "gamma", "beta", "eps", "s", "z"])
+                  ["u", "s_x", "z_x", "gamma", "beta", "eps", "inv_s", "z"])
     axes = g.ints([-1], "axes")
     ints = _cast(g, "u", INT32, "u_i32")
     width = g.node("Gather", [g.node("Shape", ["u"], name="shape"), g.scalar(-1, np.int64, "last")],
@@ -137,7 +144,7 @@ def layer_norm(scalar_tail: bool = True) -> onnx.FunctionProto:
     centred = g.node("Sub", [g.node("Sub", [_cast(g, "u", FLOAT, "u_f32"), z_x], name="dq"),
                              mean_centred], name="centred")
     y = fma(g, g.node("Mul", [centred, ratio], name="normed"), "gamma", "beta", "affine")
-    steps = g.node("Mul", [y, _inverse(g, "s")], name="steps")
+    steps = g.node("Mul", [y, "inv_s"], name="steps")
     vector = _round_to_u8(g, steps, "z", "y_vector")
     if not scalar_tail:
         return _finish(g, vector, "quantized::layer_norm (x86 kernel), width % 32 == 0")
@@ -155,12 +162,12 @@ def layer_norm(scalar_tail: bool = True) -> onnx.FunctionProto:
 
 @functools.lru_cache(maxsize=None)
 def add() -> onnx.FunctionProto:
-    """``Add(a, s_a, z_a, b, s_b, z_b, s, z) -> u8``: vectorised ``quantized::add``."""
-    g = _function("Add", ["a", "s_a", "z_a", "b", "s_b", "z_b", "s", "z"])
+    """``Add(a, s_a, z_a, b, s_b, z_b, inv_s, z) -> u8``: vectorised ``quantized::add``."""
+    g = _function("Add", ["a", "s_a", "z_a", "b", "s_b", "z_b", "inv_s", "z"])
     terms = []
     for t in ("a", "b"):
         neg_z = g.node("Neg", [_cast(g, f"z_{t}", FLOAT, f"z_{t}_f32")], name=f"neg_z_{t}")
         offset = g.node("Mul", [f"s_{t}", neg_z], name=f"offset_{t}")  # float32 s * -z
         terms.append(fma(g, _cast(g, t, FLOAT, f"{t}_f32"), f"s_{t}", offset, f"dq_{t}"))
-    steps = g.node("Mul", [g.node("Add", terms, name="sum"), _inverse(g, "s")], name="steps")
+    steps = g.node("Mul", [g.node("Add", terms, name="sum"), "inv_s"], name="steps")
     return _finish(g, _round_to_u8(g, steps, "z", "y"), "quantized::add (vectorised kernel)")

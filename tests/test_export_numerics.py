@@ -102,12 +102,13 @@ def test_each_int8_layer_rounds_like_torch(name, config):
     model = tiny_model(name, config=config)
     layers = captured_layers(model, batch(5, size=64, config=config))
     assert len(layers) == 1 + CONFIG.blocks * 11 + 1  # input stub; 6 linears, 2 LN, 2 adds,
-    for torch_exact in (True, False):                   # context stub per block; final LN
-        for layer_name, (module, args, output) in layers.items():
+    # each op exact as written (disable) and after onnxruntime's graph rewrites (all)
+    for torch_exact, level in ((True, "disable"), (True, "all"), (False, "disable")):
+        for layer_name, (module, args, output) in layers.items():  # ^ context stub; final LN
             proto, feed = one_layer_graph(module, layer_name, args, torch_exact)
-            got = make_session(proto, optimization="disable", threads=1).run(None, feed)[0]
+            got = make_session(proto, optimization=level, threads=1).run(None, feed)[0]
             steps = np.abs(got.astype(int) - output.int_repr().numpy().astype(int))
-            assert steps.max() <= (0 if torch_exact else 1), (layer_name, torch_exact)
+            assert steps.max() <= (0 if torch_exact else 1), (layer_name, torch_exact, level)
 
 
 def score_tolerance(model, hidden_u8, onnx_hidden_u8):
@@ -216,3 +217,38 @@ def test_serving_graph_equals_full_graph(name):
     same_set, _ = top_k_sets_agree(torch.from_numpy(serving_scores),
                                    torch.from_numpy(full_scores), 10)
     assert same_set.all()
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_add_rounds_like_torch_on_a_million_values(level):
+    """Rounding differences are rare (about 1 in 10^5 values sits near a half step), so this
+    feeds 10^6 pairs: the residual add's ONNX function must equal quantized::add on all of
+    them, also after onnxruntime's rewrites (its DivMulFusion once turned sum * (1/s) into
+    sum / s, flipping a few steps)."""
+    g = torch.Generator().manual_seed(0)
+    a, b = (torch.quantize_per_tensor(torch.randn(1000, 1000, generator=g) * 2, scale, zp,
+                                      torch.quint8)
+            for scale, zp in ((0.0311, 120), (0.0173, 135)))
+    module = nnq.QFunctional()
+    module.scale, module.zero_point = 0.0412345, 127
+    expected = module.add(a, b).int_repr().numpy()
+    proto, feed = one_layer_graph(module, "residual", (a, b), torch_exact=True)
+    got = make_session(proto, optimization=level, threads=1).run(None, feed)[0]
+    assert np.array_equal(got, expected), int((got != expected).sum())
+
+
+@pytest.mark.parametrize("width", [16, 64])
+@pytest.mark.parametrize("level", LEVELS)
+def test_layer_norm_rounds_like_torch_on_a_million_values(level, width):
+    """quantized::layer_norm on 10^6 values, with (16) and without (64) the scalar-remainder
+    columns, must equal its ONNX function everywhere, also after onnxruntime's rewrites."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.quantize_per_tensor(torch.randn(10**6 // width, width, generator=g) * 2, 0.0311,
+                                  120, torch.quint8)
+    module = nnq.LayerNorm(width, torch.nn.Parameter(torch.rand(width, generator=g) + 0.5),
+                           torch.nn.Parameter(torch.randn(width, generator=g) * 0.1),
+                           scale=0.0257, zero_point=125)
+    expected = module(x).int_repr().numpy()
+    proto, feed = one_layer_graph(module, "norm", (x,), torch_exact=True)
+    got = make_session(proto, optimization=level, threads=1).run(None, feed)[0]
+    assert np.array_equal(got, expected), int((got != expected).sum())
