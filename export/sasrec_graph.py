@@ -192,10 +192,14 @@ def _block(g: GraphBuilder, layers: Layers, block: nn.Module, x: Any, allowed: s
     context = layers.quantize(context, attn.quant_context, f"{hint}.attn.quant_context")
     x = layers.add(x, layers.linear(context, attn.out_proj, f"{hint}.attn.out_proj"),
                    block.attn_residual, f"{hint}.attn_residual")
-    ffn = block.ffn
+    return _ffn_half(layers, block, x, hint)
+
+
+def _ffn_half(layers: Layers, block: nn.Module, x: Any, hint: str) -> Any:
+    """``x + fc2(ReLU(fc1(LN(x))))``, per position, for (B, T, d) or (B, d)."""
     h = layers.layer_norm(x, block.ffn_norm, f"{hint}.ffn_norm")
-    h = layers.linear(h, ffn.fc1, f"{hint}.ffn.fc1", relu=True)
-    h = layers.linear(h, ffn.fc2, f"{hint}.ffn.fc2")
+    h = layers.linear(h, block.ffn.fc1, f"{hint}.ffn.fc1", relu=True)
+    h = layers.linear(h, block.ffn.fc2, f"{hint}.ffn.fc2")
     return layers.add(x, h, block.ffn_residual, f"{hint}.ffn_residual")
 
 
@@ -223,11 +227,7 @@ def _last_block(g: GraphBuilder, layers: Layers, block: nn.Module, x: Any, allow
     x = layers.add(layers.last_position(x, f"{hint}.last"),
                    layers.linear(context, attn.out_proj, f"{hint}.attn.out_proj"),
                    block.attn_residual, f"{hint}.attn_residual")
-    ffn = block.ffn
-    h = layers.layer_norm(x, block.ffn_norm, f"{hint}.ffn_norm")
-    h = layers.linear(h, ffn.fc1, f"{hint}.ffn.fc1", relu=True)
-    h = layers.linear(h, ffn.fc2, f"{hint}.ffn.fc2")
-    return layers.add(x, h, block.ffn_residual, f"{hint}.ffn_residual")
+    return _ffn_half(layers, block, x, hint)
 
 
 def _attention_core(g: GraphBuilder, q: str, k: str, v: str, allowed: str, heads: int,

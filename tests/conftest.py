@@ -1,5 +1,10 @@
-"""Shared fixtures: tiny synthetic datasets with a learnable structure."""
+"""Shared fixtures: tiny synthetic datasets with a learnable structure; loading the scripts."""
 from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -29,3 +34,15 @@ def cyclic_file(tmp_path):
     path = tmp_path / "cyclic.txt"
     write_sasrec_text(cyclic_dataset(), path)
     return path
+
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+def load_script(name: str) -> ModuleType:
+    """``scripts/<name>.py`` imported as module ``<name>_script`` (to call ``main`` in process)."""
+    spec = importlib.util.spec_from_file_location(f"{name}_script", SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while it loads
+    spec.loader.exec_module(module)
+    return module

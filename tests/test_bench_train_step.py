@@ -1,26 +1,16 @@
 """scripts/bench_train_step.py: interleaved training-step timing of FP32 and QAT methods."""
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import cyclic_dataset
+from conftest import cyclic_dataset, load_script
 from data import write_sasrec_text
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--max-len", "10", "--hidden", "8", "--blocks", "1", "--batch-size", "8", "--threads",
         "1", "--epochs", "1", "--no-progress"]
-
-
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 bench = load_script("bench_train_step")

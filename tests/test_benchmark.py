@@ -1,7 +1,6 @@
 """scripts/benchmark.py and export.latency / export.ort_baselines on tiny run folders."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -12,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from conftest import cyclic_dataset
+from conftest import cyclic_dataset, load_script
 
 from data import leave_one_out, write_sasrec_text
 from export import OnnxScorer, build_sasrec_onnx, check_parity, load_run, make_session
@@ -33,14 +32,6 @@ SCRIPTS = ROOT / "scripts"
 TINY = ["--max-len", "10", "--hidden", "8", "--blocks", "1", "--batch-size", "8", "--threads",
         "1", "--no-progress", "--epochs", "1"]
 FAST = ["--repeats", "3", "--warmup", "1", "--batches", "1", "4", "--threads", "1"]
-
-
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(f"{name}_script", SCRIPTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
 
 
 benchmark = load_script("benchmark")

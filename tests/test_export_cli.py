@@ -1,7 +1,6 @@
 """scripts/export_int8.py end to end on tiny run folders made by scripts/train_qat.py."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -12,7 +11,7 @@ from pathlib import Path
 import onnx
 import pytest
 import torch
-from conftest import cyclic_dataset
+from conftest import cyclic_dataset, load_script
 
 from data import write_sasrec_text
 
@@ -130,9 +129,7 @@ def test_qat_run_without_int8_model_and_wrong_dataset(runs, tmp_path):
 
 def test_failed_parity_exits_1_and_still_writes_the_record(runs, tmp_path, monkeypatch):
     """In process, with a gate no export can pass (top-10 agreement >= 1.01)."""
-    spec = importlib.util.spec_from_file_location("export_int8_script", EXPORT)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("export_int8")
     from export import ParityThresholds, check_parity
 
     def strict(*args, **kwargs):

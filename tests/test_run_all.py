@@ -3,7 +3,6 @@ real pipeline (train, export, benchmark, summary) end to end on a tiny synthetic
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import os
 import subprocess
@@ -12,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import cyclic_dataset
+from conftest import cyclic_dataset, load_script
 
 from data import write_sasrec_text
 from export.results_plot import plot_comparison
@@ -24,11 +23,7 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def load_run_all() -> Any:
-    spec = importlib.util.spec_from_file_location("run_all_script", RUN_ALL)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while it loads
-    spec.loader.exec_module(module)
-    return module
+    return load_script("run_all")
 
 
 def run_cli(*args: Any) -> subprocess.CompletedProcess:
