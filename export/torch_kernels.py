@@ -145,18 +145,21 @@ def layer_norm(scalar_tail: bool = True) -> onnx.FunctionProto:
                              mean_centred], name="centred")
     y = fma(g, g.node("Mul", [centred, ratio], name="normed"), "gamma", "beta", "affine")
     steps = g.node("Mul", [y, "inv_s"], name="steps")
-    vector = _round_to_u8(g, steps, "z", "y_vector")
     if not scalar_tail:
-        return _finish(g, vector, "quantized::layer_norm (x86 kernel), width % 32 == 0")
-    tail = _round_to_u8(g, g.node("Add", [steps, _cast(g, "z", FLOAT, "z_f32")], name="steps_z"),
-                        g.scalar(0, np.uint8, "zero"), "y_tail")
+        return _finish(g, _round_to_u8(g, steps, "z", "y"),
+                       "quantized::layer_norm (x86 kernel), width % 32 == 0")
     chunk = g.scalar(LAYER_NORM_VECTOR, np.int64, "chunk")
-    vector_end = g.node("Mul", [g.node("Div", [width, chunk], name="chunks"), chunk],
-                        name="vector_end")  # int64 Div truncates
-    start, step = g.scalar(0, np.int64, "zero64"), g.scalar(1, np.int64, "one64")
-    columns = g.node("Range", [start, width, step], name="columns")
-    vectorised = g.node("Less", [columns, vector_end], name="vectorised")
-    return _finish(g, g.node("Where", [vectorised, vector, tail], name="y"),
+    vector_end = g.node("Unsqueeze", [g.node("Mul", [g.node("Div", [width, chunk], name="chunks"),
+                                                     chunk], name="vector_end_0d"),
+                                      g.ints([0], "axis0")], name="vector_end")  # truncating Div
+    last = g.ints([-1], "last_axis")
+    head = g.node("Slice", [steps, g.ints([0], "start"), vector_end, last], name="steps_vector")
+    tail = g.node("Slice", [steps, vector_end, g.ints([np.iinfo(np.int64).max], "end"), last],
+                  name="steps_tail")
+    vector = _round_to_u8(g, head, "z", "y_vector")
+    tail = _round_to_u8(g, g.node("Add", [tail, _cast(g, "z", FLOAT, "z_f32")], name="steps_z"),
+                        g.scalar(0, np.uint8, "zero"), "y_tail")
+    return _finish(g, g.node("Concat", [vector, tail], name="y", axis=-1),
                    "quantized::layer_norm (x86 kernel)")
 
 
