@@ -1,0 +1,62 @@
+"""scripts/paired_ndcg.py: paired per-user nDCG differences with a 95% interval."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from conftest import cyclic_dataset, load_script
+
+from data import leave_one_out, write_sasrec_text
+from export import load_run
+from qat.evaluate import evaluate
+
+paired = load_script("paired_ndcg")
+TINY = ["--max-len", "10", "--hidden", "8", "--blocks", "1", "--batch-size", "8", "--threads",
+        "1", "--no-progress", "--epochs", "2"]
+
+
+def test_paired_difference_by_hand():
+    reference = torch.tensor([0.0, 1.0, 0.5, 0.0])
+    run = torch.tensor([0.0, 0.5, 0.5, 1.0])  # differences 0, -0.5, 0, 1
+    d = paired.paired_difference(run, reference)
+    assert d["mean"] == pytest.approx(0.125)
+    sd = math.sqrt(((0 - .125) ** 2 + (-.5 - .125) ** 2 + (0 - .125) ** 2 + (1 - .125) ** 2) / 3)
+    assert d["ci95"] == pytest.approx(1.959964 * sd / 2)
+    assert d["changed_users"] == 2
+    with pytest.raises(ValueError, match="same users"):
+        paired.paired_difference(run[:3], reference)
+
+
+def test_cli_against_evaluate(tmp_path, capsys):
+    data = tmp_path / "cyclic.txt"
+    write_sasrec_text(cyclic_dataset(), data)
+    train = load_script("train_qat")
+    fp32, ste = tmp_path / "fp32", tmp_path / "ste"
+    assert train.main(["--data", str(data), *TINY, "--out", str(fp32)]) == 0
+    assert train.main(["--data", str(data), *TINY, "--qconfig", "ste", "--init-from", str(fp32),
+                       "--out", str(ste)]) == 0
+    out = tmp_path / "paired.json"
+    assert paired.main(["--reference", str(fp32), "--runs", str(fp32), str(ste),
+                        "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    split = leave_one_out(cyclic_dataset())
+    expected = {str(d): evaluate(load_run(d).model.score_last, split, "test", max_len=10)
+                for d in (fp32, ste)}
+    by_run = {r["run"]: r for r in result["runs"]}
+    assert result["reference_ndcg@10"] == pytest.approx(expected[str(fp32)]["ndcg@10"])
+    itself = by_run[str(fp32)]
+    assert itself["ratio"] == 1.0 and itself["difference"] == {
+        "mean": 0.0, "ci95": 0.0, "changed_users": 0}
+    quantized = by_run[str(ste)]
+    assert quantized["ndcg@10"] == pytest.approx(expected[str(ste)]["ndcg@10"])
+    assert quantized["difference"]["mean"] == pytest.approx(
+        expected[str(ste)]["ndcg@10"] - expected[str(fp32)]["ndcg@10"])
+    assert "ste" in capsys.readouterr().out
+
+
+def test_bad_input_exits_2(tmp_path, capsys):
+    assert paired.main(["--reference", str(tmp_path / "nope"), "--runs",
+                        str(tmp_path / "nope")]) == 2
+    assert "error:" in capsys.readouterr().err
