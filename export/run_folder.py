@@ -3,7 +3,8 @@
 A QAT run folder has ``model_int8.pt`` (the converted INT8 model) and exports to
 ``model_int8.onnx``; an FP32 run folder has only ``checkpoint.pt`` and exports to
 ``model_fp32.onnx``. Every way a folder can be unusable raises ``FileNotFoundError`` or
-``ValueError`` with a one-line message naming the file.
+``ValueError`` with a one-line message naming the file. ``load_run_split`` loads the dataset a
+run was trained on (recorded in its ``config.json``), for the scripts that evaluate runs.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from data import LeaveOneOutSplit, leave_one_out, load_dataset
 from qat.checkpoint import load_checkpoint
 from qat.config import SASRecConfig
 from qat.finetune import INT8_MODEL, load_int8_model
@@ -79,6 +81,41 @@ def load_run(run_dir: str | Path) -> RunModel:
         raise ValueError(f"{run_dir / CHECKPOINT} does not hold a usable FP32 SASRec "
                          f"({type(err).__name__}: {_first_line(err)})") from err
     return RunModel(model.eval(), "fp32", "fp32", 32, data, run_dir)
+
+
+def load_run_split(run_dir: str | Path, num_items: int, data: str | None = None, *,
+                   cache_dir: Path | None = None,
+                   shared: bool = False) -> tuple[str, LeaveOneOutSplit]:
+    """``(dataset, leave-one-out split)`` for evaluating the model(s) of ``run_dir``.
+
+    Args:
+        run_dir: the run whose ``config.json`` names the dataset when ``data`` is None.
+        num_items: items the model(s) score; the dataset must have as many.
+        data: a path or dataset name given by the user (overrides the recorded one).
+        cache_dir: download cache for dataset names.
+        shared: the split serves several runs (only the error message's wording changes).
+
+    Raises:
+        ValueError: no dataset recorded nor given, an unreadable recorded dataset (the message
+            says where it was recorded), or a dataset with another number of items.
+    """
+    run_dir = Path(run_dir)
+    recorded = data is None
+    data = _recorded_data(run_dir) if recorded else data
+    if data is None:
+        raise ValueError(f"{run_dir / CONFIG} records no dataset: pass --data")
+    try:
+        dataset = load_dataset(data, cache_dir=cache_dir)
+    except ValueError as err:
+        if recorded:  # a relative path in config.json is relative to where it trained
+            raise ValueError(f"{err} (recorded in {run_dir / CONFIG}); pass --data") from err
+        raise
+    if dataset.num_items != num_items:
+        subject, owner = (("the models score", "runs'") if shared
+                          else ("the model scores", "run's"))
+        raise ValueError(f"{subject} {num_items} items but {data} has {dataset.num_items}: "
+                         f"pass --data with the {owner} dataset")
+    return str(data), leave_one_out(dataset)
 
 
 def _load_int8(run_dir: Path) -> tuple[SASRec, dict]:

@@ -21,7 +21,6 @@ Exit status: 0 done; 2 bad input.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -32,8 +31,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from data import DataFormatError, DownloadError, TrainBatcher, leave_one_out, load_dataset
+from data import DataFormatError, DownloadError, TrainBatcher
 from export.latency import latency_stats, machine_info, round_order
+from export.run_folder import load_run_split
 from qat.checkpoint import save_json
 from qat.config import TrainConfig
 from qat.finetune import load_float_model, prepare_for_method, qat_hooks
@@ -67,11 +67,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def build_trainers(args: argparse.Namespace, out_dir: Path) -> tuple[dict[str, Trainer], Any]:
     """FP32 and one QAT trainer per method, all from the same FP32 weights."""
     fp32, _ = load_float_model(args.init_from)
-    data = args.data if args.data is not None else _recorded_data(args.init_from)
-    split = leave_one_out(load_dataset(data, cache_dir=args.cache_dir))
-    if split.num_items != fp32.config.num_items:
-        raise ValueError(f"{args.init_from} scores {fp32.config.num_items} items but {data} has "
-                         f"{split.num_items}: pass --data with the run's dataset")
+    _, split = load_run_split(args.init_from, fp32.config.num_items, args.data,
+                              cache_dir=args.cache_dir)
     config = TrainConfig(epochs=1, batch_size=args.batch_size, lr=FINETUNE_LR, seed=args.seed,
                          threads=args.threads, progress=False)
     batcher = TrainBatcher(split, max_len=fp32.config.max_len, batch_size=args.batch_size)
@@ -85,13 +82,6 @@ def build_trainers(args: argparse.Namespace, out_dir: Path) -> tuple[dict[str, T
         trainers[f"{name}_w{args.bits}"] = Trainer(model, split, fp32.config, config,
                                                    out_dir / name, method=name, hooks=hooks)
     return trainers, batcher
-
-
-def _recorded_data(run_dir: Path) -> str:
-    try:
-        return json.loads((run_dir / "config.json").read_text())["data"]
-    except (OSError, ValueError, KeyError) as err:
-        raise ValueError(f"{run_dir / 'config.json'} records no dataset: pass --data") from err
 
 
 def time_steps(trainers: dict[str, Trainer], batches: list[Any], warmup: int,

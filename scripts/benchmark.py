@@ -54,7 +54,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from data import DataFormatError, DownloadError, LeaveOneOutSplit, leave_one_out, load_dataset
+from data import DataFormatError, DownloadError, LeaveOneOutSplit
 from export import OnnxScorer, RunModel, build_sasrec_onnx, check_parity, load_run, make_session
 from export.latency import (
     Call,
@@ -73,7 +73,7 @@ from export.ort_baselines import (
     quantize_dynamic_model,
     quantize_static_model,
 )
-from export.run_folder import PARITY
+from export.run_folder import PARITY, load_run_split
 from qat.checkpoint import save_json
 from qat.config import SASRecConfig
 from qat.evaluate import evaluate
@@ -194,24 +194,6 @@ def load_runs(paths: Sequence[Path]) -> list[RunModel]:
                                  f"{runs[0].run_dir} has {getattr(first, name)}: benchmark runs "
                                  "of one dataset and max_len together")
     return runs
-
-
-def load_split(args: argparse.Namespace, runs: list[RunModel]) -> tuple[str, LeaveOneOutSplit]:
-    data = args.data if args.data is not None else runs[0].data
-    if data is None:
-        raise ValueError(f"{runs[0].run_dir / 'config.json'} records no dataset: pass --data")
-    try:
-        dataset = load_dataset(data, cache_dir=args.cache_dir)
-    except ValueError as err:
-        if args.data is None:
-            raise ValueError(f"{err} (recorded in {runs[0].run_dir / 'config.json'}); pass "
-                             "--data") from err
-        raise
-    num_items = runs[0].model.config.num_items
-    if dataset.num_items != num_items:
-        raise ValueError(f"the models score {num_items} items but {data} has "
-                         f"{dataset.num_items}: pass --data with the runs' dataset")
-    return str(data), leave_one_out(dataset)
 
 
 def run_names(runs: list[RunModel]) -> list[str]:
@@ -422,7 +404,8 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     if bad:
         raise ValueError(f"--sweep-hidden {bad[0]} is not divisible by the first run's "
                          f"{first.heads} heads")
-    data, split = load_split(args, runs)
+    data, split = load_run_split(runs[0].run_dir, first.num_items, args.data,
+                                 cache_dir=args.cache_dir, shared=True)
     notes: list[str] = []
     candidates = run_candidates(runs, notes)
     if args.int8_fast:

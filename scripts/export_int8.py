@@ -24,7 +24,7 @@ from typing import Any
 import onnx
 import torch
 
-from data import DataFormatError, DownloadError, leave_one_out, load_dataset
+from data import DataFormatError, DownloadError
 from export import (
     OPTIMIZATION_LEVELS,
     ParityReport,
@@ -35,7 +35,7 @@ from export import (
     make_session,
     save_onnx,
 )
-from export.run_folder import PARITY
+from export.run_folder import PARITY, load_run_split
 from qat.checkpoint import save_json
 
 WHICH = "test"
@@ -68,20 +68,8 @@ def export_and_check(
     if args.threads < 0 or args.batch_size < 1:
         raise ValueError("--threads must be >= 0 and --batch-size >= 1")
     run = load_run(args.run)
-    data = args.data if args.data is not None else run.data
-    if data is None:
-        raise ValueError(f"{args.run / 'config.json'} records no dataset: pass --data")
-    try:
-        dataset = load_dataset(data, cache_dir=args.cache_dir)
-    except ValueError as err:
-        if args.data is None:  # a relative path in config.json is relative to where it trained
-            raise ValueError(f"{err} (recorded in {args.run / 'config.json'}); pass --data") \
-                from err
-        raise
-    if dataset.num_items != run.model.config.num_items:
-        raise ValueError(f"the model scores {run.model.config.num_items} items but {data} has "
-                         f"{dataset.num_items}: pass --data with the run's dataset")
-    split = leave_one_out(dataset)
+    data, split = load_run_split(args.run, run.model.config.num_items, args.data,
+                                 cache_dir=args.cache_dir)
     meta = {"sasrec_qat.method": run.method, "sasrec_qat.bits": run.bits}
     onnx_model = build_sasrec_onnx(run.model, top_k=args.top_k, metadata=meta)
     payload = onnx_model.SerializeToString()

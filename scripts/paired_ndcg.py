@@ -22,12 +22,12 @@ import math
 import sys
 import warnings
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from data import DataFormatError, DownloadError, leave_one_out, load_dataset
-from export import load_run
+from data import DataFormatError, DownloadError, LeaveOneOutSplit
+from export import RunModel, load_run
+from export.run_folder import load_run_split
 from qat.checkpoint import save_json
 from qat.evaluate import compute_ranks
 from qat.metrics import ndcg_at_k
@@ -60,10 +60,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def per_user_ndcg(run_dir: Path, split: Any, which: str, k: int) -> torch.Tensor:
-    run = load_run(run_dir)
+def per_user_ndcg(run: RunModel, split: LeaveOneOutSplit, which: str, k: int) -> torch.Tensor:
+    """nDCG@k of every ``which`` user, ranked by the run's torch model."""
     if run.model.config.num_items != split.num_items:
-        raise ValueError(f"{run_dir} scores {run.model.config.num_items} items, the data has "
+        raise ValueError(f"{run.run_dir} scores {run.model.config.num_items} items, the data has "
                          f"{split.num_items}")
     ranks = compute_ranks(run.model.score_last, split, which, max_len=run.model.config.max_len,
                           batch_size=512)
@@ -78,14 +78,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.k < 1:
             raise ValueError(f"--k must be >= 1, got {args.k}")
-        data = args.data if args.data is not None else load_run(args.reference).data
-        if data is None:
-            raise ValueError(f"{args.reference} records no dataset: pass --data")
-        split = leave_one_out(load_dataset(data, cache_dir=args.cache_dir))
-        reference = per_user_ndcg(args.reference, split, args.which, args.k)
+        reference_run = load_run(args.reference)
+        _, split = load_run_split(args.reference, reference_run.model.config.num_items,
+                                  args.data, cache_dir=args.cache_dir)
+        reference = per_user_ndcg(reference_run, split, args.which, args.k)
         rows = []
         for run_dir in args.runs:
-            values = per_user_ndcg(run_dir, split, args.which, args.k)
+            values = per_user_ndcg(load_run(run_dir), split, args.which, args.k)
             rows.append({"run": str(run_dir), f"ndcg@{args.k}": float(values.mean()),
                          "ratio": float(values.mean() / reference.mean()),
                          "difference": paired_difference(values, reference)})
