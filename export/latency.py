@@ -29,6 +29,7 @@ import onnxruntime as ort
 import torch
 
 from data import LeaveOneOutSplit, eval_batches
+from export.runtime import make_session
 from export.sasrec_graph import INPUT, SCORES
 
 Call = Callable[[np.ndarray], Any]
@@ -114,29 +115,17 @@ def timing_session(model: bytes | onnx.ModelProto, *, threads: int,
                    allow_spinning: bool = False) -> ort.InferenceSession:
     """A CPU onnxruntime session set up for timing.
 
-    Full graph optimisation, ``threads`` intra-op threads, one inter-op thread, sequential
-    execution. ``allow_spinning`` lets intra-op worker threads busy-wait after a run (onnxruntime's
+    ``export.runtime.make_session`` with full graph optimisation, ``threads`` intra-op threads,
+    one inter-op thread (sequential execution, onnxruntime's default), no deterministic-compute
+    constraint. ``allow_spinning`` lets intra-op worker threads busy-wait after a run (onnxruntime's
     default): it lowers wake-up latency for a lone model, but when models are interleaved a
     previous session's spinning workers compete with the next session for the cores, so it is
     off by default here (it only matters with ``threads > 1``).
     """
     if threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.log_severity_level = 3
-    options.add_session_config_entry("session.intra_op.allow_spinning",
-                                     "1" if allow_spinning else "0")
-    if isinstance(model, onnx.ModelProto):
-        model = model.SerializeToString()
-    try:
-        return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-    except Exception as err:  # onnxruntime raises its own Fail/InvalidGraph/... types
-        raise ValueError(f"onnxruntime cannot load the model: {str(err).splitlines()[0]}") \
-            from err
+    return make_session(model, threads=threads, optimization="all", deterministic=False,
+                        allow_spinning=allow_spinning)
 
 
 def ort_call(session: ort.InferenceSession, output: str = SCORES) -> Call:

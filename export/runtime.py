@@ -25,7 +25,8 @@ OPTIMIZATION_LEVELS = {
 
 def make_session(model: str | os.PathLike | bytes | onnx.ModelProto, *, threads: int = 0,
                  optimization: str = "all", optimized_model_path: str | os.PathLike | None = None,
-                 deterministic: bool = True) -> ort.InferenceSession:
+                 deterministic: bool = True,
+                 allow_spinning: bool = True) -> ort.InferenceSession:
     """A CPU onnxruntime session.
 
     Args:
@@ -35,6 +36,8 @@ def make_session(model: str | os.PathLike | bytes | onnx.ModelProto, *, threads:
             (``"disable"`` runs the graph exactly as written).
         optimized_model_path: also write the optimised graph there (to inspect fusions).
         deterministic: ``use_deterministic_compute`` (reproducible reductions).
+        allow_spinning: intra-op workers busy-wait after a run (onnxruntime's default); see
+            ``export.latency.timing_session`` for when to turn it off.
 
     Raises:
         ValueError: unknown ``optimization``, negative ``threads`` or a model onnxruntime
@@ -51,6 +54,8 @@ def make_session(model: str | os.PathLike | bytes | onnx.ModelProto, *, threads:
     options.inter_op_num_threads = 1
     options.use_deterministic_compute = deterministic
     options.log_severity_level = 3  # warnings about serialising ALL-level graphs are expected
+    options.add_session_config_entry("session.intra_op.allow_spinning",
+                                     "1" if allow_spinning else "0")
     if optimized_model_path is not None:
         options.optimized_model_filepath = str(optimized_model_path)
     if isinstance(model, onnx.ModelProto):

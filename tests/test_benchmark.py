@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 from conftest import cyclic_dataset, load_script
 
@@ -24,6 +25,7 @@ from export.latency import (
     machine_info,
     round_order,
     time_interleaved,
+    timing_session,
 )
 from qat.evaluate import evaluate
 
@@ -101,6 +103,19 @@ def test_time_interleaved_follows_the_schedule_and_times_each_call():
     assert log == expected  # rotated order; every model gets the same batch within a round
     with pytest.raises(ValueError):
         time_interleaved([model(0)], inputs, warmup=0, repeats=0)
+
+
+def test_timing_session_settings(runs):
+    """Timing sessions: the requested threads, full optimisation, worker spinning off unless
+    asked for; bad thread counts refused."""
+    payload = (runs[1] / "model_fp32.onnx").read_bytes()
+    for spinning, expected in ((False, "0"), (True, "1")):
+        options = timing_session(payload, threads=2, allow_spinning=spinning).get_session_options()
+        assert options.intra_op_num_threads == 2 and options.inter_op_num_threads == 1
+        assert options.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == expected
+    with pytest.raises(ValueError, match="threads must be >= 1"):
+        timing_session(payload, threads=0)
 
 
 def test_latency_stats_and_batch_pool():
