@@ -45,7 +45,12 @@ class RunModel:
 
     @property
     def onnx_path(self) -> Path:
-        return self.run_dir / f"model_{self.kind}.onnx"
+        return self.run_dir / onnx_file_name(self.kind)
+
+
+def onnx_file_name(kind: str) -> str:
+    """Where export_int8.py writes a run's graph: ``model_int8.onnx`` or ``model_fp32.onnx``."""
+    return f"model_{kind}.onnx"
 
 
 def load_run(run_dir: str | Path) -> RunModel:

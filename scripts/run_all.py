@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 from export.results_plot import plot_comparison
 from export.results_table import FP32_MODEL, RunResult, model_name, summary_rows
 from export.results_table import write_summary_csv
-from export.run_folder import PARITY
+from export.run_folder import PARITY, onnx_file_name
 from qat.finetune import INT8_MODEL
 from qat.registry import METHODS
 from qat.train import CHECKPOINT, METRICS
@@ -108,7 +108,7 @@ class Run:
 
     @property
     def onnx_file(self) -> Path:
-        return self.folder / ("model_int8.onnx" if self.quantized else "model_fp32.onnx")
+        return self.folder / onnx_file_name("int8" if self.quantized else "fp32")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
