@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 
@@ -46,3 +47,26 @@ def load_script(name: str) -> ModuleType:
     sys.modules[spec.name] = module  # dataclasses look their module up while it loads
     spec.loader.exec_module(module)
     return module
+
+
+# train_qat.py flags of a tiny model that trains in about a second (max length first)
+TINY_TRAIN = ["--max-len", "10", "--hidden", "8", "--blocks", "1", "--batch-size", "8",
+              "--threads", "1", "--no-progress"]
+
+
+def train_tiny_runs(root: Path, methods: Sequence[str] = (), *,
+                    epochs: int = 1) -> tuple[Path, Path, dict[str, Path]]:
+    """``(data file, FP32 run, {method: QAT run})`` under ``root``, trained in process by
+    scripts/train_qat.py on the cyclic dataset; each QAT run starts from the FP32 run."""
+    data = root / "cyclic.txt"
+    write_sasrec_text(cyclic_dataset(), data)
+    train = load_script("train_qat")
+    flags = ["--data", str(data), *TINY_TRAIN, "--epochs", str(epochs)]
+    fp32 = root / "fp32"
+    assert train.main([*flags, "--out", str(fp32)]) == 0
+    qat = {}
+    for method in methods:
+        qat[method] = root / method
+        assert train.main([*flags, "--qconfig", method, "--init-from", str(fp32), "--out",
+                           str(qat[method])]) == 0
+    return data, fp32, qat

@@ -6,24 +6,14 @@ import json
 import numpy as np
 import pytest
 
-from conftest import cyclic_dataset, load_script
-from data import write_sasrec_text
-
-TINY = ["--max-len", "10", "--hidden", "8", "--blocks", "1", "--batch-size", "8", "--threads",
-        "1", "--epochs", "1", "--no-progress"]
-
+from conftest import load_script, train_tiny_runs
 
 bench = load_script("bench_train_step")
 
 
 @pytest.fixture(scope="module")
 def fp32_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("steps")
-    data = root / "cyclic.txt"
-    write_sasrec_text(cyclic_dataset(), data)
-    assert load_script("train_qat").main(["--data", str(data), *TINY, "--out",
-                                          str(root / "fp32")]) == 0
-    return root / "fp32"
+    return train_tiny_runs(tmp_path_factory.mktemp("steps"))[1]
 
 
 class FakeTrainer:

@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from conftest import cyclic_dataset, load_script
+from conftest import TINY_TRAIN, cyclic_dataset, load_script, train_tiny_runs
 
 from data import leave_one_out, write_sasrec_text
 from export import OnnxScorer, build_sasrec_onnx, check_parity, load_run, make_session
@@ -31,8 +31,7 @@ from qat.evaluate import evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "scripts"
-TINY = ["--max-len", "10", "--hidden", "8", "--blocks", "1", "--batch-size", "8", "--threads",
-        "1", "--no-progress", "--epochs", "1"]
+TINY = [*TINY_TRAIN, "--epochs", "1"]
 FAST = ["--repeats", "3", "--warmup", "1", "--batches", "1", "4", "--threads", "1"]
 
 
@@ -42,14 +41,8 @@ benchmark = load_script("benchmark")
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """(data file, fp32 run exported with parity.json, lsq run not exported), made in process."""
-    root = tmp_path_factory.mktemp("runs")
-    data = root / "cyclic.txt"
-    write_sasrec_text(cyclic_dataset(), data)
-    train = load_script("train_qat")
-    fp32, lsq = root / "fp32", root / "lsq"
-    assert train.main(["--data", str(data), *TINY, "--out", str(fp32)]) == 0
-    assert train.main(["--data", str(data), *TINY, "--qconfig", "lsq", "--init-from", str(fp32),
-                       "--out", str(lsq)]) == 0
+    data, fp32, qat = train_tiny_runs(tmp_path_factory.mktemp("runs"), ["lsq"])
+    lsq = qat["lsq"]
     assert load_script("export_int8").main(["--run", str(fp32), "--threads", "1"]) == 0
     return data, fp32, lsq
 

@@ -6,15 +6,13 @@ import math
 
 import pytest
 import torch
-from conftest import cyclic_dataset, load_script
+from conftest import cyclic_dataset, load_script, train_tiny_runs
 
-from data import leave_one_out, write_sasrec_text
+from data import leave_one_out
 from export import load_run
 from qat.evaluate import evaluate
 
 paired = load_script("paired_ndcg")
-TINY = ["--max-len", "10", "--hidden", "8", "--blocks", "1", "--batch-size", "8", "--threads",
-        "1", "--no-progress", "--epochs", "2"]
 
 
 def test_paired_difference_by_hand():
@@ -30,13 +28,8 @@ def test_paired_difference_by_hand():
 
 
 def test_cli_against_evaluate(tmp_path, capsys):
-    data = tmp_path / "cyclic.txt"
-    write_sasrec_text(cyclic_dataset(), data)
-    train = load_script("train_qat")
-    fp32, ste = tmp_path / "fp32", tmp_path / "ste"
-    assert train.main(["--data", str(data), *TINY, "--out", str(fp32)]) == 0
-    assert train.main(["--data", str(data), *TINY, "--qconfig", "ste", "--init-from", str(fp32),
-                       "--out", str(ste)]) == 0
+    _, fp32, qat = train_tiny_runs(tmp_path, ["ste"], epochs=2)
+    ste = qat["ste"]
     out = tmp_path / "paired.json"
     assert paired.main(["--reference", str(fp32), "--runs", str(fp32), str(ste),
                         "--out", str(out)]) == 0
