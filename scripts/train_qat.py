@@ -75,7 +75,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--bucket", action="store_true",
                    help="batch users of similar length together and trim padding: 2-3x faster "
                         "epochs at max length 200, but it learned less per epoch on ML-1M "
-                        "(README, 'Length bucketing'); off by default")
+                        "(README, Results: FP32); off by default")
     p.add_argument("--no-progress", dest="progress", action="store_false",
                    help="hide progress bars")
     return p.parse_args(argv)
