@@ -23,7 +23,7 @@ from data.errors import ChecksumMismatchError, DataFormatError, DownloadError
 from data.loading import load_dataset
 from data.movielens import load_movielens_raw, preprocess_ratings, read_ratings
 from data.sequences import SequenceDataset, read_sasrec_text, write_sasrec_text
-from data.split import LeaveOneOutSplit, leave_one_out
+from data.split import LeaveOneOutSplit, drop_item_before_valid, leave_one_out
 
 __all__ = [
     "DATASETS",
@@ -38,6 +38,7 @@ __all__ = [
     "TrainBatcher",
     "default_cache_dir",
     "download_file",
+    "drop_item_before_valid",
     "eval_batches",
     "fetch_dataset",
     "file_md5",

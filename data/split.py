@@ -8,6 +8,7 @@ not evaluated.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterable
 
 from data.sequences import SequenceDataset
 
@@ -51,3 +52,23 @@ def leave_one_out(dataset: SequenceDataset) -> LeaveOneOutSplit:
             valid[user] = items[-2]
             test[user] = items[-1]
     return LeaveOneOutSplit(train=train, valid=valid, test=test, num_items=dataset.num_items)
+
+
+def drop_item_before_valid(split: LeaveOneOutSplit, users: Iterable[int]) -> LeaveOneOutSplit:
+    """A copy of ``split`` whose ``users`` lack the interaction right before their valid item.
+
+    Simulates, on the validation task, the damage of ``ml-1m.txt`` (it lacks 2,587 users'
+    second-to-last interaction, so their test histories miss the item just before the test
+    item): each listed user loses the last item of their training sequence. Held-out items are
+    unchanged; users without a training item are left as they are.
+
+    Raises:
+        KeyError: a listed user is not in the split.
+    """
+    train = dict(split.train)
+    for user in users:
+        items = train[user]  # KeyError for an unknown user
+        if items:
+            train[user] = items[:-1]
+    return LeaveOneOutSplit(train=train, valid=split.valid, test=split.test,
+                            num_items=split.num_items)
