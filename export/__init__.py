@@ -11,6 +11,7 @@ Uses ``qat`` (model, metric code, run folders); ``qat`` never imports this packa
 """
 from export.latency import latency_stats, machine_info, round_order, time_interleaved
 from export.onnx_file import load_onnx, save_onnx
+from export import native_ops
 from export.ort_baselines import PTQResult, quantize_dynamic_model, quantize_static_model
 from export.parity import ParityReport, ParityThresholds, check_parity
 from export.run_folder import RunModel, load_run
@@ -21,4 +22,4 @@ __all__ = ["build_sasrec_onnx", "model_kind", "save_onnx", "load_onnx", "make_se
            "OnnxScorer", "OPTIMIZATION_LEVELS", "check_parity", "ParityReport",
            "ParityThresholds", "load_run", "RunModel", "time_interleaved", "round_order",
            "latency_stats", "machine_info", "quantize_dynamic_model", "quantize_static_model",
-           "PTQResult"]
+           "PTQResult", "native_ops"]

@@ -126,10 +126,11 @@ class GraphBuilder:
             self.nodes, [helper.make_opsetid("", OPSET)], doc_string=doc)
 
     def build(self, *, metadata: dict[str, str] | None = None, doc: str = "") -> onnx.ModelProto:
-        """The model (opset ``OPSET`` plus the domains of its functions)."""
+        """The model (opset ``OPSET`` plus the domains of its functions and custom ops)."""
         graph = helper.make_graph(self.nodes, self.name, self.inputs, self.outputs,
                                   self.initializers, doc_string=doc)
-        domains = sorted({domain for domain, _ in self.functions})
+        domains = sorted({domain for domain, _ in self.functions}
+                         | {n.domain for n in self.nodes if n.domain})
         opsets = [helper.make_opsetid("", OPSET)] + [helper.make_opsetid(d, 1) for d in domains]
         model = helper.make_model(graph, opset_imports=opsets, producer_name=PRODUCER,
                                   ir_version=IR_VERSION, functions=list(self.functions.values()))

@@ -40,6 +40,7 @@ precision float scores, never requantized (DESIGN.md, "Ranking ties").
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -47,7 +48,7 @@ from torch import nn
 from torch.ao.nn import quantized as nnq
 from torch.ao.nn.intrinsic import quantized as nniq
 
-from export import torch_kernels
+from export import native_ops, torch_kernels
 from export.graph_builder import FLOAT, UINT8, GraphBuilder
 
 EMBEDDING_ZERO_POINT = 128  # uint8 storage of the int8 grid: q = u - 128
@@ -102,14 +103,20 @@ class Int8Layers:
         g: the graph being written.
         torch_exact: round exactly like torch (``export.torch_kernels`` functions); False
             writes plain ONNX ops (see the module docstring).
+        fused: with ``torch_exact``, write each requantizing op as one node of the custom
+            domain ``export.native_ops.DOMAIN`` (same uint8 results, one pass each; the
+            session needs the custom-op library, which ``make_session`` registers).
     """
 
     kind = "int8"
     hidden_type = UINT8
 
-    def __init__(self, g: GraphBuilder, *, torch_exact: bool = True) -> None:
+    def __init__(self, g: GraphBuilder, *, torch_exact: bool = True, fused: bool = False) -> None:
+        if fused and not torch_exact:
+            raise ValueError("fused kernels round like torch: fused=True needs torch_exact=True")
         self.g = g
         self.torch_exact = torch_exact
+        self.fused = fused
         self._tables: dict[int, tuple[str, str]] = {}
         self.max_abs_weight = 0  # largest |int8| of any Linear weight or table (saturation check)
 
@@ -123,6 +130,12 @@ class Int8Layers:
     def _inverse_scale(self, scale: float) -> str:
         """The float32 ``1/scale`` constant the exact functions multiply by."""
         return self.g.scalar(torch_kernels.inverse_scale(scale), np.float32, "inv_scale")
+
+    def _fused(self, op_type: str, inputs: list[str], hint: str, **attrs: Any) -> str:
+        """A node of the fused custom-op domain; float attributes are float32 constants."""
+        attrs = {k: (float(np.float32(v)) if isinstance(v, (float, np.floating)) else v)
+                 for k, v in attrs.items()}
+        return self.g.node(op_type, inputs, name=hint, domain=native_ops.DOMAIN, **attrs)
 
     def _output(self, module: nn.Module) -> tuple[float, int, str, str]:
         """(scale, zero point, their constants) of a module's quantized output."""
@@ -169,9 +182,37 @@ class Int8Layers:
         if not self.torch_exact:
             return self._quantize_linear(x, stub, hint)
         scale, zero_point, scale_name, zp_name = self._output(stub)
-        q = self.g.call(torch_kernels.quantize_per_tensor(),
-                        [x, self._inverse_scale(scale), zp_name], name=hint)
+        if self.fused:
+            q = self._fused("QuantizePerTensor", [x], hint,
+                            inv_s=torch_kernels.inverse_scale(scale), z=zero_point)
+        else:
+            q = self.g.call(torch_kernels.quantize_per_tensor(),
+                            [x, self._inverse_scale(scale), zp_name], name=hint)
         return QTensor(q, scale, zero_point, scale_name, zp_name)
+
+    def embed_quantized(self, ids: str, positions: str, items: nn.Module, pos: nn.Module,
+                        emb_scale: float, stub: nn.Module, hint: str) -> QTensor:
+        """Fused only: ``quantize(item_emb[ids] * emb_scale + pos_emb[positions])`` as one
+        ``EmbedQuantize`` node, the same float32 steps as ``embed``/Mul/Add/``quantize``."""
+        if not self.fused:
+            raise ValueError("embed_quantized needs fused=True")
+        if not isinstance(stub, nnq.Quantize) or stub.dtype != torch.quint8:
+            raise ValueError(f"{hint}: expected a quint8 nnq.Quantize, got {type(stub).__name__}")
+        item_table, item_scale = self._table(items, "item_emb")
+        pos_table, pos_scale = self._table(pos, "pos_emb")
+        scale, zero_point, scale_name, zp_name = self._output(stub)
+        q = self._fused("EmbedQuantize",
+                        [ids, positions, item_table, item_scale, pos_table, pos_scale], hint,
+                        emb_scale=np.float32(emb_scale),
+                        inv_s=torch_kernels.inverse_scale(scale), z=zero_point)
+        return QTensor(q, scale, zero_point, scale_name, zp_name)
+
+    def linear_dequantized(self, x: QTensor, module: nn.Module, hint: str) -> str:
+        """``dequantize(linear(x))`` (the attention's q, k, v): one ``RequantizeDequantize``
+        node when fused, giving DequantizeLinear's floats."""
+        if not self.fused:
+            return self.dequantize(self.linear(x, module, hint), f"{hint}.float")
+        return self._linear(x, module, hint, dequantize=True)
 
     def dequantize(self, x: QTensor, hint: str) -> str:
         """uint8 -> float (``nnq.DeQuantize``)."""
@@ -180,21 +221,39 @@ class Int8Layers:
 
     def linear(self, x: QTensor, module: nn.Module, hint: str, *, relu: bool = False) -> QTensor:
         """``nnq.Linear`` / fused ``LinearReLU`` (see the module docstring for the ops)."""
+        return self._linear(x, module, hint, relu=relu)
+
+    def _linear(self, x: QTensor, module: nn.Module, hint: str, *, relu: bool = False,
+                dequantize: bool = False) -> Any:
+        """``linear``; with ``dequantize`` (fused only) the float output of
+        ``RequantizeDequantize`` instead of a QTensor."""
         if not isinstance(module, nnq.Linear):  # nniq.LinearReLU subclasses nnq.Linear
             raise ValueError(f"{hint}: expected a quantized nnq.Linear, got "
                              f"{type(module).__name__}; convert the QAT model first")
         g = self.g
         relu = relu or isinstance(module, nniq.LinearReLU)
-        ints, w_scale = per_row_int8(module.weight())  # (out, in), (out,)
+        ints, w_scale_values = per_row_int8(module.weight())  # (out, in), (out,)
         self.max_abs_weight = max(self.max_abs_weight, int(np.abs(ints).max(initial=0)))
         weight = g.initializer(ints.T, f"{hint}.weight_int8_t")  # (in, out)
-        w_scale = g.initializer(w_scale, f"{hint}.weight_scale")
-        bias = module.bias()
-        bias = np.zeros(ints.shape[0], np.float32) if bias is None else \
-            bias.detach().float().numpy()
-        bias = g.initializer(bias, f"{hint}.bias")
+        bias_values = module.bias()
+        bias_values = (np.zeros(ints.shape[0], np.float32) if bias_values is None
+                       else bias_values.detach().float().numpy())
         acc = g.node("MatMulInteger", [x.name, weight, x.zero_point_name], name=f"{hint}.acc")
         scale, zero_point, scale_name, zp_name = self._output(module)
+        if self.fused:  # the per-column float32 constants, computed once (IEEE, as the graph)
+            m = np.float32(x.scale) * w_scale_values
+            inputs = [acc, g.initializer(bias_values / m, f"{hint}.bias_acc"),
+                      g.initializer(m / np.float32(scale), f"{hint}.multiplier")]
+            if dequantize:
+                if relu:
+                    raise ValueError(f"{hint}: no fused dequantizing LinearReLU")
+                return self._fused("RequantizeDequantize", inputs, f"{hint}.float",
+                                   z=zero_point, s=np.float32(scale))
+            q = self._fused("RequantizeRelu" if relu else "Requantize", inputs, hint,
+                            z=zero_point)
+            return QTensor(q, scale, zero_point, scale_name, zp_name)
+        w_scale = g.initializer(w_scale_values, f"{hint}.weight_scale")
+        bias = g.initializer(bias_values, f"{hint}.bias")
         if self.torch_exact:
             q = g.call(torch_kernels.requantize(relu), [acc, x.scale_name, w_scale, bias,
                                                         scale_name, zp_name], name=hint)
@@ -219,6 +278,11 @@ class Int8Layers:
                        name=f"{hint}.float", axis=-1, epsilon=float(module.eps))
             return self._quantize_linear(y, module, hint)
         scale, zero_point, scale_name, zp_name = self._output(module)
+        if self.fused:  # eps as text: a float attribute would round it to float32
+            q = self._fused("LayerNorm", [x.name, gamma, beta], hint, s_x=np.float32(x.scale),
+                            z_x=x.zero_point, eps=repr(float(module.eps)),
+                            inv_s=torch_kernels.inverse_scale(scale), z=zero_point)
+            return QTensor(q, scale, zero_point, scale_name, zp_name)
         eps = g.scalar(float(module.eps), np.float64, "eps")
         function = torch_kernels.layer_norm(
             scalar_tail=module.normalized_shape[-1] % torch_kernels.LAYER_NORM_VECTOR != 0)
@@ -236,6 +300,11 @@ class Int8Layers:
                        name=f"{hint}.float")
             return self._quantize_linear(y, module, hint)
         scale, zero_point, scale_name, zp_name = self._output(module)
+        if self.fused:
+            q = self._fused("Add", [a.name, b.name], hint, s_a=np.float32(a.scale),
+                            z_a=a.zero_point, s_b=np.float32(b.scale), z_b=b.zero_point,
+                            inv_s=torch_kernels.inverse_scale(scale), z=zero_point)
+            return QTensor(q, scale, zero_point, scale_name, zp_name)
         q = g.call(torch_kernels.add(), [a.name, a.scale_name, a.zero_point_name, b.name,
                                          b.scale_name, b.zero_point_name,
                                          self._inverse_scale(scale), zp_name], name=hint)

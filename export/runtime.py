@@ -13,6 +13,7 @@ import onnx
 import onnxruntime as ort
 import torch
 
+from export import native_ops
 from export.sasrec_graph import INPUT, SCORES
 
 OPTIMIZATION_LEVELS = {
@@ -58,16 +59,36 @@ def make_session(model: str | os.PathLike | bytes | onnx.ModelProto, *, threads:
                                      "1" if allow_spinning else "0")
     if optimized_model_path is not None:
         options.optimized_model_filepath = str(optimized_model_path)
+    proto = model
     if isinstance(model, onnx.ModelProto):
         model = model.SerializeToString()
     elif not isinstance(model, bytes):
         model = str(Path(model))
+    if uses_fused_ops(proto):  # its requantizing ops are our custom ops (NativeBuildError)
+        options.register_custom_ops_library(str(native_ops.library_path()))
     try:
         return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
     except Exception as err:  # onnxruntime raises its own Fail/InvalidGraph/... types
         where = model if isinstance(model, str) else "the model"
         raise ValueError(f"onnxruntime cannot load {where}: {str(err).splitlines()[0]}") \
             from err
+
+
+def uses_fused_ops(model: str | os.PathLike | bytes | onnx.ModelProto) -> bool:
+    """Whether ``model`` imports ``export.native_ops.DOMAIN`` (needs the custom-op library).
+
+    Raises:
+        ValueError: a file or bytes that are not an ONNX model.
+    """
+    if not isinstance(model, onnx.ModelProto):
+        try:
+            model = (onnx.load_from_string(model) if isinstance(model, bytes)
+                     else onnx.load(str(model), load_external_data=False))
+        except Exception as err:  # protobuf DecodeError, OSError, ...
+            where = "the model" if isinstance(model, bytes) else model
+            raise ValueError(f"onnxruntime cannot load {where}: {str(err).splitlines()[0]}") \
+                from err
+    return any(op.domain == native_ops.DOMAIN for op in model.opset_import)
 
 
 def model_metadata(session: ort.InferenceSession) -> dict[str, str]:

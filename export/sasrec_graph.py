@@ -76,7 +76,8 @@ def model_kind(model: SASRec) -> str:
 
 
 def build_sasrec_onnx(model: SASRec, *, top_k: int | None = None, hidden_output: bool = False,
-                      torch_exact: bool = True, last_position_only: bool = True,
+                      torch_exact: bool = True, fused: bool = False,
+                      last_position_only: bool = True,
                       metadata: dict[str, Any] | None = None) -> onnx.ModelProto:
     """The ONNX graph of ``model.score_last`` (FP32 or converted INT8 SASRec).
 
@@ -88,6 +89,9 @@ def build_sasrec_onnx(model: SASRec, *, top_k: int | None = None, hidden_output:
             ``export.torch_kernels``); False writes plain ``QuantizeLinear``/
             ``LayerNormalization``/``DequantizeLinear`` ops (faster in onnxruntime, each within
             one step of torch, but a flipped step propagates).
+        fused: INT8 only, with ``torch_exact``: each requantizing op is one custom-op node
+            (``export.native_ops``: the same uint8 results, much faster; the file then runs
+            only in a session with the library registered, as ``make_session`` does).
         last_position_only: the serving graph: the last block computes only what the last
             position needs (see the module docstring). False computes every position, as
             ``SASRec.forward`` does.
@@ -102,16 +106,22 @@ def build_sasrec_onnx(model: SASRec, *, top_k: int | None = None, hidden_output:
                          f"got {top_k}")
     kind = model_kind(model)
     g = GraphBuilder(f"sasrec_{kind}")
-    layers: Layers = (Int8Layers(g, torch_exact=torch_exact) if kind == "int8"
+    layers: Layers = (Int8Layers(g, torch_exact=torch_exact, fused=fused) if kind == "int8"
                       else FloatLayers(g))
     item_seq = g.add_input(INPUT, INT64, ["batch", "length"])
 
     positions, allowed = _positions_and_mask(g, item_seq, config.max_len)
-    items = layers.embed(item_seq, model.item_emb, "item_emb")
-    items = g.node("Mul", [items, g.scalar(np.float32(model.emb_scale), np.float32, "emb_scale")],
-                   name="item_emb.scaled")  # float32(sqrt(d)), as torch multiplies a float32
-    x = g.node("Add", [items, layers.embed(positions, model.pos_emb, "pos_emb")], name="embedding")
-    x = layers.quantize(x, model.quant_input, "quant_input")
+    if isinstance(layers, Int8Layers) and layers.fused:
+        x = layers.embed_quantized(item_seq, positions, model.item_emb, model.pos_emb,
+                                   model.emb_scale, model.quant_input, "quant_input")
+    else:
+        items = layers.embed(item_seq, model.item_emb, "item_emb")
+        items = g.node("Mul", [items, g.scalar(np.float32(model.emb_scale), np.float32,
+                                               "emb_scale")],
+                       name="item_emb.scaled")  # float32(sqrt(d)), as torch multiplies a float32
+        x = g.node("Add", [items, layers.embed(positions, model.pos_emb, "pos_emb")],
+                   name="embedding")
+        x = layers.quantize(x, model.quant_input, "quant_input")
     head_dim = config.hidden // config.heads
     for i, block in enumerate(model.blocks):
         if last_position_only and i == len(model.blocks) - 1:
@@ -143,6 +153,7 @@ def build_sasrec_onnx(model: SASRec, *, top_k: int | None = None, hidden_output:
     if isinstance(layers, Int8Layers):  # > 64 can saturate u8 x s8 kernels on AVX2 without VNNI
         props["sasrec_qat.max_abs_weight_int"] = layers.max_abs_weight
         props["sasrec_qat.torch_exact"] = int(torch_exact)
+        props["sasrec_qat.fused"] = int(fused)
     return g.build(metadata={k: str(v) for k, v in props.items()},
                    doc=f"SASRec ({kind}) next-item scores; see export/sasrec_graph.py")
 
@@ -185,8 +196,7 @@ def _block(g: GraphBuilder, layers: Layers, block: nn.Module, x: Any, allowed: s
     """One pre-LayerNorm block (``qat.model.SASRecBlock``): attention then FFN, residuals."""
     attn = block.attn
     h = layers.layer_norm(x, block.attn_norm, f"{hint}.attn_norm")
-    q, k, v = (layers.dequantize(layers.linear(h, getattr(attn, f"{n}_proj"),
-                                               f"{hint}.attn.{n}_proj"), f"{hint}.attn.{n}")
+    q, k, v = (layers.linear_dequantized(h, getattr(attn, f"{n}_proj"), f"{hint}.attn.{n}_proj")
                for n in "qkv")
     context = _attention_core(g, q, k, v, allowed, heads, head_dim, f"{hint}.attn.core")
     context = layers.quantize(context, attn.quant_context, f"{hint}.attn.quant_context")
@@ -212,12 +222,10 @@ def _last_block(g: GraphBuilder, layers: Layers, block: nn.Module, x: Any, allow
     """
     attn = block.attn
     h = layers.layer_norm(x, block.attn_norm, f"{hint}.attn_norm")
-    k, v = (layers.dequantize(layers.linear(h, getattr(attn, f"{n}_proj"),
-                                            f"{hint}.attn.{n}_proj"), f"{hint}.attn.{n}")
+    k, v = (layers.linear_dequantized(h, getattr(attn, f"{n}_proj"), f"{hint}.attn.{n}_proj")
             for n in "kv")
     h_last = layers.last_position(h, f"{hint}.attn_norm.last")
-    q = layers.dequantize(layers.linear(h_last, attn.q_proj, f"{hint}.attn.q_proj"),
-                          f"{hint}.attn.q")
+    q = layers.linear_dequantized(h_last, attn.q_proj, f"{hint}.attn.q_proj")
     to_end = g.ints([np.iinfo(np.int64).max], "to_end")
     last_row = g.node("Slice", [allowed, g.ints([-1], "minus_one"), to_end, g.ints([2], "axes_2")],
                       name=f"{hint}.attn.allowed_last")  # (B, 1, 1, T)

@@ -63,10 +63,10 @@ def captured_layers(model, x):
     return seen
 
 
-def one_layer_graph(module, name, args, torch_exact):
+def one_layer_graph(module, name, args, torch_exact, fused=False):
     """A graph holding only ``module``'s ONNX ops, fed torch's own inputs."""
     g = GraphBuilder("layer")
-    layers = Int8Layers(g, torch_exact=torch_exact)
+    layers = Int8Layers(g, torch_exact=torch_exact, fused=fused)
     feed = {}
 
     def q_input(t, input_name):
@@ -102,10 +102,12 @@ def test_each_int8_layer_rounds_like_torch(name, config):
     model = tiny_model(name, config=config)
     layers = captured_layers(model, batch(5, size=64, config=config))
     assert len(layers) == 1 + CONFIG.blocks * 11 + 1  # input stub; 6 linears, 2 LN, 2 adds,
-    # each op exact as written (disable) and after onnxruntime's graph rewrites (all)
-    for torch_exact, level in ((True, "disable"), (True, "all"), (False, "disable")):
+    # each op exact as written (disable), after onnxruntime's graph rewrites (all), and as
+    # a fused custom op (export.native_ops)
+    for torch_exact, fused, level in ((True, False, "disable"), (True, False, "all"),
+                                      (True, True, "all"), (False, False, "disable")):
         for layer_name, (module, args, output) in layers.items():  # ^ context stub; final LN
-            proto, feed = one_layer_graph(module, layer_name, args, torch_exact)
+            proto, feed = one_layer_graph(module, layer_name, args, torch_exact, fused)
             got = make_session(proto, optimization=level, threads=1).run(None, feed)[0]
             steps = np.abs(got.astype(int) - output.int_repr().numpy().astype(int))
             assert steps.max() <= (0 if torch_exact else 1), (layer_name, torch_exact, level)
@@ -219,8 +221,11 @@ def test_serving_graph_equals_full_graph(name):
     assert same_set.all()
 
 
-@pytest.mark.parametrize("level", LEVELS)
-def test_add_rounds_like_torch_on_a_million_values(level):
+KERNELS = [("disable", False), ("all", False), ("all", True)]  # (level, fused)
+
+
+@pytest.mark.parametrize("level, fused", KERNELS)
+def test_add_rounds_like_torch_on_a_million_values(level, fused):
     """Rounding differences are rare (about 1 in 10^5 values sits near a half step), so this
     feeds 10^6 pairs: the residual add's ONNX function must equal quantized::add on all of
     them, also after onnxruntime's rewrites (its DivMulFusion once turned sum * (1/s) into
@@ -232,14 +237,14 @@ def test_add_rounds_like_torch_on_a_million_values(level):
     module = nnq.QFunctional()
     module.scale, module.zero_point = 0.0412345, 127
     expected = module.add(a, b).int_repr().numpy()
-    proto, feed = one_layer_graph(module, "residual", (a, b), torch_exact=True)
-    got = make_session(proto, optimization=level, threads=1).run(None, feed)[0]
+    proto, feed = one_layer_graph(module, "residual", (a, b), torch_exact=True, fused=fused)
+    got = make_session(proto, optimization=level, threads=2).run(None, feed)[0]
     assert np.array_equal(got, expected), int((got != expected).sum())
 
 
 @pytest.mark.parametrize("width", [16, 50, 64])
-@pytest.mark.parametrize("level", LEVELS)
-def test_layer_norm_rounds_like_torch_on_a_million_values(level, width):
+@pytest.mark.parametrize("level, fused", KERNELS)
+def test_layer_norm_rounds_like_torch_on_a_million_values(level, fused, width):
     """quantized::layer_norm on 10^6 values must equal its ONNX function everywhere, also
     after onnxruntime's rewrites: all columns in the scalar remainder (16), 32 vectorised and
     18 scalar (50), all vectorised (64)."""
@@ -250,6 +255,70 @@ def test_layer_norm_rounds_like_torch_on_a_million_values(level, width):
                            torch.nn.Parameter(torch.randn(width, generator=g) * 0.1),
                            scale=0.0257, zero_point=125)
     expected = module(x).int_repr().numpy()
-    proto, feed = one_layer_graph(module, "norm", (x,), torch_exact=True)
-    got = make_session(proto, optimization=level, threads=1).run(None, feed)[0]
+    proto, feed = one_layer_graph(module, "norm", (x,), torch_exact=True, fused=fused)
+    got = make_session(proto, optimization=level, threads=2).run(None, feed)[0]
     assert np.array_equal(got, expected), int((got != expected).sum())
+
+
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("level, fused", KERNELS)
+def test_linear_rounds_like_torch_on_a_million_values(level, fused, relu):
+    """quantized::linear[_relu] (10^6 outputs, per-row weight scales, float bias) equals its
+    export bit for bit: the Requantize function and the fused kernel (whose per-column
+    constants are computed in numpy float32 at export)."""
+    from torch.ao.nn.intrinsic import quantized as nniq
+    g = torch.Generator().manual_seed(2)
+    x = torch.quantize_per_tensor(torch.randn(20000, 64, generator=g), 0.0271, 118,
+                                  torch.quint8)
+    module = (nniq.LinearReLU if relu else nnq.Linear)(64, 50)
+    weight = torch.randn(50, 64, generator=g) * 0.1
+    scales = (weight.abs().amax(dim=1) / 64).double()
+    module.set_weight_bias(torch.quantize_per_channel(weight, scales, torch.zeros(50).long(), 0,
+                                                      torch.qint8),
+                           torch.randn(50, generator=g) * 0.2)
+    module.scale, module.zero_point = 0.0433, 121
+    expected = module(x).int_repr().numpy()
+    proto, feed = one_layer_graph(module, "ffn.fc1" if relu else "linear", (x,),
+                                  torch_exact=True, fused=fused)
+    got = make_session(proto, optimization=level, threads=2).run(None, feed)[0]
+    assert np.array_equal(got, expected), int((got != expected).sum())
+
+
+@pytest.mark.parametrize("level, fused", KERNELS)
+def test_quantize_rounds_like_torch_on_a_million_values(level, fused):
+    """torch.quantize_per_tensor (the QuantStub) on 10^6 floats, many of them on half steps."""
+    g = torch.Generator().manual_seed(3)
+    scale = 0.0213
+    halves = (torch.randint(-300, 300, (500_000,), generator=g) + 0.5).float() * scale
+    x = torch.cat([torch.randn(500_000, generator=g) * 3, halves]).reshape(1000, 1000)
+    stub = nnq.Quantize(scale, 117, torch.quint8)
+    expected = stub(x).int_repr().numpy()
+    proto, feed = one_layer_graph(stub, "quant_input", (x,), torch_exact=True, fused=fused)
+    got = make_session(proto, optimization=level, threads=2).run(None, feed)[0]
+    assert np.array_equal(got, expected), int((got != expected).sum())
+
+
+def test_fused_small_inputs_round_like_torch():
+    """The fused kernels take plain row loops for small inputs (one user served at a time):
+    LayerNorm and Linear fed 40 rows per call (2,000 outputs) over 600,000 values."""
+    from torch.ao.nn.intrinsic import quantized as nniq
+    g = torch.Generator().manual_seed(4)
+    x = torch.quantize_per_tensor(torch.randn(12000, 50, generator=g) * 2, 0.0311, 120,
+                                  torch.quint8)
+    norm = nnq.LayerNorm(50, torch.nn.Parameter(torch.rand(50, generator=g) + 0.5),
+                         torch.nn.Parameter(torch.randn(50, generator=g) * 0.1),
+                         scale=0.0257, zero_point=125)
+    linear = nniq.LinearReLU(50, 50)
+    weight = torch.randn(50, 50, generator=g) * 0.1
+    linear.set_weight_bias(torch.quantize_per_channel(
+        weight, (weight.abs().amax(dim=1) / 64).double(), torch.zeros(50).long(), 0,
+        torch.qint8), torch.randn(50, generator=g) * 0.2)
+    linear.scale, linear.zero_point = 0.0433, 121
+    for module, name in ((norm, "norm"), (linear, "ffn.fc1")):
+        expected = module(x).int_repr().numpy()
+        proto, _ = one_layer_graph(module, name, (x[:40],), torch_exact=True, fused=True)
+        session = make_session(proto, threads=1)
+        rows = x.int_repr().numpy()
+        got = np.concatenate([session.run(None, {"x": rows[i:i + 40]})[0]
+                              for i in range(0, len(rows), 40)])
+        assert np.array_equal(got, expected), (name, int((got != expected).sum()))

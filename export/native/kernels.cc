@@ -1,0 +1,289 @@
+// Fused uint8 kernels that round exactly like torch's x86 quantized CPU kernels (torch 2.13).
+//
+// Each function is one pass over its tensor and computes, element for element, the float32
+// arithmetic that the ONNX functions of export/torch_kernels.py spell out op by op (see that
+// module's docstring for the formulas and for where each comes from in fbgemm / ATen).
+// fma() below is a true float32 fused multiply-add (std::fmaf), as the compiled kernels use;
+// the file is compiled with -ffp-contract=off so that no other a * b + c is fused.
+//
+// Rounding: rint() in the default round-to-nearest-even mode, as onnxruntime's QuantizeLinear
+// and fbgemm's nearbyint; saturation to [0, 255].
+//
+// The functions take raw pointers and sizes; rows are the leading dimensions flattened, cols
+// the last dimension. Every kernel processes rows [row_begin, row_end) so a caller may split
+// the rows between threads.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+namespace {
+
+constexpr int64_t kTileElements = 4096;  // elements per block of rows (per-column constants)
+constexpr int64_t kSmallElements = 4096;  // up to this many, plain row loops (no tiles)
+
+// Rows per block: about kTileElements elements, never more rows than there are.
+inline int64_t tile_rows(int64_t cols, int64_t rows) {
+  const int64_t fit = cols >= kTileElements ? 1 : kTileElements / cols;
+  return rows < fit ? (rows > 0 ? rows : 1) : fit;
+}
+
+// steps is already an integer value (rint), possibly outside [0, 255]
+inline float clamp_u8(float steps) {
+  return steps < 0.0f ? 0.0f : (steps > 255.0f ? 255.0f : steps);
+}
+
+inline uint8_t saturate_u8(float steps) { return static_cast<uint8_t>(clamp_u8(steps)); }
+
+}  // namespace
+
+extern "C" {
+
+// sat(rint(fma(x, inv_s, z))): fbgemm Quantize (torch.quantize_per_tensor, quint8).
+void sq_quantize_per_tensor(const float* x, int64_t begin, int64_t end, float inv_s,
+                            uint8_t z, uint8_t* out) {
+  const float zf = static_cast<float>(z);
+  for (int64_t i = begin; i < end; ++i) {
+    out[i] = saturate_u8(std::rint(std::fmaf(x[i], inv_s, zf)));
+  }
+}
+
+}  // extern "C"
+
+namespace {
+
+// quantized::linear's float-bias output stage, per column j (bias_acc[j] = b[j] / m[j],
+// multiplier[j] = m[j] / s with m[j] = s_x * s_w[j], all float32, precomputed by the caller):
+// u = sat(rint([relu]((float(acc) + bias_acc) * multiplier)) + z); store(i, u) writes it
+// (u as a float holding the integer, so a dequantizing store needs no int round trip).
+//
+// Rows are short (the hidden width), so the loop runs over blocks of whole rows as one flat
+// range, with the per-column constants tiled to the block's length: the vector loop then
+// spans many rows instead of leaving each row's tail to scalar code.
+template <bool relu, typename Store>
+void requantize_rows(const int32_t* acc, int64_t row_begin, int64_t row_end, int64_t cols,
+                     const float* bias_acc, const float* multiplier, uint8_t z, Store store) {
+  const float zf = static_cast<float>(z);
+  if ((row_end - row_begin) * cols <= kSmallElements) {  // few rows: no tiles to build
+    for (int64_t r = row_begin; r < row_end; ++r) {
+      const int32_t* a = acc + r * cols;
+      for (int64_t j = 0; j < cols; ++j) {
+        float steps = (static_cast<float>(a[j]) + bias_acc[j]) * multiplier[j];
+        if (relu) steps = steps > 0.0f ? steps : 0.0f;
+        store(r * cols + j, clamp_u8(std::rint(steps) + zf));
+      }
+    }
+    return;
+  }
+  const int64_t block_rows = tile_rows(cols, row_end - row_begin);
+  std::vector<float> tiled_bias(block_rows * cols), tiled_mult(block_rows * cols);
+  for (int64_t r = 0; r < block_rows; ++r) {
+    std::memcpy(&tiled_bias[r * cols], bias_acc, cols * sizeof(float));
+    std::memcpy(&tiled_mult[r * cols], multiplier, cols * sizeof(float));
+  }
+  const float* __restrict tb = tiled_bias.data();
+  const float* __restrict tm = tiled_mult.data();
+  for (int64_t r = row_begin; r < row_end; r += block_rows) {
+    const int64_t n = (r + block_rows < row_end ? block_rows : row_end - r) * cols;
+    const int32_t* __restrict a = acc + r * cols;
+    const int64_t offset = r * cols;
+    for (int64_t i = 0; i < n; ++i) {
+      float steps = (static_cast<float>(a[i]) + tb[i]) * tm[i];
+      if (relu) steps = steps > 0.0f ? steps : 0.0f;
+      store(offset + i, clamp_u8(std::rint(steps) + zf));
+    }
+  }
+}
+
+}  // namespace
+
+extern "C" {
+
+// Requantize[Relu]: the uint8 output of quantized::linear[_relu].
+void sq_requantize(const int32_t* acc, int64_t row_begin, int64_t row_end, int64_t cols,
+                   const float* bias_acc, const float* multiplier, uint8_t z, int relu,
+                   uint8_t* out) {
+  uint8_t* __restrict o = out;
+  auto store = [o](int64_t i, float u) { o[i] = static_cast<uint8_t>(u); };
+  if (relu) {
+    requantize_rows<true>(acc, row_begin, row_end, cols, bias_acc, multiplier, z, store);
+  } else {
+    requantize_rows<false>(acc, row_begin, row_end, cols, bias_acc, multiplier, z, store);
+  }
+}
+
+// RequantizeDequantize: quantized::linear's uint8 output u, dequantized at once as the next
+// op (DeQuantStub, DequantizeLinear) does: (float(u) - z) * s, one rounding.
+void sq_requantize_dequantize(const int32_t* acc, int64_t row_begin, int64_t row_end,
+                              int64_t cols, const float* bias_acc, const float* multiplier,
+                              uint8_t z, float s, float* out) {
+  float* __restrict o = out;
+  const float zf = static_cast<float>(z);
+  auto store = [o, zf, s](int64_t i, float u) { o[i] = (u - zf) * s; };
+  requantize_rows<false>(acc, row_begin, row_end, cols, bias_acc, multiplier, z, store);
+}
+
+// EmbedQuantize: the INT8 model's input, quantize(item_emb[ids] * emb_scale + pos_emb[pos]),
+// with weight-only int8 tables (row scales): item = (float(table[id]) * scale[id]) * emb_scale,
+// position = float(pos_table[p]) * pos_scale[p], sat(rint(fma(item + position, inv_s, z))).
+// Returns the index of the first out-of-range id or position, or -1.
+int64_t sq_embed_quantize(const int64_t* ids, const int64_t* positions, int64_t begin,
+                          int64_t end, const int8_t* item_table, const float* item_scale,
+                          int64_t num_items, float emb_scale, const int8_t* pos_table,
+                          const float* pos_scale, int64_t num_positions, int64_t cols,
+                          float inv_s, uint8_t z, uint8_t* out) {
+  const float zf = static_cast<float>(z);
+  for (int64_t i = begin; i < end; ++i) {
+    const int64_t id = ids[i], p = positions[i];
+    if (id < 0 || id >= num_items || p < 0 || p >= num_positions) return i;
+    const int8_t* __restrict item = item_table + id * cols;
+    const int8_t* __restrict pos = pos_table + p * cols;
+    const float s_item = item_scale[id], s_pos = pos_scale[p];
+    uint8_t* __restrict o = out + i * cols;
+    for (int64_t j = 0; j < cols; ++j) {
+      const float x = (static_cast<float>(item[j]) * s_item) * emb_scale +
+                      static_cast<float>(pos[j]) * s_pos;
+      o[j] = saturate_u8(std::rint(std::fmaf(x, inv_s, zf)));
+    }
+  }
+  return -1;
+}
+
+}  // extern "C"
+
+// quantized::layer_norm (x86 kernel) over the last axis; vector_cols columns (a multiple of 32,
+// at most cols) take the vectorised rounding sat(rint(y / s) + z), the rest the scalar
+// remainder's sat(rint(y / s + z)).
+//
+// Row statistics: integer sums in chunks of kChunk columns, then the float mean, variance and
+// 1/std of a block of rows in one loop. Normalisation: one flat loop over the block with the
+// per-column and per-row constants tiled to its length (rows are short; see requantize_rows);
+// small inputs (serving one user) take plain row loops instead.
+namespace {
+
+constexpr int64_t kChunk = 16;
+
+inline void row_sums(const uint8_t* __restrict x, int64_t cols, int32_t* sum_out,
+                     int32_t* sum_sq_out) {
+  int32_t sum = 0, sum_sq = 0;
+  int64_t j = 0;
+  for (; j + kChunk <= cols; j += kChunk) {
+    int32_t s = 0, q = 0;
+    for (int64_t k = 0; k < kChunk; ++k) {
+      const int32_t v = x[j + k];
+      s += v;
+      q += v * v;
+    }
+    sum += s;
+    sum_sq += q;
+  }
+  for (; j < cols; ++j) {
+    const int32_t v = x[j];
+    sum += v;
+    sum_sq += v * v;
+  }
+  *sum_out = sum;
+  *sum_sq_out = sum_sq;
+}
+
+// mean, variance and 1/std of `rows` rows from their integer sums; a plain loop over rows,
+// so the divisions and square roots of many rows run side by side in vector registers.
+inline void row_norms(const int32_t* __restrict sum, const int32_t* __restrict sum_sq,
+                      int64_t rows, float n, float zxf, float s_x, double eps,
+                      float* __restrict mean_centred, float* __restrict ratio) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float mean = static_cast<float>(sum[r]) / n;
+    float var = std::fmaf(-mean, mean, static_cast<float>(sum_sq[r]) / n);
+    var = var > 0.0f ? var : 0.0f;
+    const float var_x = (var * s_x) * s_x;
+    mean_centred[r] = mean - zxf;
+    ratio[r] = static_cast<float>(static_cast<double>(s_x) /
+                                  std::sqrt(static_cast<double>(var_x) + eps));
+  }
+}
+
+}  // namespace
+
+extern "C" {
+
+void sq_layer_norm(const uint8_t* u, int64_t row_begin, int64_t row_end, int64_t cols,
+                   int64_t vector_cols, float s_x, uint8_t z_x, const float* gamma,
+                   const float* beta, double eps, float inv_s, uint8_t z, uint8_t* out) {
+  const float n = static_cast<float>(cols);
+  const float zxf = static_cast<float>(z_x);
+  const float zf = static_cast<float>(z);
+  if ((row_end - row_begin) * cols <= kSmallElements) {  // few rows: no tiles to build
+    for (int64_t r = row_begin; r < row_end; ++r) {
+      const uint8_t* x = u + r * cols;
+      uint8_t* o = out + r * cols;
+      int32_t sum, sum_sq;
+      float mean_c, ratio;
+      row_sums(x, cols, &sum, &sum_sq);
+      row_norms(&sum, &sum_sq, 1, n, zxf, s_x, eps, &mean_c, &ratio);
+      for (int64_t j = 0; j < cols; ++j) {
+        const float centred = (static_cast<float>(x[j]) - zxf) - mean_c;
+        const float y = std::fmaf(centred * ratio, gamma[j], beta[j]);
+        o[j] = j < vector_cols ? saturate_u8(std::rint(y * inv_s) + zf)
+                               : saturate_u8(std::rint(y * inv_s + zf));
+      }
+    }
+    return;
+  }
+  const int64_t block_rows = tile_rows(cols, row_end - row_begin);
+  const int64_t tile = block_rows * cols;
+  // Per-column constants tiled over a block of rows. The two roundings differ only in where
+  // z is added: sat(rint(v + 0) + z) in the vectorised columns, sat(rint(v + z) + 0) in the
+  // remainder (v + 0 is v exactly), so one loop with per-column z_before / z_after does both.
+  std::vector<float> g(tile), b(tile), z_before(tile), z_after(tile), mean_c(tile), ratio(tile);
+  for (int64_t r = 0; r < block_rows; ++r) {
+    for (int64_t j = 0; j < cols; ++j) {
+      g[r * cols + j] = gamma[j];
+      b[r * cols + j] = beta[j];
+      z_before[r * cols + j] = j < vector_cols ? 0.0f : zf;
+      z_after[r * cols + j] = j < vector_cols ? zf : 0.0f;
+    }
+  }
+  std::vector<int32_t> sum(block_rows), sum_sq(block_rows);
+  std::vector<float> row_mean_c(block_rows), row_ratio(block_rows);
+  for (int64_t r0 = row_begin; r0 < row_end; r0 += block_rows) {
+    const int64_t rows = r0 + block_rows < row_end ? block_rows : row_end - r0;
+    const uint8_t* __restrict x = u + r0 * cols;
+    uint8_t* __restrict o = out + r0 * cols;
+    for (int64_t r = 0; r < rows; ++r) row_sums(x + r * cols, cols, &sum[r], &sum_sq[r]);
+    row_norms(sum.data(), sum_sq.data(), rows, n, zxf, s_x, eps, row_mean_c.data(),
+              row_ratio.data());
+    for (int64_t r = 0; r < rows; ++r) {
+      std::fill_n(&mean_c[r * cols], cols, row_mean_c[r]);
+      std::fill_n(&ratio[r * cols], cols, row_ratio[r]);
+    }
+    const float* __restrict mc = mean_c.data();
+    const float* __restrict rt = ratio.data();
+    const float* __restrict gg = g.data();
+    const float* __restrict bb = b.data();
+    const float* __restrict zb = z_before.data();
+    const float* __restrict za = z_after.data();
+    const int64_t count = rows * cols;
+    for (int64_t i = 0; i < count; ++i) {
+      const float centred = (static_cast<float>(x[i]) - zxf) - mc[i];
+      const float y = std::fmaf(centred * rt[i], gg[i], bb[i]);
+      o[i] = saturate_u8(std::rint(y * inv_s + zb[i]) + za[i]);
+    }
+  }
+}
+
+// The vectorised quantized::add: c = fma(a, s_a, s_a * -z_a) + fma(b, s_b, s_b * -z_b),
+// sat(rint(c * inv_s) + z).
+void sq_add(const uint8_t* a, const uint8_t* b, int64_t begin, int64_t end, float s_a,
+            uint8_t z_a, float s_b, uint8_t z_b, float inv_s, uint8_t z, uint8_t* out) {
+  const float off_a = s_a * -static_cast<float>(z_a);
+  const float off_b = s_b * -static_cast<float>(z_b);
+  const float zf = static_cast<float>(z);
+  for (int64_t i = begin; i < end; ++i) {
+    const float c = std::fmaf(static_cast<float>(a[i]), s_a, off_a) +
+                    std::fmaf(static_cast<float>(b[i]), s_b, off_b);
+    out[i] = saturate_u8(std::rint(c * inv_s) + zf);
+  }
+}
+
+}  // extern "C"

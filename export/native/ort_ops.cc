@@ -1,0 +1,496 @@
+// onnxruntime custom ops (domain "sasrec_qat.fused") over the kernels of kernels.cc.
+//
+// Tensors are inputs; per-node constants are attributes, read once when onnxruntime creates
+// the kernel (float attributes are float32, as the constants are; eps is a decimal string,
+// parsed to the float64 it was written from):
+//
+//   QuantizePerTensor(x f32) {inv_s, z}                                    -> u8, x's shape
+//   Requantize / RequantizeRelu(acc i32 [..., N], bias_acc f32 [N], multiplier f32 [N]) {z}
+//                                                                          -> u8, acc's shape
+//   RequantizeDequantize(acc, bias_acc, multiplier) {z, s}  -> f32, (Requantize(...) - z) * s
+//   LayerNorm(u u8 [..., N], gamma f32 [N], beta f32 [N]) {s_x, z_x, eps, inv_s, z}
+//             -> u8, u's shape (the first 32 * floor(N / 32) columns take the vectorised
+//             rounding, the rest the scalar remainder's, as torch's x86 kernel)
+//   Add(a u8, b u8) {s_a, z_a, s_b, z_b, inv_s, z}                        -> u8, a's shape
+//   EmbedQuantize(ids i64 [B, T], positions i64 [B, T], item_table i8 [I, N], item_scale f32
+//                 [I], pos_table i8 [P, N], pos_scale f32 [P]) {emb_scale, inv_s, z}
+//                 -> u8 [B, T, N]: QuantizePerTensor(item_emb[ids] * emb_scale + pos_emb[pos])
+//
+// The formulas are those of the ONNX functions in export/torch_kernels.py (Requantize's
+// per-column float32 constants bias_acc = b / (s_x s_w), multiplier = s_x s_w / s are computed
+// at export, export/int8_layers.py).
+// Large tensors are split by rows over onnxruntime's
+// intra-op threads (KernelContext_ParallelFor); rounding does not depend on the split.
+#include <atomic>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "ort_abi.h"
+
+extern "C" {
+void sq_quantize_per_tensor(const float* x, int64_t begin, int64_t end, float inv_s,
+                            uint8_t z, uint8_t* out);
+void sq_requantize(const int32_t* acc, int64_t row_begin, int64_t row_end, int64_t cols,
+                   const float* bias_acc, const float* multiplier, uint8_t z, int relu,
+                   uint8_t* out);
+void sq_requantize_dequantize(const int32_t* acc, int64_t row_begin, int64_t row_end,
+                              int64_t cols, const float* bias_acc, const float* multiplier,
+                              uint8_t z, float s, float* out);
+int64_t sq_embed_quantize(const int64_t* ids, const int64_t* positions, int64_t begin,
+                          int64_t end, const int8_t* item_table, const float* item_scale,
+                          int64_t num_items, float emb_scale, const int8_t* pos_table,
+                          const float* pos_scale, int64_t num_positions, int64_t cols,
+                          float inv_s, uint8_t z, uint8_t* out);
+void sq_layer_norm(const uint8_t* u, int64_t row_begin, int64_t row_end, int64_t cols,
+                   int64_t vector_cols, float s_x, uint8_t z_x, const float* gamma,
+                   const float* beta, double eps, float inv_s, uint8_t z, uint8_t* out);
+void sq_add(const uint8_t* a, const uint8_t* b, int64_t begin, int64_t end, float s_a,
+            uint8_t z_a, float s_b, uint8_t z_b, float inv_s, uint8_t z, uint8_t* out);
+}
+
+namespace {
+
+using ort::ElementType;
+
+constexpr int64_t kLayerNormVector = 32;      // columns per vectorised chunk (x86 kernel)
+constexpr int64_t kSerialElements = 1 << 15;  // below this, one thread does the whole tensor
+constexpr int64_t kChunkElements = 1 << 13;   // elements per parallel task, about
+
+const ort::Api* g_api = nullptr;
+
+enum class OpKind {
+  kQuantize, kRequantize, kRequantizeRelu, kRequantizeDequantize, kLayerNorm, kAdd,
+  kEmbedQuantize
+};
+
+struct OpSpec {
+  ort::CustomOp record;  // first member: the runtime hands back a pointer to it
+  OpKind kind;
+  const char* name;
+  std::vector<ElementType> inputs;
+  ElementType output;
+};
+
+// Per-node constants (attributes), read when the kernel is created.
+struct Params {
+  float inv_s = 0, s = 0, s_x = 0, s_a = 0, s_b = 0, emb_scale = 0;
+  uint8_t z = 0, z_x = 0, z_a = 0, z_b = 0;
+  double eps = 0;
+};
+
+struct Kernel {
+  const OpSpec* op;
+  Params p;
+};
+
+// ---- errors ----------------------------------------------------------------------------
+struct Failure {
+  std::string message;
+};
+
+void check(ort::Status* status, const char* what) {
+  if (status != nullptr) {
+    ort::table_entry<ort::ReleaseStatusFn>(g_api, ort::kReleaseStatus)(status);
+    throw Failure{std::string("onnxruntime call failed: ") + what};
+  }
+}
+
+// ---- tensors ---------------------------------------------------------------------------
+struct Tensor {
+  void* data = nullptr;
+  ElementType type = ElementType::kFloat;
+  std::vector<int64_t> shape;
+  int64_t size = 0;
+};
+
+Tensor input(ort::KernelContext* context, size_t index) {
+  const ort::Value* value = nullptr;
+  check(ort::table_entry<ort::KernelContextGetInputFn>(g_api, ort::kKernelContextGetInput)(
+            context, index, &value), "KernelContext_GetInput");
+  Tensor t;
+  ort::TypeAndShape* info = nullptr;
+  check(ort::table_entry<ort::GetTensorTypeAndShapeFn>(g_api, ort::kGetTensorTypeAndShape)(
+            value, &info), "GetTensorTypeAndShape");
+  size_t rank = 0, count = 0;
+  ort::Status* status =
+      ort::table_entry<ort::GetTensorElementTypeFn>(g_api, ort::kGetTensorElementType)(info,
+                                                                                      &t.type);
+  if (status == nullptr)
+    status = ort::table_entry<ort::GetDimensionsCountFn>(g_api, ort::kGetDimensionsCount)(
+        info, &rank);
+  if (status == nullptr) {
+    t.shape.resize(rank);
+    status = ort::table_entry<ort::GetDimensionsFn>(g_api, ort::kGetDimensions)(
+        info, t.shape.data(), rank);
+  }
+  if (status == nullptr)
+    status = ort::table_entry<ort::GetTensorShapeElementCountFn>(
+        g_api, ort::kGetTensorShapeElementCount)(info, &count);
+  ort::table_entry<ort::ReleaseTypeAndShapeFn>(g_api, ort::kReleaseTypeAndShape)(info);
+  check(status, "reading an input's type and shape");
+  t.size = static_cast<int64_t>(count);
+  check(ort::table_entry<ort::GetTensorMutableDataFn>(g_api, ort::kGetTensorMutableData)(
+            const_cast<ort::Value*>(value), &t.data), "GetTensorMutableData");
+  return t;
+}
+
+template <typename T = uint8_t>
+T* output(ort::KernelContext* context, const std::vector<int64_t>& shape) {
+  ort::Value* value = nullptr;
+  check(ort::table_entry<ort::KernelContextGetOutputFn>(g_api, ort::kKernelContextGetOutput)(
+            context, 0, shape.data(), shape.size(), &value), "KernelContext_GetOutput");
+  void* data = nullptr;
+  check(ort::table_entry<ort::GetTensorMutableDataFn>(g_api, ort::kGetTensorMutableData)(
+            value, &data), "GetTensorMutableData");
+  return static_cast<T*>(data);
+}
+
+uint8_t* output_like(ort::KernelContext* context, const Tensor& like) {
+  return output<uint8_t>(context, like.shape);
+}
+
+int64_t last_dim(const Tensor& t, const char* op) {
+  if (t.shape.empty() || t.shape.back() <= 0)
+    throw Failure{std::string(op) + ": the input needs a non-empty last axis"};
+  return t.shape.back();
+}
+
+void expect_columns(const Tensor& t, int64_t cols, const char* op, const char* what) {
+  if (t.size != cols)
+    throw Failure{std::string(op) + ": " + what + " must have one value per column (" +
+                  std::to_string(cols) + "), got " + std::to_string(t.size)};
+}
+
+// ---- threading -------------------------------------------------------------------------
+// Runs body(row_begin, row_end) over [0, rows), split into tasks of about kChunkElements
+// elements on the session's intra-op threads when the tensor is large.
+template <typename Body>
+void for_rows(ort::KernelContext* context, int64_t rows, int64_t cols, const Body& body) {
+  if (rows * cols < kSerialElements || rows < 2) {
+    body(int64_t{0}, rows);
+    return;
+  }
+  const int64_t rows_per_task = cols >= kChunkElements ? 1 : kChunkElements / cols;
+  const int64_t tasks = (rows + rows_per_task - 1) / rows_per_task;
+  struct Job {
+    const Body* body;
+    int64_t rows, rows_per_task;
+  } job{&body, rows, rows_per_task};
+  auto run = [](void* data, size_t task) {
+    const Job* j = static_cast<const Job*>(data);
+    const int64_t begin = static_cast<int64_t>(task) * j->rows_per_task;
+    const int64_t end = begin + j->rows_per_task < j->rows ? begin + j->rows_per_task : j->rows;
+    (*j->body)(begin, end);
+  };
+  ort::Status* status = ort::table_entry<ort::ParallelForFn>(
+      g_api, ort::kKernelContextParallelFor)(context, run, static_cast<size_t>(tasks), 0, &job);
+  if (status != nullptr) {  // no thread pool available: do it here
+    ort::table_entry<ort::ReleaseStatusFn>(g_api, ort::kReleaseStatus)(status);
+    body(int64_t{0}, rows);
+  }
+}
+
+// ---- the ops ----------------------------------------------------------------------------
+void compute(const Kernel& kernel, ort::KernelContext* context) {
+  const OpSpec& op = *kernel.op;
+  const Params& p = kernel.p;
+  switch (op.kind) {
+    case OpKind::kQuantize: {
+      const Tensor x = input(context, 0);
+      uint8_t* out = output_like(context, x);
+      const float* data = static_cast<const float*>(x.data);
+      for_rows(context, x.size, 1, [&](int64_t b, int64_t e) {
+        sq_quantize_per_tensor(data, b, e, p.inv_s, p.z, out);
+      });
+      return;
+    }
+    case OpKind::kRequantize:
+    case OpKind::kRequantizeRelu:
+    case OpKind::kRequantizeDequantize: {
+      const Tensor acc = input(context, 0);
+      const int64_t cols = last_dim(acc, op.name);
+      const Tensor bias_acc = input(context, 1), multiplier = input(context, 2);
+      expect_columns(bias_acc, cols, op.name, "bias_acc");
+      expect_columns(multiplier, cols, op.name, "multiplier");
+      const int32_t* a = static_cast<const int32_t*>(acc.data);
+      const float* bias = static_cast<const float*>(bias_acc.data);
+      const float* mult = static_cast<const float*>(multiplier.data);
+      if (op.kind == OpKind::kRequantizeDequantize) {
+        float* out = output<float>(context, acc.shape);
+        for_rows(context, acc.size / cols, cols, [&](int64_t b, int64_t e) {
+          sq_requantize_dequantize(a, b, e, cols, bias, mult, p.z, p.s, out);
+        });
+        return;
+      }
+      const int relu = op.kind == OpKind::kRequantizeRelu;
+      uint8_t* out = output_like(context, acc);
+      for_rows(context, acc.size / cols, cols, [&](int64_t b, int64_t e) {
+        sq_requantize(a, b, e, cols, bias, mult, p.z, relu, out);
+      });
+      return;
+    }
+    case OpKind::kEmbedQuantize: {
+      const Tensor ids = input(context, 0), positions = input(context, 1);
+      if (ids.shape != positions.shape)
+        throw Failure{"EmbedQuantize: ids and positions must have the same shape"};
+      const Tensor items = input(context, 2), item_scale = input(context, 3);
+      const Tensor pos = input(context, 4), pos_scale = input(context, 5);
+      if (items.shape.size() != 2 || pos.shape.size() != 2 || items.shape[1] != pos.shape[1])
+        throw Failure{"EmbedQuantize: the tables must be 2-d with the same width"};
+      const int64_t cols = items.shape[1];
+      expect_columns(item_scale, items.shape[0], op.name, "item_scale (per row)");
+      expect_columns(pos_scale, pos.shape[0], op.name, "pos_scale (per row)");
+      std::vector<int64_t> shape = ids.shape;
+      shape.push_back(cols);
+      uint8_t* out = output<uint8_t>(context, shape);
+      std::atomic<int64_t> bad{-1};
+      for_rows(context, ids.size, cols, [&](int64_t b, int64_t e) {
+        const int64_t at = sq_embed_quantize(
+            static_cast<const int64_t*>(ids.data), static_cast<const int64_t*>(positions.data),
+            b, e, static_cast<const int8_t*>(items.data),
+            static_cast<const float*>(item_scale.data), items.shape[0], p.emb_scale,
+            static_cast<const int8_t*>(pos.data), static_cast<const float*>(pos_scale.data),
+            pos.shape[0], cols, p.inv_s, p.z, out);
+        if (at >= 0) bad.store(at);
+      });
+      const int64_t at = bad.load();
+      if (at >= 0) {
+        const int64_t id = static_cast<const int64_t*>(ids.data)[at];
+        const int64_t q = static_cast<const int64_t*>(positions.data)[at];
+        throw Failure{"EmbedQuantize: item id " + std::to_string(id) + " or position " +
+                      std::to_string(q) + " is out of range (items 0.." +
+                      std::to_string(items.shape[0] - 1) + ", positions 0.." +
+                      std::to_string(pos.shape[0] - 1) + ")"};
+      }
+      return;
+    }
+    case OpKind::kLayerNorm: {
+      const Tensor u = input(context, 0);
+      const int64_t cols = last_dim(u, op.name);
+      const Tensor gamma = input(context, 1), beta = input(context, 2);
+      expect_columns(gamma, cols, op.name, "gamma");
+      expect_columns(beta, cols, op.name, "beta");
+      const int64_t vector_cols = cols / kLayerNormVector * kLayerNormVector;
+      uint8_t* out = output_like(context, u);
+      for_rows(context, u.size / cols, cols, [&](int64_t b, int64_t e) {
+        sq_layer_norm(static_cast<const uint8_t*>(u.data), b, e, cols, vector_cols, p.s_x,
+                      p.z_x, static_cast<const float*>(gamma.data),
+                      static_cast<const float*>(beta.data), p.eps, p.inv_s, p.z, out);
+      });
+      return;
+    }
+    case OpKind::kAdd: {
+      const Tensor a = input(context, 0), b = input(context, 1);
+      if (a.shape != b.shape) throw Failure{"Add: both operands must have the same shape"};
+      uint8_t* out = output_like(context, a);
+      for_rows(context, a.size, 1, [&](int64_t lo, int64_t hi) {
+        sq_add(static_cast<const uint8_t*>(a.data), static_cast<const uint8_t*>(b.data), lo, hi,
+               p.s_a, p.z_a, p.s_b, p.z_b, p.inv_s, p.z, out);
+      });
+      return;
+    }
+  }
+}
+
+// ---- attributes ------------------------------------------------------------------------
+float attr_float(const ort::KernelInfo* info, const OpSpec& op, const char* name) {
+  float value = 0;
+  ort::Status* status = ort::table_entry<ort::KernelInfoGetAttributeFloatFn>(
+      g_api, ort::kKernelInfoGetAttributeFloat)(info, name, &value);
+  if (status != nullptr) {
+    ort::table_entry<ort::ReleaseStatusFn>(g_api, ort::kReleaseStatus)(status);
+    throw Failure{std::string(op.name) + ": needs the float attribute " + name};
+  }
+  return value;
+}
+
+uint8_t attr_u8(const ort::KernelInfo* info, const OpSpec& op, const char* name) {
+  int64_t value = -1;
+  ort::Status* status = ort::table_entry<ort::KernelInfoGetAttributeInt64Fn>(
+      g_api, ort::kKernelInfoGetAttributeInt64)(info, name, &value);
+  if (status != nullptr) {
+    ort::table_entry<ort::ReleaseStatusFn>(g_api, ort::kReleaseStatus)(status);
+    throw Failure{std::string(op.name) + ": needs the int attribute " + name};
+  }
+  if (value < 0 || value > 255)
+    throw Failure{std::string(op.name) + ": attribute " + name + " must be a uint8 zero point, got " +
+                  std::to_string(value)};
+  return static_cast<uint8_t>(value);
+}
+
+double attr_decimal(const ort::KernelInfo* info, const OpSpec& op, const char* name) {
+  auto get = ort::table_entry<ort::KernelInfoGetAttributeStringFn>(
+      g_api, ort::kKernelInfoGetAttributeString);
+  size_t size = 0;
+  ort::Status* status = get(info, name, nullptr, &size);
+  std::string text(size, '\0');
+  if (status == nullptr) status = get(info, name, text.data(), &size);
+  if (status != nullptr) {
+    ort::table_entry<ort::ReleaseStatusFn>(g_api, ort::kReleaseStatus)(status);
+    throw Failure{std::string(op.name) + ": needs the string attribute " + name};
+  }
+  const char* begin = text.c_str();
+  char* end = nullptr;
+  const double value = std::strtod(begin, &end);
+  if (end == begin || *end != '\0')
+    throw Failure{std::string(op.name) + ": attribute " + name + " is not a number: " + text};
+  return value;
+}
+
+Params read_params(const OpSpec& op, const ort::KernelInfo* info) {
+  Params p;
+  switch (op.kind) {
+    case OpKind::kQuantize:
+      p.inv_s = attr_float(info, op, "inv_s");
+      p.z = attr_u8(info, op, "z");
+      break;
+    case OpKind::kRequantize:
+    case OpKind::kRequantizeRelu:
+      p.z = attr_u8(info, op, "z");
+      break;
+    case OpKind::kRequantizeDequantize:
+      p.z = attr_u8(info, op, "z");
+      p.s = attr_float(info, op, "s");
+      break;
+    case OpKind::kEmbedQuantize:
+      p.emb_scale = attr_float(info, op, "emb_scale");
+      p.inv_s = attr_float(info, op, "inv_s");
+      p.z = attr_u8(info, op, "z");
+      break;
+    case OpKind::kLayerNorm:
+      p.s_x = attr_float(info, op, "s_x");
+      p.z_x = attr_u8(info, op, "z_x");
+      p.eps = attr_decimal(info, op, "eps");
+      p.inv_s = attr_float(info, op, "inv_s");
+      p.z = attr_u8(info, op, "z");
+      break;
+    case OpKind::kAdd:
+      p.s_a = attr_float(info, op, "s_a");
+      p.z_a = attr_u8(info, op, "z_a");
+      p.s_b = attr_float(info, op, "s_b");
+      p.z_b = attr_u8(info, op, "z_b");
+      p.inv_s = attr_float(info, op, "inv_s");
+      p.z = attr_u8(info, op, "z");
+      break;
+  }
+  return p;
+}
+
+ort::Status* error_status(ort::ErrorCode code, const std::string& message) {
+  return ort::table_entry<ort::CreateStatusFn>(g_api, ort::kCreateStatus)(code, message.c_str());
+}
+
+// ---- OrtCustomOp callbacks -------------------------------------------------------------
+const OpSpec& spec(const ort::CustomOp* op) { return *reinterpret_cast<const OpSpec*>(op); }
+
+ort::Status* create_kernel(const ort::CustomOp* op, const ort::Api*,
+                           const ort::KernelInfo* info, void** kernel) {
+  try {
+    *kernel = new Kernel{&spec(op), read_params(spec(op), info)};
+    return nullptr;
+  } catch (const Failure& failure) {
+    return error_status(ort::kInvalidArgument, failure.message);
+  } catch (...) {
+    return error_status(ort::kFail, "sasrec_qat.fused: cannot create the kernel");
+  }
+}
+
+ort::Status* kernel_compute(void* kernel, ort::KernelContext* context) {
+  try {
+    compute(*static_cast<const Kernel*>(kernel), context);
+    return nullptr;
+  } catch (const Failure& failure) {
+    return error_status(ort::kInvalidArgument, failure.message);
+  } catch (...) {
+    return error_status(ort::kFail, "sasrec_qat.fused: unexpected error");
+  }
+}
+
+// Version 16 ops are created and run through the V2 callbacks; the V1 slots must be set.
+void* create_kernel_v1(const ort::CustomOp*, const ort::Api*, const ort::KernelInfo*) {
+  return nullptr;
+}
+void kernel_compute_v1(void*, ort::KernelContext*) {}
+void kernel_destroy(void* kernel) { delete static_cast<Kernel*>(kernel); }
+const char* get_name(const ort::CustomOp* op) { return spec(op).name; }
+const char* get_provider(const ort::CustomOp*) { return "CPUExecutionProvider"; }
+ElementType get_input_type(const ort::CustomOp* op, size_t i) { return spec(op).inputs[i]; }
+size_t get_input_count(const ort::CustomOp* op) { return spec(op).inputs.size(); }
+ElementType get_output_type(const ort::CustomOp* op, size_t) { return spec(op).output; }
+size_t get_output_count(const ort::CustomOp*) { return 1; }
+ort::Characteristic required(const ort::CustomOp*, size_t) { return ort::kRequired; }
+ort::MemType default_memory(const ort::CustomOp*, size_t) { return ort::kMemDefault; }
+int one(const ort::CustomOp*) { return 1; }
+
+OpSpec make_op(OpKind kind, const char* name, std::vector<ElementType> inputs,
+               ElementType output = ElementType::kUint8) {
+  OpSpec op{};
+  std::memset(&op.record, 0, sizeof(op.record));
+  op.record.version = ort::kCustomOpVersion;
+  op.record.CreateKernel = create_kernel_v1;
+  op.record.GetName = get_name;
+  op.record.GetExecutionProviderType = get_provider;
+  op.record.GetInputType = get_input_type;
+  op.record.GetInputTypeCount = get_input_count;
+  op.record.GetOutputType = get_output_type;
+  op.record.GetOutputTypeCount = get_output_count;
+  op.record.KernelCompute = kernel_compute_v1;
+  op.record.KernelDestroy = kernel_destroy;
+  op.record.GetInputCharacteristic = required;
+  op.record.GetOutputCharacteristic = required;
+  op.record.GetInputMemoryType = default_memory;
+  op.record.GetVariadicInputMinArity = one;
+  op.record.GetVariadicInputHomogeneity = one;
+  op.record.GetVariadicOutputMinArity = one;
+  op.record.GetVariadicOutputHomogeneity = one;
+  op.record.CreateKernelV2 = create_kernel;
+  op.record.KernelComputeV2 = kernel_compute;
+  op.kind = kind;
+  op.name = name;
+  op.inputs = std::move(inputs);
+  op.output = output;
+  return op;
+}
+
+std::vector<OpSpec>& ops() {
+  using E = ElementType;
+  static std::vector<OpSpec> all = [] {
+    const std::vector<E> requant{E::kInt32, E::kFloat, E::kFloat};
+    std::vector<OpSpec> v;
+    v.reserve(7);  // no reallocation: the runtime keeps pointers to the records
+    v.push_back(make_op(OpKind::kQuantize, "QuantizePerTensor", {E::kFloat}));
+    v.push_back(make_op(OpKind::kRequantize, "Requantize", requant));
+    v.push_back(make_op(OpKind::kRequantizeRelu, "RequantizeRelu", requant));
+    v.push_back(make_op(OpKind::kRequantizeDequantize, "RequantizeDequantize", requant,
+                        E::kFloat));
+    v.push_back(make_op(OpKind::kEmbedQuantize, "EmbedQuantize",
+                        {E::kInt64, E::kInt64, E::kInt8, E::kFloat, E::kInt8, E::kFloat}));
+    v.push_back(make_op(OpKind::kLayerNorm, "LayerNorm", {E::kUint8, E::kFloat, E::kFloat}));
+    v.push_back(make_op(OpKind::kAdd, "Add", {E::kUint8, E::kUint8}));
+    return v;
+  }();
+  return all;
+}
+
+}  // namespace
+
+extern "C" __attribute__((visibility("default"))) ort::Status* RegisterCustomOps(
+    ort::SessionOptions* options, const ort::ApiBase* base) {
+  const ort::Api* api = base->GetApi(ort::kApiVersion);
+  if (api == nullptr) return nullptr;  // cannot even report: runtime older than 1.17
+  g_api = api;
+  ort::CustomOpDomain* domain = nullptr;  // kept for the process's lifetime, as sessions use it
+  ort::Status* status = ort::table_entry<ort::CreateCustomOpDomainFn>(
+      api, ort::kCreateCustomOpDomain)("sasrec_qat.fused", &domain);
+  for (OpSpec& op : ops()) {
+    if (status != nullptr) return status;
+    status = ort::table_entry<ort::CustomOpDomainAddFn>(api, ort::kCustomOpDomainAdd)(
+        domain, &op.record);
+  }
+  if (status != nullptr) return status;
+  return ort::table_entry<ort::AddCustomOpDomainFn>(api, ort::kAddCustomOpDomain)(options,
+                                                                                 domain);
+}

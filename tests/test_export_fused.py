@@ -1,0 +1,184 @@
+"""The fused INT8 kernels (export/native, an onnxruntime custom-op library): the same uint8
+tensors as the exact ONNX functions, built once per machine, clear errors.
+
+Per-op exactness against torch on 10^6 values is in test_export_numerics.py.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from test_export_models import one_torch_thread  # noqa: F401  (autouse fixture)
+from test_export_models import QAT_METHODS, batch, tiny_model
+
+from export import OnnxScorer, build_sasrec_onnx, make_session, native_ops
+from export.graph_builder import FLOAT, INT32, UINT8, GraphBuilder
+from export.runtime import uses_fused_ops
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*quantized tensor creation:UserWarning",
+                                        "ignore:.*torch.ao.quantization is deprecated")
+
+
+@pytest.mark.parametrize("name", QAT_METHODS)
+def test_fused_graph_equals_the_function_graph(name):
+    """Scores and final hidden state identical to the exact function graph run as written
+    (ORT_DISABLE_ALL), at both optimisation levels and with one and two threads (the batch is
+    large enough for the kernels to split rows between threads).
+
+    Against the function graph at ORT_ENABLE_ALL they may differ: there onnxruntime rewrites
+    the attention's DequantizeLinear -> MatMul into an integer q.k^T, whose float result can
+    differ in the last bit and flip a step (95 of 3.3M hidden values on ML-1M batches); the
+    fused graph has no DequantizeLinear left to rewrite, so its attention is torch's float one.
+    """
+    model = tiny_model(name)
+    x = batch(12, size=400)
+    exact = build_sasrec_onnx(model, hidden_output=True)
+    fused = build_sasrec_onnx(model, hidden_output=True, fused=True)
+    expected = OnnxScorer(make_session(exact, threads=1, optimization="disable")).run(
+        x, ["scores", "hidden"])
+    for level in ("disable", "all"):
+        for threads in (1, 2):
+            session = make_session(fused, threads=threads, optimization=level)
+            got = OnnxScorer(session).run(x, ["scores", "hidden"])
+            assert np.array_equal(got[1], expected[1])
+            assert np.array_equal(got[0], expected[0])
+
+
+def test_fused_graph_structure():
+    model = tiny_model("lsq")
+    fused = build_sasrec_onnx(model, fused=True)
+    onnx.checker.check_model(fused)
+    custom = [n.op_type for n in fused.graph.node if n.domain == native_ops.DOMAIN]
+    blocks = model.config.blocks
+    assert sorted(set(custom)) == ["Add", "EmbedQuantize", "LayerNorm", "QuantizePerTensor",
+                                   "Requantize", "RequantizeDequantize", "RequantizeRelu"]
+    norm = next(n for n in fused.graph.node if n.op_type == "LayerNorm")
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in norm.attribute}
+    assert attrs["eps"] == repr(float(model.blocks[0].attn_norm.eps)).encode()
+    assert sorted(attrs) == ["eps", "inv_s", "s_x", "z", "z_x"]
+    assert custom.count("LayerNorm") == 2 * blocks + 1 and custom.count("Add") == 2 * blocks
+    assert custom.count("RequantizeDequantize") == 3 * blocks  # q, k, v
+    assert custom.count("EmbedQuantize") == 1
+    ops = [n.op_type for n in fused.graph.node]
+    assert "DequantizeLinear" not in ops  # folded into RequantizeDequantize
+    assert ops.count("Gather") == 3  # the last position twice (serving graph), keys' length
+    assert not fused.functions  # no ONNX functions left to inline
+    assert any(op.domain == native_ops.DOMAIN for op in fused.opset_import)
+    props = {p.key: p.value for p in fused.metadata_props}
+    assert props["sasrec_qat.fused"] == "1"
+    assert uses_fused_ops(fused) and uses_fused_ops(fused.SerializeToString())
+    assert not uses_fused_ops(build_sasrec_onnx(model))
+    with pytest.raises(ValueError, match="needs torch_exact"):
+        build_sasrec_onnx(model, fused=True, torch_exact=False)
+
+
+def test_fused_file_loads_by_path(tmp_path):
+    """make_session registers the library for a fused model given as a file path too."""
+    model = tiny_model("ste")
+    path = tmp_path / "fused.onnx"
+    onnx.save(build_sasrec_onnx(model, fused=True), path)
+    assert uses_fused_ops(path)
+    x = batch(13, size=5)
+    expected = OnnxScorer(make_session(build_sasrec_onnx(model), threads=1))(x)
+    np.testing.assert_array_equal(OnnxScorer(make_session(path, threads=1))(x).numpy(),
+                                  expected.numpy())
+
+
+def _one_op_model(op: str, inputs: list[tuple[str, int, list[int]]],
+                  constants: dict[str, np.ndarray], **attrs) -> onnx.ModelProto:
+    g = GraphBuilder("one_op")
+    names = [g.add_input(name, dtype, shape) for name, dtype, shape in inputs]
+    names += [g.initializer(value, name) for name, value in constants.items()]
+    g.add_output(g.node(op, names, name="y", domain=native_ops.DOMAIN, **attrs), UINT8)
+    return g.build()
+
+
+def test_bad_inputs_get_clear_errors():
+    """Shape and attribute errors come back from the kernel as onnxruntime errors naming the
+    problem."""
+    width = 50
+    norm_attrs = dict(s_x=0.1, z_x=3, eps="1e-05", inv_s=10.0, z=4)
+    norm = _one_op_model("LayerNorm", [("u", UINT8, [2, width])], {
+        "gamma": np.ones(width - 1, np.float32), "beta": np.zeros(width, np.float32)},
+        **norm_attrs)
+    with pytest.raises(Exception, match=r"gamma must have one value per column \(50\), got 49"):
+        make_session(norm, threads=1).run(None, {"u": np.zeros((2, width), np.uint8)})
+    requant = _one_op_model("Requantize", [("acc", INT32, [3, 8])], {
+        "bias_acc": np.zeros(7, np.float32), "multiplier": np.ones(8, np.float32)}, z=0)
+    with pytest.raises(Exception, match=r"bias_acc must have one value per column \(8\), got 7"):
+        make_session(requant, threads=1).run(None, {"acc": np.zeros((3, 8), np.int32)})
+    no_z = _one_op_model("QuantizePerTensor", [("x", FLOAT, [4])], {}, inv_s=1.0)
+    with pytest.raises(Exception, match="needs the int attribute z"):
+        make_session(no_z, threads=1)
+    wide_z = _one_op_model("QuantizePerTensor", [("x", FLOAT, [4])], {}, inv_s=1.0, z=300)
+    with pytest.raises(Exception, match="must be a uint8 zero point, got 300"):
+        make_session(wide_z, threads=1)
+    bad_eps = _one_op_model("LayerNorm", [("u", UINT8, [2, width])], {
+        "gamma": np.ones(width, np.float32), "beta": np.zeros(width, np.float32)},
+        **{**norm_attrs, "eps": "tiny"})
+    with pytest.raises(Exception, match="eps is not a number: tiny"):
+        make_session(bad_eps, threads=1)
+
+
+def test_out_of_range_ids_are_an_error():
+    """EmbedQuantize checks its ids like Gather does: the message names the bad value."""
+    session = make_session(build_sasrec_onnx(tiny_model("pact"), fused=True), threads=1)
+    x = batch(14, size=3).numpy()
+    x[1, -1] = 999
+    with pytest.raises(Exception, match="item id 999 or position 10 is out of range"):
+        session.run(None, {"item_seq": x})
+
+
+def test_requantize_kernel_by_hand():
+    """sat(rint((acc + bias_acc) * multiplier) + z), round half to even, saturating."""
+    acc = np.array([[0, 1, 2, 3], [-10, 5, 500, -500]], np.int32)
+    bias_acc = np.array([0.5, 0.5, 0.0, 0.0], np.float32)
+    multiplier = np.array([1.0, 1.0, 1.0, 0.5], np.float32)
+    model = _one_op_model("Requantize", [("acc", INT32, [2, 4])], {
+        "bias_acc": bias_acc, "multiplier": multiplier}, z=10)
+    got = make_session(model, threads=1).run(None, {"acc": acc})[0]
+    # row 0: 0.5 -> 0, 1.5 -> 2, 2 -> 2, 1.5 -> 2; then + 10
+    # row 1: -9.5 -> -10 (+10 = 0), 5.5 -> 6, 500 -> 510 saturates at 255, -250 -> 0
+    np.testing.assert_array_equal(got, [[10, 12, 12, 12], [0, 16, 255, 0]])
+
+
+def test_library_is_built_once_and_reused(tmp_path, monkeypatch):
+    monkeypatch.setenv("SASREC_QAT_CACHE", str(tmp_path))
+    native_ops.library_path.cache_clear()
+    try:
+        first = native_ops.library_path()
+        assert first.is_file() and tmp_path in first.parents
+        built = first.stat().st_mtime_ns
+        native_ops.library_path.cache_clear()
+        assert native_ops.library_path() == first and first.stat().st_mtime_ns == built
+    finally:
+        native_ops.library_path.cache_clear()
+
+
+def test_missing_compiler_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("SASREC_QAT_CACHE", str(tmp_path))
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    native_ops.library_path.cache_clear()
+    try:
+        with pytest.raises(native_ops.NativeBuildError, match="need a C\\+\\+ compiler"):
+            native_ops.library_path()
+        with pytest.raises(native_ops.NativeBuildError):
+            make_session(build_sasrec_onnx(tiny_model("ste"), fused=True))
+    finally:
+        native_ops.library_path.cache_clear()
+
+
+def test_compile_errors_are_reported(tmp_path, monkeypatch):
+    """A compiler that fails: the message carries its output."""
+    fake = tmp_path / "bad-cxx"
+    fake.write_text("#!/bin/sh\necho 'fake compiler: broken' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("SASREC_QAT_CACHE", str(tmp_path))
+    monkeypatch.setenv("CXX", str(fake))
+    native_ops.library_path.cache_clear()
+    try:
+        with pytest.raises(native_ops.NativeBuildError, match="fake compiler: broken"):
+            native_ops.library_path()
+        assert not list(tmp_path.rglob(native_ops.LIBRARY_NAME))  # nothing half-built left
+    finally:
+        native_ops.library_path.cache_clear()
