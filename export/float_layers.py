@@ -59,9 +59,10 @@ class FloatLayers:
                        name=f"{hint}.bias_add")
         return g.node("Relu", [y], name=f"{hint}.relu") if relu else y
 
-    def linear_dequantized(self, x: str, module: nn.Linear, hint: str) -> str:
-        """``linear`` (float already; the INT8 twin dequantizes here)."""
-        return self.linear(x, module, hint)
+    def linears_dequantized(self, x: str, modules: list[nn.Linear],
+                            hints: list[str]) -> list[str]:
+        """``[linear(x) for each module]`` (float already; the INT8 twin dequantizes here)."""
+        return [self.linear(x, m, h) for m, h in zip(modules, hints)]
 
     def layer_norm(self, x: str, module: nn.LayerNorm, hint: str) -> str:
         """LayerNormalization over the last axis with the module's affine parameters."""

@@ -40,7 +40,6 @@ precision float scores, never requantized (DESIGN.md, "Ranking ties").
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -96,6 +95,18 @@ def per_row_int8(weight: torch.Tensor, *, zero_point: int = 0) -> tuple[np.ndarr
     return ints.astype(np.int8), scales
 
 
+@dataclass(frozen=True)
+class _LinearParts:
+    """A quantized Linear's arrays: int8 weight transposed (in, out), float32 per-column
+    weight scales and bias, and its output qparams."""
+
+    weight_t: np.ndarray
+    weight_scale: np.ndarray
+    bias: np.ndarray
+    scale: float
+    zero_point: int
+
+
 class Int8Layers:
     """INT8 ONNX ops from the modules of a converted SASRec.
 
@@ -131,7 +142,7 @@ class Int8Layers:
         """The float32 ``1/scale`` constant the exact functions multiply by."""
         return self.g.scalar(torch_kernels.inverse_scale(scale), np.float32, "inv_scale")
 
-    def _fused(self, op_type: str, inputs: list[str], hint: str, **attrs: Any) -> str:
+    def _fused(self, op_type: str, inputs: list[str], hint: str, **attrs: object) -> str:
         """A node of the fused custom-op domain; float attributes are float32 constants."""
         attrs = {k: (float(np.float32(v)) if isinstance(v, (float, np.floating)) else v)
                  for k, v in attrs.items()}
@@ -207,53 +218,64 @@ class Int8Layers:
                         inv_s=torch_kernels.inverse_scale(scale), z=zero_point)
         return QTensor(q, scale, zero_point, scale_name, zp_name)
 
-    def linear_dequantized(self, x: QTensor, module: nn.Module, hint: str) -> str:
-        """``dequantize(linear(x))`` (the attention's q, k, v): one ``RequantizeDequantize``
-        node when fused, giving DequantizeLinear's floats."""
+    def linears_dequantized(self, x: QTensor, modules: list[nn.Module],
+                            hints: list[str]) -> list[str]:
+        """``[dequantize(linear(x)) for each module]`` (the attention's q, k, v). Fused: one
+        ``RequantizeDequantize`` node per module after its MatMulInteger, giving
+        DequantizeLinear's floats. (One matmul over q, k, v side by side was tried: the split
+        of its output cost more than the two matmuls it saved.)"""
         if not self.fused:
-            return self.dequantize(self.linear(x, module, hint), f"{hint}.float")
-        return self._linear(x, module, hint, dequantize=True)
+            return [self.dequantize(self.linear(x, m, h), f"{h}.float")
+                    for m, h in zip(modules, hints)]
+        g = self.g
+        outputs = []
+        for module, hint in zip(modules, hints):
+            parts = self._linear_parts(x, module, hint)
+            weight = g.initializer(parts.weight_t, f"{hint}.weight_int8_t")
+            acc = g.node("MatMulInteger", [x.name, weight, x.zero_point_name],
+                         name=f"{hint}.acc")
+            m = np.float32(x.scale) * parts.weight_scale
+            inputs = [acc, g.initializer(parts.bias / m, f"{hint}.bias_acc"),
+                      g.initializer(m / np.float32(parts.scale), f"{hint}.multiplier")]
+            outputs.append(self._fused("RequantizeDequantize", inputs, f"{hint}.float",
+                                       z=parts.zero_point, s=np.float32(parts.scale)))
+        return outputs
 
     def dequantize(self, x: QTensor, hint: str) -> str:
         """uint8 -> float (``nnq.DeQuantize``)."""
         return self.g.node("DequantizeLinear", [x.name, x.scale_name, x.zero_point_name],
                            name=hint)
 
-    def linear(self, x: QTensor, module: nn.Module, hint: str, *, relu: bool = False) -> QTensor:
-        """``nnq.Linear`` / fused ``LinearReLU`` (see the module docstring for the ops)."""
-        return self._linear(x, module, hint, relu=relu)
-
-    def _linear(self, x: QTensor, module: nn.Module, hint: str, *, relu: bool = False,
-                dequantize: bool = False) -> Any:
-        """``linear``; with ``dequantize`` (fused only) the float output of
-        ``RequantizeDequantize`` instead of a QTensor."""
+    def _linear_parts(self, x: QTensor, module: nn.Module, hint: str) -> _LinearParts:
+        """The arrays of ``module`` (checked to be a converted quantized Linear)."""
         if not isinstance(module, nnq.Linear):  # nniq.LinearReLU subclasses nnq.Linear
             raise ValueError(f"{hint}: expected a quantized nnq.Linear, got "
                              f"{type(module).__name__}; convert the QAT model first")
-        g = self.g
-        relu = relu or isinstance(module, nniq.LinearReLU)
-        ints, w_scale_values = per_row_int8(module.weight())  # (out, in), (out,)
+        ints, w_scale = per_row_int8(module.weight())  # (out, in), (out,)
         self.max_abs_weight = max(self.max_abs_weight, int(np.abs(ints).max(initial=0)))
-        weight = g.initializer(ints.T, f"{hint}.weight_int8_t")  # (in, out)
-        bias_values = module.bias()
-        bias_values = (np.zeros(ints.shape[0], np.float32) if bias_values is None
-                       else bias_values.detach().float().numpy())
+        bias = module.bias()
+        bias = (np.zeros(ints.shape[0], np.float32) if bias is None
+                else bias.detach().float().numpy())
+        scale, zero_point, _, _ = self._output(module)
+        return _LinearParts(np.ascontiguousarray(ints.T), w_scale, bias, scale, zero_point)
+
+    def linear(self, x: QTensor, module: nn.Module, hint: str, *, relu: bool = False) -> QTensor:
+        """``nnq.Linear`` / fused ``LinearReLU`` (see the module docstring for the ops)."""
+        g = self.g
+        parts = self._linear_parts(x, module, hint)
+        relu = relu or isinstance(module, nniq.LinearReLU)
+        weight = g.initializer(parts.weight_t, f"{hint}.weight_int8_t")  # (in, out)
         acc = g.node("MatMulInteger", [x.name, weight, x.zero_point_name], name=f"{hint}.acc")
         scale, zero_point, scale_name, zp_name = self._output(module)
         if self.fused:  # the per-column float32 constants, computed once (IEEE, as the graph)
-            m = np.float32(x.scale) * w_scale_values
-            inputs = [acc, g.initializer(bias_values / m, f"{hint}.bias_acc"),
+            m = np.float32(x.scale) * parts.weight_scale
+            inputs = [acc, g.initializer(parts.bias / m, f"{hint}.bias_acc"),
                       g.initializer(m / np.float32(scale), f"{hint}.multiplier")]
-            if dequantize:
-                if relu:
-                    raise ValueError(f"{hint}: no fused dequantizing LinearReLU")
-                return self._fused("RequantizeDequantize", inputs, f"{hint}.float",
-                                   z=zero_point, s=np.float32(scale))
             q = self._fused("RequantizeRelu" if relu else "Requantize", inputs, hint,
                             z=zero_point)
             return QTensor(q, scale, zero_point, scale_name, zp_name)
-        w_scale = g.initializer(w_scale_values, f"{hint}.weight_scale")
-        bias = g.initializer(bias_values, f"{hint}.bias")
+        w_scale = g.initializer(parts.weight_scale, f"{hint}.weight_scale")
+        bias = g.initializer(parts.bias, f"{hint}.bias")
         if self.torch_exact:
             q = g.call(torch_kernels.requantize(relu), [acc, x.scale_name, w_scale, bias,
                                                         scale_name, zp_name], name=hint)

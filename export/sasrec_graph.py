@@ -196,8 +196,8 @@ def _block(g: GraphBuilder, layers: Layers, block: nn.Module, x: Any, allowed: s
     """One pre-LayerNorm block (``qat.model.SASRecBlock``): attention then FFN, residuals."""
     attn = block.attn
     h = layers.layer_norm(x, block.attn_norm, f"{hint}.attn_norm")
-    q, k, v = (layers.linear_dequantized(h, getattr(attn, f"{n}_proj"), f"{hint}.attn.{n}_proj")
-               for n in "qkv")
+    q, k, v = layers.linears_dequantized(h, [attn.q_proj, attn.k_proj, attn.v_proj],
+                                         [f"{hint}.attn.{n}_proj" for n in "qkv"])
     context = _attention_core(g, q, k, v, allowed, heads, head_dim, f"{hint}.attn.core")
     context = layers.quantize(context, attn.quant_context, f"{hint}.attn.quant_context")
     x = layers.add(x, layers.linear(context, attn.out_proj, f"{hint}.attn.out_proj"),
@@ -222,10 +222,10 @@ def _last_block(g: GraphBuilder, layers: Layers, block: nn.Module, x: Any, allow
     """
     attn = block.attn
     h = layers.layer_norm(x, block.attn_norm, f"{hint}.attn_norm")
-    k, v = (layers.linear_dequantized(h, getattr(attn, f"{n}_proj"), f"{hint}.attn.{n}_proj")
-            for n in "kv")
+    k, v = layers.linears_dequantized(h, [attn.k_proj, attn.v_proj],
+                                      [f"{hint}.attn.{n}_proj" for n in "kv"])
     h_last = layers.last_position(h, f"{hint}.attn_norm.last")
-    q = layers.linear_dequantized(h_last, attn.q_proj, f"{hint}.attn.q_proj")
+    q, = layers.linears_dequantized(h_last, [attn.q_proj], [f"{hint}.attn.q_proj"])
     to_end = g.ints([np.iinfo(np.int64).max], "to_end")
     last_row = g.node("Slice", [allowed, g.ints([-1], "minus_one"), to_end, g.ints([2], "axes_2")],
                       name=f"{hint}.attn.allowed_last")  # (B, 1, 1, T)

@@ -58,8 +58,9 @@ def test_fused_graph_structure():
     assert sorted(attrs) == ["eps", "inv_s", "s_x", "z", "z_x"]
     assert custom.count("LayerNorm") == 2 * blocks + 1 and custom.count("Add") == 2 * blocks
     assert custom.count("RequantizeDequantize") == 3 * blocks  # q, k, v
-    assert custom.count("EmbedQuantize") == 1
     ops = [n.op_type for n in fused.graph.node]
+    assert ops.count("MatMulInteger") == 6 * blocks + 1  # + the scoring matmul
+    assert custom.count("EmbedQuantize") == 1
     assert "DequantizeLinear" not in ops  # folded into RequantizeDequantize
     assert ops.count("Gather") == 3  # the last position twice (serving graph), keys' length
     assert not fused.functions  # no ONNX functions left to inline

@@ -114,7 +114,7 @@ void sq_requantize(const int32_t* acc, int64_t row_begin, int64_t row_end, int64
 }
 
 // RequantizeDequantize: quantized::linear's uint8 output u, dequantized at once as the next
-// op (DeQuantStub, DequantizeLinear) does: (float(u) - z) * s, one rounding.
+// op (DeQuantStub, DequantizeLinear) does: (u - z) * s, one rounding.
 void sq_requantize_dequantize(const int32_t* acc, int64_t row_begin, int64_t row_end,
                               int64_t cols, const float* bias_acc, const float* multiplier,
                               uint8_t z, float s, float* out) {
