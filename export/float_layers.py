@@ -64,6 +64,11 @@ class FloatLayers:
         """``[linear(x) for each module]`` (float already; the INT8 twin dequantizes here)."""
         return [self.linear(x, m, h) for m, h in zip(modules, hints)]
 
+    def add_linear(self, residual: str, x: str, linear: nn.Linear, add: nn.Module,
+                   linear_hint: str, add_hint: str) -> str:
+        """``residual + linear(x)``."""
+        return self.add(residual, self.linear(x, linear, linear_hint), add, add_hint)
+
     def layer_norm(self, x: str, module: nn.LayerNorm, hint: str) -> str:
         """LayerNormalization over the last axis with the module's affine parameters."""
         g = self.g

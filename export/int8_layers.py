@@ -332,6 +332,33 @@ class Int8Layers:
                                          self._inverse_scale(scale), zp_name], name=hint)
         return QTensor(q, scale, zero_point, scale_name, zp_name)
 
+    def add_linear(self, residual: QTensor, x: QTensor, linear: nn.Module, add: nn.Module,
+                   linear_hint: str, add_hint: str) -> QTensor:
+        """``add(residual, linear(x))`` (a residual connection). Fused: MatMulInteger and one
+        ``RequantizeAdd`` node, which requantizes the Linear's output to its uint8 grid and
+        adds it to the residual exactly as ``add`` does, in one pass."""
+        if not self.fused:
+            return self.add(residual, self.linear(x, linear, linear_hint), add, add_hint)
+        if not isinstance(add, nnq.QFunctional):
+            raise ValueError(f"{add_hint}: expected QFunctional, got {type(add).__name__}")
+        if isinstance(linear, nniq.LinearReLU):
+            raise ValueError(f"{linear_hint}: a residual branch ends in a plain Linear")
+        g = self.g
+        parts = self._linear_parts(x, linear, linear_hint)
+        weight = g.initializer(parts.weight_t, f"{linear_hint}.weight_int8_t")
+        acc = g.node("MatMulInteger", [x.name, weight, x.zero_point_name],
+                     name=f"{linear_hint}.acc")
+        m = np.float32(x.scale) * parts.weight_scale
+        inputs = [acc, g.initializer(parts.bias / m, f"{linear_hint}.bias_acc"),
+                  g.initializer(m / np.float32(parts.scale), f"{linear_hint}.multiplier"),
+                  residual.name]
+        scale, zero_point, scale_name, zp_name = self._output(add)
+        q = self._fused("RequantizeAdd", inputs, add_hint, s_a=np.float32(residual.scale),
+                        z_a=residual.zero_point, s_b=np.float32(parts.scale),
+                        z_b=parts.zero_point, inv_s=torch_kernels.inverse_scale(scale),
+                        z=zero_point)
+        return QTensor(q, scale, zero_point, scale_name, zp_name)
+
     def last_position(self, x: QTensor, hint: str) -> QTensor:
         """(B, T, d) -> (B, d): the last column, qparams unchanged."""
         name = self.g.node("Gather", [x.name, self.g.scalar(-1, np.int64, "last")], name=hint,

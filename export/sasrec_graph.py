@@ -200,8 +200,8 @@ def _block(g: GraphBuilder, layers: Layers, block: nn.Module, x: Any, allowed: s
                                          [f"{hint}.attn.{n}_proj" for n in "qkv"])
     context = _attention_core(g, q, k, v, allowed, heads, head_dim, f"{hint}.attn.core")
     context = layers.quantize(context, attn.quant_context, f"{hint}.attn.quant_context")
-    x = layers.add(x, layers.linear(context, attn.out_proj, f"{hint}.attn.out_proj"),
-                   block.attn_residual, f"{hint}.attn_residual")
+    x = layers.add_linear(x, context, attn.out_proj, block.attn_residual,
+                          f"{hint}.attn.out_proj", f"{hint}.attn_residual")
     return _ffn_half(layers, block, x, hint)
 
 
@@ -209,8 +209,8 @@ def _ffn_half(layers: Layers, block: nn.Module, x: Any, hint: str) -> Any:
     """``x + fc2(ReLU(fc1(LN(x))))``, per position, for (B, T, d) or (B, d)."""
     h = layers.layer_norm(x, block.ffn_norm, f"{hint}.ffn_norm")
     h = layers.linear(h, block.ffn.fc1, f"{hint}.ffn.fc1", relu=True)
-    h = layers.linear(h, block.ffn.fc2, f"{hint}.ffn.fc2")
-    return layers.add(x, h, block.ffn_residual, f"{hint}.ffn_residual")
+    return layers.add_linear(x, h, block.ffn.fc2, block.ffn_residual, f"{hint}.ffn.fc2",
+                             f"{hint}.ffn_residual")
 
 
 def _last_block(g: GraphBuilder, layers: Layers, block: nn.Module, x: Any, allowed: str,
@@ -232,9 +232,8 @@ def _last_block(g: GraphBuilder, layers: Layers, block: nn.Module, x: Any, allow
     context = _attention_core(g, q, k, v, last_row, heads, head_dim, f"{hint}.attn.core",
                               single_query=True)
     context = layers.quantize(context, attn.quant_context, f"{hint}.attn.quant_context")
-    x = layers.add(layers.last_position(x, f"{hint}.last"),
-                   layers.linear(context, attn.out_proj, f"{hint}.attn.out_proj"),
-                   block.attn_residual, f"{hint}.attn_residual")
+    x = layers.add_linear(layers.last_position(x, f"{hint}.last"), context, attn.out_proj,
+                          block.attn_residual, f"{hint}.attn.out_proj", f"{hint}.attn_residual")
     return _ffn_half(layers, block, x, hint)
 
 

@@ -50,13 +50,14 @@ def test_fused_graph_structure():
     onnx.checker.check_model(fused)
     custom = [n.op_type for n in fused.graph.node if n.domain == native_ops.DOMAIN]
     blocks = model.config.blocks
-    assert sorted(set(custom)) == ["Add", "EmbedQuantize", "LayerNorm", "QuantizePerTensor",
-                                   "Requantize", "RequantizeDequantize", "RequantizeRelu"]
+    assert sorted(set(custom)) == ["EmbedQuantize", "LayerNorm", "QuantizePerTensor",
+                                   "RequantizeAdd", "RequantizeDequantize", "RequantizeRelu"]
     norm = next(n for n in fused.graph.node if n.op_type == "LayerNorm")
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in norm.attribute}
     assert attrs["eps"] == repr(float(model.blocks[0].attn_norm.eps)).encode()
     assert sorted(attrs) == ["eps", "inv_s", "s_x", "z", "z_x"]
-    assert custom.count("LayerNorm") == 2 * blocks + 1 and custom.count("Add") == 2 * blocks
+    assert custom.count("LayerNorm") == 2 * blocks + 1
+    assert custom.count("RequantizeAdd") == 2 * blocks  # out_proj, fc2 + their residual adds
     assert custom.count("RequantizeDequantize") == 3 * blocks  # q, k, v
     ops = [n.op_type for n in fused.graph.node]
     assert ops.count("MatMulInteger") == 6 * blocks + 1  # + the scoring matmul

@@ -322,3 +322,36 @@ def test_fused_small_inputs_round_like_torch():
         got = np.concatenate([session.run(None, {"x": rows[i:i + 40]})[0]
                               for i in range(0, len(rows), 40)])
         assert np.array_equal(got, expected), (name, int((got != expected).sum()))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_fused_linear_plus_residual_rounds_like_torch(threads):
+    """RequantizeAdd = quantized::linear, then quantized::add with the residual, on 10^6
+    values: both torch steps rounded exactly, in one pass."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.quantize_per_tensor(torch.randn(20000, 64, generator=g), 0.0271, 118,
+                                  torch.quint8)
+    residual = torch.quantize_per_tensor(torch.randn(20000, 50, generator=g) * 2, 0.0391, 131,
+                                         torch.quint8)
+    linear = nnq.Linear(64, 50)
+    weight = torch.randn(50, 64, generator=g) * 0.1
+    linear.set_weight_bias(torch.quantize_per_channel(
+        weight, (weight.abs().amax(dim=1) / 64).double(), torch.zeros(50).long(), 0,
+        torch.qint8), torch.randn(50, generator=g) * 0.2)
+    linear.scale, linear.zero_point = 0.0433, 121
+    add = nnq.QFunctional()
+    add.scale, add.zero_point = 0.0512, 126
+    expected = add.add(residual, linear(x)).int_repr().numpy()
+    builder = GraphBuilder("layer")
+    layers = Int8Layers(builder, fused=True)
+    inputs = {}
+    for name, t in (("x", x), ("residual", residual)):
+        builder.add_input(name, UINT8, list(t.shape))
+        inputs[name] = QTensor(name, float(np.float32(t.q_scale())), t.q_zero_point(),
+                               builder.scalar(np.float32(t.q_scale()), np.float32, "s"),
+                               builder.scalar(t.q_zero_point(), np.uint8, "z"))
+    out = layers.add_linear(inputs["residual"], inputs["x"], linear, add, "fc2", "residual")
+    builder.add_output(out.name, UINT8)
+    feed = {"x": x.int_repr().numpy(), "residual": residual.int_repr().numpy()}
+    got = make_session(builder.build(), threads=threads).run(None, feed)[0]
+    assert np.array_equal(got, expected), int((got != expected).sum())

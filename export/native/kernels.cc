@@ -124,6 +124,25 @@ void sq_requantize_dequantize(const int32_t* acc, int64_t row_begin, int64_t row
   requantize_rows<false>(acc, row_begin, row_end, cols, bias_acc, multiplier, z, store);
 }
 
+// RequantizeAdd: a residual add whose second operand is a Linear's output, in one pass:
+// u = Requantize(acc) (the Linear's uint8 output, zero point z_b, scale s_b), then
+// quantized::add(residual, u) as sq_add computes it.
+void sq_requantize_add(const int32_t* acc, int64_t row_begin, int64_t row_end, int64_t cols,
+                       const float* bias_acc, const float* multiplier, const uint8_t* residual,
+                       float s_a, uint8_t z_a, float s_b, uint8_t z_b, float inv_s, uint8_t z,
+                       uint8_t* out) {
+  const float off_a = s_a * -static_cast<float>(z_a);
+  const float off_b = s_b * -static_cast<float>(z_b);
+  const float zf = static_cast<float>(z);
+  const uint8_t* __restrict res = residual;
+  uint8_t* __restrict o = out;
+  auto store = [=](int64_t i, float u) {
+    const float c = std::fmaf(static_cast<float>(res[i]), s_a, off_a) + std::fmaf(u, s_b, off_b);
+    o[i] = saturate_u8(std::rint(c * inv_s) + zf);
+  };
+  requantize_rows<false>(acc, row_begin, row_end, cols, bias_acc, multiplier, z_b, store);
+}
+
 // EmbedQuantize: the INT8 model's input, quantize(item_emb[ids] * emb_scale + pos_emb[pos]),
 // with weight-only int8 tables (row scales): item = (float(table[id]) * scale[id]) * emb_scale,
 // position = float(pos_table[p]) * pos_scale[p], sat(rint(fma(item + position, inv_s, z))).
@@ -221,11 +240,13 @@ void sq_layer_norm(const uint8_t* u, int64_t row_begin, int64_t row_end, int64_t
       float mean_c, ratio;
       row_sums(x, cols, &sum, &sum_sq);
       row_norms(&sum, &sum_sq, 1, n, zxf, s_x, eps, &mean_c, &ratio);
-      for (int64_t j = 0; j < cols; ++j) {
+      for (int64_t j = 0; j < vector_cols; ++j) {
         const float centred = (static_cast<float>(x[j]) - zxf) - mean_c;
-        const float y = std::fmaf(centred * ratio, gamma[j], beta[j]);
-        o[j] = j < vector_cols ? saturate_u8(std::rint(y * inv_s) + zf)
-                               : saturate_u8(std::rint(y * inv_s + zf));
+        o[j] = saturate_u8(std::rint(std::fmaf(centred * ratio, gamma[j], beta[j]) * inv_s) + zf);
+      }
+      for (int64_t j = vector_cols; j < cols; ++j) {
+        const float centred = (static_cast<float>(x[j]) - zxf) - mean_c;
+        o[j] = saturate_u8(std::rint(std::fmaf(centred * ratio, gamma[j], beta[j]) * inv_s + zf));
       }
     }
     return;

@@ -57,6 +57,7 @@ enum Entry : size_t {
   kKernelContextGetOutput = 91,
   kReleaseStatus = 93,
   kReleaseTypeAndShape = 99,
+  kKernelInfoGetConstantInputTensor = 249,
   kKernelContextParallelFor = 274,
 };
 
@@ -79,6 +80,8 @@ using KernelInfoGetAttributeFloatFn = Status* (*)(const KernelInfo*, const char*
 using KernelInfoGetAttributeInt64Fn = Status* (*)(const KernelInfo*, const char*, int64_t*);
 using KernelInfoGetAttributeStringFn = Status* (*)(const KernelInfo*, const char*, char*,
                                                    size_t*);  // out == nullptr: size only
+using KernelInfoGetConstantInputTensorFn = Status* (*)(const KernelInfo*, size_t, int*,
+                                                       const Value**);
 using ReleaseStatusFn = void (*)(Status*);
 using ReleaseTypeAndShapeFn = void (*)(TypeAndShape*);
 using ParallelForFn = Status* (*)(const KernelContext*, void (*)(void*, size_t), size_t, size_t,

@@ -8,6 +8,9 @@
 //   Requantize / RequantizeRelu(acc i32 [..., N], bias_acc f32 [N], multiplier f32 [N]) {z}
 //                                                                          -> u8, acc's shape
 //   RequantizeDequantize(acc, bias_acc, multiplier) {z, s}  -> f32, (Requantize(...) - z) * s
+//   RequantizeAdd(acc i32 [..., N], bias_acc, multiplier, residual u8 [..., N])
+//                 {s_a, z_a, s_b, z_b, inv_s, z} -> u8: Add(residual, Requantize(acc)), where
+//                 (s_b, z_b) are the Linear output's qparams (Requantize's z is z_b)
 //   LayerNorm(u u8 [..., N], gamma f32 [N], beta f32 [N]) {s_x, z_x, eps, inv_s, z}
 //             -> u8, u's shape (the first 32 * floor(N / 32) columns take the vectorised
 //             rounding, the rest the scalar remainder's, as torch's x86 kernel)
@@ -25,6 +28,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -39,6 +43,10 @@ void sq_requantize(const int32_t* acc, int64_t row_begin, int64_t row_end, int64
 void sq_requantize_dequantize(const int32_t* acc, int64_t row_begin, int64_t row_end,
                               int64_t cols, const float* bias_acc, const float* multiplier,
                               uint8_t z, float s, float* out);
+void sq_requantize_add(const int32_t* acc, int64_t row_begin, int64_t row_end, int64_t cols,
+                       const float* bias_acc, const float* multiplier, const uint8_t* residual,
+                       float s_a, uint8_t z_a, float s_b, uint8_t z_b, float inv_s, uint8_t z,
+                       uint8_t* out);
 int64_t sq_embed_quantize(const int64_t* ids, const int64_t* positions, int64_t begin,
                           int64_t end, const int8_t* item_table, const float* item_scale,
                           int64_t num_items, float emb_scale, const int8_t* pos_table,
@@ -62,8 +70,8 @@ constexpr int64_t kChunkElements = 1 << 13;   // elements per parallel task, abo
 const ort::Api* g_api = nullptr;
 
 enum class OpKind {
-  kQuantize, kRequantize, kRequantizeRelu, kRequantizeDequantize, kLayerNorm, kAdd,
-  kEmbedQuantize
+  kQuantize, kRequantize, kRequantizeRelu, kRequantizeDequantize, kRequantizeAdd, kLayerNorm,
+  kAdd, kEmbedQuantize
 };
 
 struct OpSpec {
@@ -81,9 +89,18 @@ struct Params {
   double eps = 0;
 };
 
+struct Tensor {
+  void* data = nullptr;
+  ElementType type = ElementType::kFloat;
+  std::vector<int64_t> shape;
+  int64_t size = 0;
+};
+
 struct Kernel {
   const OpSpec* op;
   Params p;
+  std::vector<Tensor> constants;  // per input: read at creation if an initializer
+  std::vector<bool> is_constant;
 };
 
 // ---- errors ----------------------------------------------------------------------------
@@ -99,17 +116,7 @@ void check(ort::Status* status, const char* what) {
 }
 
 // ---- tensors ---------------------------------------------------------------------------
-struct Tensor {
-  void* data = nullptr;
-  ElementType type = ElementType::kFloat;
-  std::vector<int64_t> shape;
-  int64_t size = 0;
-};
-
-Tensor input(ort::KernelContext* context, size_t index) {
-  const ort::Value* value = nullptr;
-  check(ort::table_entry<ort::KernelContextGetInputFn>(g_api, ort::kKernelContextGetInput)(
-            context, index, &value), "KernelContext_GetInput");
+Tensor describe(const ort::Value* value) {
   Tensor t;
   ort::TypeAndShape* info = nullptr;
   check(ort::table_entry<ort::GetTensorTypeAndShapeFn>(g_api, ort::kGetTensorTypeAndShape)(
@@ -135,6 +142,15 @@ Tensor input(ort::KernelContext* context, size_t index) {
   check(ort::table_entry<ort::GetTensorMutableDataFn>(g_api, ort::kGetTensorMutableData)(
             const_cast<ort::Value*>(value), &t.data), "GetTensorMutableData");
   return t;
+}
+
+// Input `index` of this run; initializers were read once when the kernel was created.
+Tensor input(const Kernel& kernel, ort::KernelContext* context, size_t index) {
+  if (kernel.is_constant[index]) return kernel.constants[index];
+  const ort::Value* value = nullptr;
+  check(ort::table_entry<ort::KernelContextGetInputFn>(g_api, ort::kKernelContextGetInput)(
+            context, index, &value), "KernelContext_GetInput");
+  return describe(value);
 }
 
 template <typename T = uint8_t>
@@ -199,7 +215,7 @@ void compute(const Kernel& kernel, ort::KernelContext* context) {
   const Params& p = kernel.p;
   switch (op.kind) {
     case OpKind::kQuantize: {
-      const Tensor x = input(context, 0);
+      const Tensor x = input(kernel, context, 0);
       uint8_t* out = output_like(context, x);
       const float* data = static_cast<const float*>(x.data);
       for_rows(context, x.size, 1, [&](int64_t b, int64_t e) {
@@ -209,10 +225,11 @@ void compute(const Kernel& kernel, ort::KernelContext* context) {
     }
     case OpKind::kRequantize:
     case OpKind::kRequantizeRelu:
-    case OpKind::kRequantizeDequantize: {
-      const Tensor acc = input(context, 0);
+    case OpKind::kRequantizeDequantize:
+    case OpKind::kRequantizeAdd: {
+      const Tensor acc = input(kernel, context, 0);
       const int64_t cols = last_dim(acc, op.name);
-      const Tensor bias_acc = input(context, 1), multiplier = input(context, 2);
+      const Tensor bias_acc = input(kernel, context, 1), multiplier = input(kernel, context, 2);
       expect_columns(bias_acc, cols, op.name, "bias_acc");
       expect_columns(multiplier, cols, op.name, "multiplier");
       const int32_t* a = static_cast<const int32_t*>(acc.data);
@@ -225,6 +242,18 @@ void compute(const Kernel& kernel, ort::KernelContext* context) {
         });
         return;
       }
+      if (op.kind == OpKind::kRequantizeAdd) {
+        const Tensor residual = input(kernel, context, 3);
+        if (residual.shape != acc.shape)
+          throw Failure{"RequantizeAdd: the residual must have the matmul output's shape"};
+        uint8_t* out = output_like(context, acc);
+        const uint8_t* res = static_cast<const uint8_t*>(residual.data);
+        for_rows(context, acc.size / cols, cols, [&](int64_t b, int64_t e) {
+          sq_requantize_add(a, b, e, cols, bias, mult, res, p.s_a, p.z_a, p.s_b, p.z_b,
+                            p.inv_s, p.z, out);
+        });
+        return;
+      }
       const int relu = op.kind == OpKind::kRequantizeRelu;
       uint8_t* out = output_like(context, acc);
       for_rows(context, acc.size / cols, cols, [&](int64_t b, int64_t e) {
@@ -233,11 +262,11 @@ void compute(const Kernel& kernel, ort::KernelContext* context) {
       return;
     }
     case OpKind::kEmbedQuantize: {
-      const Tensor ids = input(context, 0), positions = input(context, 1);
+      const Tensor ids = input(kernel, context, 0), positions = input(kernel, context, 1);
       if (ids.shape != positions.shape)
         throw Failure{"EmbedQuantize: ids and positions must have the same shape"};
-      const Tensor items = input(context, 2), item_scale = input(context, 3);
-      const Tensor pos = input(context, 4), pos_scale = input(context, 5);
+      const Tensor items = input(kernel, context, 2), item_scale = input(kernel, context, 3);
+      const Tensor pos = input(kernel, context, 4), pos_scale = input(kernel, context, 5);
       if (items.shape.size() != 2 || pos.shape.size() != 2 || items.shape[1] != pos.shape[1])
         throw Failure{"EmbedQuantize: the tables must be 2-d with the same width"};
       const int64_t cols = items.shape[1];
@@ -268,9 +297,9 @@ void compute(const Kernel& kernel, ort::KernelContext* context) {
       return;
     }
     case OpKind::kLayerNorm: {
-      const Tensor u = input(context, 0);
+      const Tensor u = input(kernel, context, 0);
       const int64_t cols = last_dim(u, op.name);
-      const Tensor gamma = input(context, 1), beta = input(context, 2);
+      const Tensor gamma = input(kernel, context, 1), beta = input(kernel, context, 2);
       expect_columns(gamma, cols, op.name, "gamma");
       expect_columns(beta, cols, op.name, "beta");
       const int64_t vector_cols = cols / kLayerNormVector * kLayerNormVector;
@@ -283,7 +312,7 @@ void compute(const Kernel& kernel, ort::KernelContext* context) {
       return;
     }
     case OpKind::kAdd: {
-      const Tensor a = input(context, 0), b = input(context, 1);
+      const Tensor a = input(kernel, context, 0), b = input(kernel, context, 1);
       if (a.shape != b.shape) throw Failure{"Add: both operands must have the same shape"};
       uint8_t* out = output_like(context, a);
       for_rows(context, a.size, 1, [&](int64_t lo, int64_t hi) {
@@ -368,6 +397,7 @@ Params read_params(const OpSpec& op, const ort::KernelInfo* info) {
       p.z = attr_u8(info, op, "z");
       break;
     case OpKind::kAdd:
+    case OpKind::kRequantizeAdd:
       p.s_a = attr_float(info, op, "s_a");
       p.z_a = attr_u8(info, op, "z_a");
       p.s_b = attr_float(info, op, "s_b");
@@ -386,10 +416,33 @@ ort::Status* error_status(ort::ErrorCode code, const std::string& message) {
 // ---- OrtCustomOp callbacks -------------------------------------------------------------
 const OpSpec& spec(const ort::CustomOp* op) { return *reinterpret_cast<const OpSpec*>(op); }
 
+Kernel* make_kernel(const OpSpec& op, const ort::KernelInfo* info) {
+  std::unique_ptr<Kernel> kernel(new Kernel{&op, read_params(op, info), {}, {}});
+  const size_t count = op.inputs.size();
+  kernel->constants.resize(count);
+  kernel->is_constant.assign(count, false);
+  auto get = ort::table_entry<ort::KernelInfoGetConstantInputTensorFn>(
+      g_api, ort::kKernelInfoGetConstantInputTensor);
+  for (size_t i = 0; i < count; ++i) {
+    int constant = 0;
+    const ort::Value* value = nullptr;
+    ort::Status* status = get(info, i, &constant, &value);
+    if (status != nullptr) {
+      ort::table_entry<ort::ReleaseStatusFn>(g_api, ort::kReleaseStatus)(status);
+      continue;  // read at run time instead
+    }
+    if (constant && value != nullptr) {
+      kernel->constants[i] = describe(value);
+      kernel->is_constant[i] = true;
+    }
+  }
+  return kernel.release();
+}
+
 ort::Status* create_kernel(const ort::CustomOp* op, const ort::Api*,
                            const ort::KernelInfo* info, void** kernel) {
   try {
-    *kernel = new Kernel{&spec(op), read_params(spec(op), info)};
+    *kernel = make_kernel(spec(op), info);
     return nullptr;
   } catch (const Failure& failure) {
     return error_status(ort::kInvalidArgument, failure.message);
@@ -460,12 +513,14 @@ std::vector<OpSpec>& ops() {
   static std::vector<OpSpec> all = [] {
     const std::vector<E> requant{E::kInt32, E::kFloat, E::kFloat};
     std::vector<OpSpec> v;
-    v.reserve(7);  // no reallocation: the runtime keeps pointers to the records
+    v.reserve(8);  // no reallocation: the runtime keeps pointers to the records
     v.push_back(make_op(OpKind::kQuantize, "QuantizePerTensor", {E::kFloat}));
     v.push_back(make_op(OpKind::kRequantize, "Requantize", requant));
     v.push_back(make_op(OpKind::kRequantizeRelu, "RequantizeRelu", requant));
     v.push_back(make_op(OpKind::kRequantizeDequantize, "RequantizeDequantize", requant,
                         E::kFloat));
+    v.push_back(make_op(OpKind::kRequantizeAdd, "RequantizeAdd",
+                        {E::kInt32, E::kFloat, E::kFloat, E::kUint8}));
     v.push_back(make_op(OpKind::kEmbedQuantize, "EmbedQuantize",
                         {E::kInt64, E::kInt64, E::kInt8, E::kFloat, E::kInt8, E::kFloat}));
     v.push_back(make_op(OpKind::kLayerNorm, "LayerNorm", {E::kUint8, E::kFloat, E::kFloat}));
