@@ -4,10 +4,11 @@
     write_summary_csv(rows, "runs/all/results_summary.csv", batches=[1, 256])
 
 A row holds the model's quality as torch and onnxruntime measured it (``parity.json``; the
-onnxruntime baselines' from bench.json ``"quality"``), whether parity passed, the ONNX file size,
-the median latency at each benchmarked batch size for one thread count, and the speedup over the
-FP32 ONNX model (FP32 median / model median, same batch and threads). A baseline's method, bits
-and ONNX size come from bench.json ``"models"``. A value that is not known is ``None`` (an empty
+fused-kernel graphs' and the onnxruntime baselines' from bench.json ``"quality"``), whether
+parity passed, the ONNX file size, the median latency at each benchmarked batch size for one
+thread count, and the speedup over the FP32 ONNX model (FP32 median / model median, same batch
+and threads). A fused graph's or baseline's size (and a baseline's method and bits) come from
+bench.json ``"models"``. A value that is not known is ``None`` (an empty
 CSV cell).
 """
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any, Sequence
 from qat.checkpoint import atomic_write
 
 FP32_MODEL = "fp32"
+FUSED_SUFFIX = "_fused"  # bench.json name of a run's fused-kernel INT8 graph: <model>_fused
 # bench.json model name -> method shown in the summary (torch_eager_fp32 is left out: the
 # summary compares ONNX deployments)
 BASELINES = {"ort_quantize_dynamic": "quantize_dynamic", "ort_quantize_static": "quantize_static"}
@@ -69,11 +71,23 @@ def median_latency(bench: dict[str, Any] | None, model: str, batch: int,
 
 def summary_rows(runs: Sequence[RunResult], bench: dict[str, Any] | None,
                  batches: Sequence[int], threads: int) -> list[dict[str, Any]]:
-    """One row per run (in the given order), then one per onnxruntime baseline in ``bench``."""
-    rows = [_run_row(run) for run in runs]
+    """One row per run (in the given order; an INT8 run's fused-kernel graph in ``bench``,
+    ``<model>_fused``, right after it), then one per onnxruntime baseline in ``bench``."""
     quality = {q.get("model"): q for q in (bench or {}).get("quality", [])}
     models = {m.get("model"): m for m in (bench or {}).get("models", [])}
     benchmarked = {r.get("model") for r in (bench or {}).get("records", [])}
+    rows = []
+    for run in runs:
+        rows.append(_run_row(run))
+        fused = f"{run.model}{FUSED_SUFFIX}"
+        if fused in benchmarked or fused in quality:
+            measured = quality.get(fused, {})
+            row = {"model": fused, "method": run.method, "bits": run.bits,
+                   "parity_passed": measured.get("parity_passed"),
+                   "onnx_bytes": models.get(fused, {}).get("onnx_bytes")}
+            for metric in METRICS:
+                row[f"{metric}_onnxruntime"] = measured.get(metric)
+            rows.append(row)
     for name, method in BASELINES.items():
         if name not in benchmarked and name not in quality:
             continue

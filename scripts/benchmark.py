@@ -23,6 +23,13 @@ Baselines (when an FP32 run is among --runs, unless --no-baselines), timed in th
 ranking) of every timed model: from DIR/parity.json when it describes the same ONNX file and
 dataset, else computed with qat.evaluate.
 
+Fused INT8 graphs (unless --no-fused): every INT8 run's graph with the fused custom-op kernels
+(``build_sasrec_onnx(fused=True)``, export/native: the same uint8 results as the exact graph,
+one pass per op), named ``<model>_fused``, built in memory; its parity with the torch INT8
+model is measured and recorded in "quality". The sweep times a fused INT8 model too
+(``sweep_int8_fused_d<D>``). Needs a C++ compiler the first time (export/native_ops.py); without
+one the fused graphs are skipped with a note.
+
 --int8-fast: also time every INT8 run's plain-op graph (``build_sasrec_onnx(torch_exact=False)``:
 QuantizeLinear/LayerNormalization/QLinearAdd instead of the ops that round exactly like torch),
 named ``<model>_fast``; its parity with the torch INT8 model (nDCG@10, Hit@10, top-10 agreement,
@@ -55,7 +62,15 @@ import numpy as np
 import torch
 
 from data import DataFormatError, DownloadError, LeaveOneOutSplit
-from export import OnnxScorer, RunModel, build_sasrec_onnx, check_parity, load_run, make_session
+from export import (
+    OnnxScorer,
+    RunModel,
+    build_sasrec_onnx,
+    check_parity,
+    load_run,
+    make_session,
+    native_ops,
+)
 from export.latency import (
     Call,
     batch_pool,
@@ -73,6 +88,7 @@ from export.ort_baselines import (
     quantize_dynamic_model,
     quantize_static_model,
 )
+from export.results_table import FUSED_SUFFIX
 from export.run_folder import PARITY, load_run_split
 from qat.checkpoint import save_json
 from qat.config import SASRecConfig
@@ -94,7 +110,7 @@ class Candidate:
     """One timed model: an ONNX graph (``onnx``) or a torch model (``torch_model``)."""
 
     name: str
-    kind: str  # "onnx_fp32" | "onnx_int8" | "onnx_int8_fast" | "torch_eager" | "ort_ptq"
+    kind: str  # onnx_fp32 | onnx_int8 | onnx_int8_fused | onnx_int8_fast | torch_eager | ort_ptq
     run: str | None
     method: str
     bits: int
@@ -146,6 +162,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="skip torch eager and onnxruntime PTQ baselines")
     p.add_argument("--calibration-users", type=int, default=512,
                    help="training sequences calibrating ort quantize_static (default 512)")
+    p.add_argument("--no-fused", dest="fused", action="store_false",
+                   help="skip the INT8 graphs with fused custom-op kernels (timed by default)")
     p.add_argument("--int8-fast", action="store_true",
                    help="also time each INT8 run's plain-op graph (not bit-exact with torch) "
                         "and measure its parity")
@@ -229,6 +247,24 @@ def run_candidates(runs: list[RunModel], notes: list[str]) -> list[Candidate]:
     return out
 
 
+def fused_candidates(runs: list[RunModel]) -> list[Candidate]:
+    """Every INT8 run's graph with fused custom-op kernels (``fused=True``), built in memory.
+
+    Raises:
+        NativeBuildError: the custom-op library cannot be built here.
+    """
+    native_ops.library_path()  # build first: a clear error before any graph is made
+    out = []
+    for run, name in zip(runs, run_names(runs)):
+        if run.kind == "int8":
+            meta = {"sasrec_qat.method": run.method, "sasrec_qat.bits": run.bits}
+            payload = build_sasrec_onnx(run.model, fused=True, metadata=meta)
+            out.append(Candidate(f"{name}{FUSED_SUFFIX}", "onnx_int8_fused", str(run.run_dir),
+                                 run.method, run.bits, "built in memory with fused=True",
+                                 onnx=payload.SerializeToString()))
+    return out
+
+
 def fast_candidates(runs: list[RunModel]) -> list[Candidate]:
     """Every INT8 run's plain-op graph (``torch_exact=False``), built in memory."""
     out = []
@@ -287,7 +323,7 @@ def quality(candidates: list[Candidate], runs: list[RunModel], data: str,
     by_dir = {str(r.run_dir): r for r in runs}
     out = []
     for c in candidates:
-        if c.kind == "onnx_int8_fast":
+        if c.kind in ("onnx_int8_fast", "onnx_int8_fused"):
             assert c.onnx is not None
             report = check_parity(by_dir[c.run or ""].model, make_session(c.onnx), split, WHICH,
                                   batch_size=EVAL_BATCH)
@@ -373,8 +409,10 @@ def add_ratios(records: list[dict[str, Any]], reference: dict[int | None, str]) 
         r["ratio_to_fp32"] = None if base is None else r["median_ms"] / base
 
 
-def sweep_candidates(hidden: int, first: SASRecConfig, seed: int = 0) -> list[Candidate]:
-    """Random FP32 SASRec of width ``hidden`` and its INT8 twin (STE, calibrated, converted)."""
+def sweep_candidates(hidden: int, first: SASRecConfig, seed: int = 0, *,
+                     fused: bool = False) -> list[Candidate]:
+    """Random FP32 SASRec of width ``hidden`` and its INT8 twin (STE, calibrated, converted),
+    with ``fused`` also the INT8 twin's fused graph."""
     config = SASRecConfig(num_items=first.num_items, max_len=first.max_len, hidden=hidden,
                           blocks=first.blocks, heads=first.heads, dropout=first.dropout)
     generator = torch.Generator().manual_seed(seed + hidden)
@@ -387,12 +425,19 @@ def sweep_candidates(hidden: int, first: SASRecConfig, seed: int = 0) -> list[Ca
     qat_model = prepare_for_method(fp32, get_method(SWEEP_METHOD), SWEEP_BITS, calibration)
     int8 = to_int8(qat_model)
     source = f"random init (seed {seed + hidden}), hidden {hidden}"
-    return [Candidate(f"sweep_fp32_d{hidden}", "onnx_fp32", None, "fp32", 32, source,
-                      onnx=build_sasrec_onnx(fp32).SerializeToString(), sweep_hidden=hidden),
-            Candidate(f"sweep_int8_d{hidden}", "onnx_int8", None, SWEEP_METHOD, SWEEP_BITS,
-                      f"{source}, {SWEEP_METHOD} calibrated on {SWEEP_CALIBRATION} random "
-                      "sequences, converted", onnx=build_sasrec_onnx(int8).SerializeToString(),
-                      sweep_hidden=hidden)]
+    int8_source = (f"{source}, {SWEEP_METHOD} calibrated on {SWEEP_CALIBRATION} random "
+                   "sequences, converted")
+    out = [Candidate(f"sweep_fp32_d{hidden}", "onnx_fp32", None, "fp32", 32, source,
+                     onnx=build_sasrec_onnx(fp32).SerializeToString(), sweep_hidden=hidden),
+           Candidate(f"sweep_int8_d{hidden}", "onnx_int8", None, SWEEP_METHOD, SWEEP_BITS,
+                     int8_source, onnx=build_sasrec_onnx(int8).SerializeToString(),
+                     sweep_hidden=hidden)]
+    if fused:
+        out.append(Candidate(f"sweep_int8{FUSED_SUFFIX}_d{hidden}", "onnx_int8_fused", None,
+                             SWEEP_METHOD, SWEEP_BITS, f"{int8_source}, fused kernels",
+                             onnx=build_sasrec_onnx(int8, fused=True).SerializeToString(),
+                             sweep_hidden=hidden))
+    return out
 
 
 def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
@@ -408,6 +453,13 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
                                  cache_dir=args.cache_dir, shared=True)
     notes: list[str] = []
     candidates = run_candidates(runs, notes)
+    fused = args.fused
+    if fused:
+        try:
+            candidates += fused_candidates(runs)
+        except native_ops.NativeBuildError as err:
+            fused = False
+            notes.append(f"fused INT8 graphs skipped: {str(err).splitlines()[0]}")
     if args.int8_fast:
         candidates += fast_candidates(runs)
     if args.torch_int8:
@@ -432,7 +484,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     add_ratios(records, {None: None if fp32_index is None else candidates[fp32_index].name})
     sweep: list[dict[str, Any]] = []
     for hidden in args.sweep_hidden:
-        pair = sweep_candidates(hidden, first)
+        pair = sweep_candidates(hidden, first, fused=fused)
         sweep += time_cases(pair, inputs, args, f"sweep hidden {hidden}")
     add_ratios(sweep, {d: f"sweep_fp32_d{d}" for d in args.sweep_hidden})
     settings = {
@@ -452,7 +504,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         "baselines": bool(args.baselines and fp32_index is not None),
         "baseline_source": None if fp32_index is None else str(runs[fp32_index].run_dir),
         "calibration_users": args.calibration_users, "sweep_hidden": args.sweep_hidden,
-        "int8_fast": args.int8_fast, "torch_int8": args.torch_int8,
+        "fused": fused, "int8_fast": args.int8_fast, "torch_int8": args.torch_int8,
         "sweep_quantization": f"{SWEEP_METHOD}, {SWEEP_BITS}-bit weights, "
                               f"{SWEEP_CALIBRATION} random calibration sequences",
     }
@@ -473,15 +525,16 @@ def print_tables(bench: dict[str, Any]) -> None:
     for r in sorted(bench["records"], key=lambda r: (r["threads"], r["batch"])):
         print(f"{r['model']:26s}{r['batch']:6d}{r['threads']:8d}{r['median_ms']:11.3f}"
               f"{r['p90_ms']:10.3f}{_ratio(r['ratio_to_fp32']):>9s}")
-    ints = [r for r in bench["sweep"] if r["kind"] == "onnx_int8"]
+    ints = [r for r in bench["sweep"] if r["kind"] in ("onnx_int8", "onnx_int8_fused")]
     if ints:
         fp = {(r["sweep_hidden"], r["batch"], r["threads"]): r for r in bench["sweep"]
               if r["kind"] == "onnx_fp32"}
-        print(f"\nsweep (random weights){'hidden':>8s}{'batch':>6s}{'threads':>8s}"
+        print(f"\nsweep (random weights){'model':>22s}{'batch':>6s}{'threads':>8s}"
               f"{'fp32 ms':>10s}{'int8 ms':>10s}{'int8/fp32':>11s}")
-        for r in sorted(ints, key=lambda r: (r["sweep_hidden"], r["threads"], r["batch"])):
+        for r in sorted(ints, key=lambda r: (r["sweep_hidden"], r["threads"], r["batch"],
+                                             r["model"])):
             f = fp[(r["sweep_hidden"], r["batch"], r["threads"])]
-            print(f"{'':22s}{r['sweep_hidden']:8d}{r['batch']:6d}{r['threads']:8d}"
+            print(f"{'':22s}{r['model']:>22s}{r['batch']:6d}{r['threads']:8d}"
                   f"{f['median_ms']:10.3f}{r['median_ms']:10.3f}"
                   f"{_ratio(r['ratio_to_fp32']):>11s}")
     if bench["quality"]:

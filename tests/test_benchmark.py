@@ -143,7 +143,7 @@ def test_machine_info_names_cpu_flags_and_versions():
 
 # --- the benchmark -----------------------------------------------------------------------------
 
-RUN_MODELS = ["fp32", "lsq_w8"]
+RUN_MODELS = ["fp32", "lsq_w8", "lsq_w8_fused"]
 BASELINES = ["torch_eager_fp32", "ort_quantize_dynamic", "ort_quantize_static"]
 
 
@@ -158,6 +158,7 @@ def test_bench_json_schema_and_cases(bench):
     assert len(result["records"]) == len(cases)
     kinds = {r["model"]: r["kind"] for r in result["records"]}
     assert kinds == {"fp32": "onnx_fp32", "lsq_w8": "onnx_int8",
+                     "lsq_w8_fused": "onnx_int8_fused",
                      "torch_eager_fp32": "torch_eager", "ort_quantize_dynamic": "ort_ptq",
                      "ort_quantize_static": "ort_ptq"}
     for r in result["records"]:
@@ -215,12 +216,14 @@ def test_sweep_records_for_two_widths(bench):
     result = bench
     sweep = result["sweep"]
     cases = {(r["model"], r["sweep_hidden"], r["batch"], r["threads"]) for r in sweep}
-    assert cases == {(f"sweep_{k}_d{d}", d, b, 1) for k in ("fp32", "int8") for d in (8, 16)
-                     for b in (1, 4)}
+    assert cases == {(f"sweep_{k}_d{d}", d, b, 1) for k in ("fp32", "int8", "int8_fused")
+                     for d in (8, 16) for b in (1, 4)}
     fp32 = {(r["sweep_hidden"], r["batch"]): r["median_ms"] for r in sweep
             if r["kind"] == "onnx_fp32"}
     for r in sweep:
-        assert r["kind"] == ("onnx_int8" if "int8" in r["model"] else "onnx_fp32")
+        kind = ("onnx_int8_fused" if "fused" in r["model"] else
+                "onnx_int8" if "int8" in r["model"] else "onnx_fp32")
+        assert r["kind"] == kind
         assert 0 < r["median_ms"] <= r["p90_ms"]
         assert r["ratio_to_fp32"] == pytest.approx(
             r["median_ms"] / fp32[(r["sweep_hidden"], r["batch"])])
@@ -343,7 +346,7 @@ def test_int8_fast_and_torch_int8_variants(runs, tmp_path):
                            "--int8-fast", "--torch-int8", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     cases = {(r["model"], r["batch"]) for r in result["records"]}
-    models = ("fp32", "lsq_w8", "lsq_w8_fast", "torch_eager_lsq_w8")
+    models = ("fp32", "lsq_w8", "lsq_w8_fused", "lsq_w8_fast", "torch_eager_lsq_w8")
     assert cases == {(m, b) for m in models for b in (1, 4)}
     torch_int8 = {q["model"]: q for q in result["quality"]}["torch_eager_lsq_w8"]
     split = leave_one_out(cyclic_dataset())
@@ -358,3 +361,37 @@ def test_int8_fast_and_torch_int8_variants(runs, tmp_path):
     assert fast["top10_agreement"] == pytest.approx(report.top10_agreement, abs=1e-12)
     assert fast["parity_passed"] == report.passed
     assert result["settings"]["int8_fast"] is True
+
+
+def test_fused_graphs_are_timed_with_their_parity(bench, runs):
+    """By default each INT8 run's fused-kernel graph is timed as <model>_fused; its quality is
+    check_parity's against the torch INT8 model, and it equals the exact graph's here."""
+    _, _, lsq_dir = runs
+    fused = {q["model"]: q for q in bench["quality"]}["lsq_w8_fused"]
+    run = load_run(lsq_dir)
+    split = leave_one_out(cyclic_dataset())
+    report = check_parity(run.model, make_session(build_sasrec_onnx(run.model, fused=True)),
+                          split)
+    assert fused["ndcg@10"] == pytest.approx(report.ndcg["onnxruntime"], abs=1e-12)
+    assert fused["parity_passed"] is True and fused["top10_agreement"] == 1.0
+    exact = {q["model"]: q for q in bench["quality"]}["lsq_w8"]
+    assert fused["ndcg@10"] == pytest.approx(exact["ndcg@10"], abs=1e-12)
+    assert bench["settings"]["fused"] is True
+    described = {m["model"]: m for m in bench["models"]}["lsq_w8_fused"]
+    assert described["kind"] == "onnx_int8_fused" and described["onnx_bytes"] > 0
+
+
+def test_no_compiler_skips_the_fused_graphs_with_a_note(runs, tmp_path, monkeypatch):
+    monkeypatch.setenv("SASREC_QAT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("CXX", str(tmp_path / "no-compiler"))
+    benchmark.native_ops.library_path.cache_clear()
+    try:
+        out = tmp_path / "bench.json"
+        assert benchmark.main(["--runs", str(runs[1]), str(runs[2]), *FAST, "--no-baselines",
+                               "--out", str(out)]) == 0
+    finally:
+        benchmark.native_ops.library_path.cache_clear()
+    result = json.loads(out.read_text())
+    assert {r["model"] for r in result["records"]} == {"fp32", "lsq_w8"}
+    assert result["settings"]["fused"] is False
+    assert any("fused INT8 graphs skipped" in note for note in result["notes"])

@@ -288,9 +288,13 @@ def test_pipeline_end_to_end_rerun_and_resume(tmp_path):
     columns, rows = read_csv(out / "results_summary.csv")
     assert columns == summary_columns([1, 4])
     baselines = ["ort_quantize_dynamic", "ort_quantize_static"]
-    assert [r["model"] for r in rows] == names + baselines
+    fused = ["ste_w8_fused", "lsq_w8_fused"]  # each right after its run
+    assert [r["model"] for r in rows] == ["fp32", "ste_w8", fused[0], "lsq_w8", fused[1],
+                                          *baselines]
+    by_model = {r["model"]: r for r in rows}
     fp32_ms = {}
-    for row, name in zip(rows, names):  # baselines after the runs (zip stops there)
+    for name in names:
+        row = by_model[name]
         report = json.loads((out / name / "parity.json").read_text())
         assert row["method"] == report["method"] and int(row["bits"]) == report["bits"]
         for metric in ("ndcg@10", "hit@10"):
@@ -308,13 +312,20 @@ def test_pipeline_end_to_end_rerun_and_resume(tmp_path):
             fp32_ms.setdefault(batch, median[0])
             assert float(row[f"speedup_b{batch}"]) == pytest.approx(
                 fp32_ms[batch] / median[0], rel=1e-5)
-    for row in rows[len(names):]:  # quality from bench.json, latency against the same FP32
+    for row in (by_model[m] for m in fused + baselines):  # quality, size from bench.json
         quality = next(q for q in bench["quality"] if q["model"] == row["model"])
         model = next(m for m in bench["models"] if m["model"] == row["model"])
-        assert row["method"] == row["model"].removeprefix("ort_") == model["method"]
+        if row["model"] in fused:
+            assert row["method"] == row["model"].split("_")[0] == model["method"]
+            assert row["parity_passed"] == str(quality["parity_passed"]) == "True"
+            exact = by_model[row["model"].removesuffix("_fused")]
+            assert row["ndcg@10_onnxruntime"] == exact["ndcg@10_onnxruntime"]
+        else:
+            assert row["method"] == row["model"].removeprefix("ort_") == model["method"]
+            assert row["parity_passed"] == ""
         assert float(row["ndcg@10_onnxruntime"]) == pytest.approx(quality["ndcg@10"], rel=1e-5)
         assert float(row["hit@10_onnxruntime"]) == pytest.approx(quality["hit@10"], rel=1e-5)
-        assert row["ndcg@10_torch"] == row["parity_passed"] == ""
+        assert row["ndcg@10_torch"] == ""
         assert int(row["onnx_bytes"]) == model["onnx_bytes"]
         for batch in (1, 4):
             assert float(row[f"speedup_b{batch}"]) == pytest.approx(
