@@ -10,6 +10,12 @@ DIR/model_fp32.onnx. Both models score the test users (full ranking, qat.evaluat
 DIR/parity.json records nDCG@10/Hit@10 of torch and onnxruntime, top-10 agreement, the largest
 score difference and the file size.
 
+--fused (INT8 runs): also write DIR/model_int8_fused.onnx, the same model with the fused
+custom-op kernels (export/native: the same uint8 results, several times faster in onnxruntime;
+it loads only where the kernels' library is registered, as export.make_session does), check its
+parity the same way and record it in parity.json under "fused". Builds the kernels with the
+machine's C++ compiler the first time.
+
 Exit status: 0 parity passed; 1 parity failed (|delta nDCG@10| or |delta Hit@10| > 0.002, or
 top-10 agreement < 0.99; the files are still written); 2 bad input (nothing is written).
 """
@@ -18,6 +24,7 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +32,7 @@ import onnx
 import torch
 
 from data import DataFormatError, DownloadError
+from data import LeaveOneOutSplit
 from export import (
     OPTIMIZATION_LEVELS,
     ParityReport,
@@ -33,12 +41,14 @@ from export import (
     check_parity,
     load_run,
     make_session,
+    native_ops,
     save_onnx,
 )
-from export.run_folder import PARITY, load_run_split
+from export.run_folder import PARITY, load_run_split, onnx_file_name
 from qat.checkpoint import save_json
 
 WHICH = "test"
+FUSED_KIND = "int8_fused"  # model_int8_fused.onnx
 SATURATION_SAFE = 64  # 2 * 255 * 64 <= 32767: exact in vpmaddubsw's int16 pairs
 
 
@@ -57,45 +67,87 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=256, help="users per evaluation batch")
     p.add_argument("--top-k", type=int, default=None, metavar="K",
                    help="also output the K best item ids (top_k_items) and scores")
+    p.add_argument("--fused", action="store_true",
+                   help="INT8 runs: also write model_int8_fused.onnx (fused custom-op kernels) "
+                        "and check its parity")
     p.add_argument("--optimization", choices=list(OPTIMIZATION_LEVELS), default="all",
                    help="onnxruntime graph optimisation level for the parity run (default all)")
     return p.parse_args(argv)
 
 
-def export_and_check(
-        args: argparse.Namespace) -> tuple[RunModel, onnx.ModelProto, ParityReport, dict[str, Any]]:
+@dataclass
+class Export:
+    """What main writes: the graph(s), their parity reports and the parity.json record."""
+
+    run: RunModel
+    onnx_model: onnx.ModelProto
+    report: ParityReport
+    record: dict[str, Any]
+    fused_model: onnx.ModelProto | None = None
+    fused_report: ParityReport | None = None
+
+
+def _export_one(run: RunModel, split: LeaveOneOutSplit, args: argparse.Namespace,
+                fused: bool) -> tuple[onnx.ModelProto, ParityReport]:
+    """Build one graph of ``run`` (exact or fused) and compare it with the torch model."""
+    meta = {"sasrec_qat.method": run.method, "sasrec_qat.bits": run.bits}
+    options = {"fused": True} if fused else {}
+    onnx_model = build_sasrec_onnx(run.model, top_k=args.top_k, metadata=meta, **options)
+    session = make_session(onnx_model.SerializeToString(), threads=args.threads,
+                           optimization=args.optimization)
+    hidden_session = None
+    if run.kind == "int8":
+        hidden_session = make_session(
+            build_sasrec_onnx(run.model, hidden_output=True, metadata=meta, **options),
+            threads=args.threads, optimization=args.optimization)
+    report = check_parity(run.model, session, split, WHICH, batch_size=args.batch_size,
+                          hidden_session=hidden_session)
+    return onnx_model, report
+
+
+def export_and_check(args: argparse.Namespace) -> Export:
     """Load, export and compare, in memory (nothing is written). Raises on bad input."""
     if args.threads < 0 or args.batch_size < 1:
         raise ValueError("--threads must be >= 0 and --batch-size >= 1")
     run = load_run(args.run)
+    if args.fused and run.kind != "int8":
+        raise ValueError(f"--fused applies to INT8 runs; {args.run} is an FP32 run")
+    if args.fused:
+        native_ops.library_path()  # a missing compiler is bad input: fail before the work
     data, split = load_run_split(args.run, run.model.config.num_items, args.data,
                                  cache_dir=args.cache_dir)
-    meta = {"sasrec_qat.method": run.method, "sasrec_qat.bits": run.bits}
-    onnx_model = build_sasrec_onnx(run.model, top_k=args.top_k, metadata=meta)
-    payload = onnx_model.SerializeToString()
-    session = make_session(payload, threads=args.threads, optimization=args.optimization)
-    hidden_session = None
-    if run.kind == "int8":
-        hidden_session = make_session(
-            build_sasrec_onnx(run.model, hidden_output=True, metadata=meta), threads=args.threads,
-            optimization=args.optimization)
-    report = check_parity(run.model, session, split, WHICH, batch_size=args.batch_size,
-                          hidden_session=hidden_session)
+    onnx_model, report = _export_one(run, split, args, fused=False)
     props = {p.key: p.value for p in onnx_model.metadata_props}
     max_weight = props.get("sasrec_qat.max_abs_weight_int")
     record = {
         "method": run.method, "bits": run.bits, "kind": run.kind,
-        "onnx_file": run.onnx_path.name, "onnx_bytes": len(payload), "dataset": str(data),
-        "split": WHICH, "optimization": args.optimization, "threads": args.threads,
+        "onnx_file": run.onnx_path.name, "onnx_bytes": onnx_model.ByteSize(),
+        "dataset": str(data), "split": WHICH, "optimization": args.optimization,
+        "threads": args.threads,
         "max_abs_weight_int": None if max_weight is None else int(max_weight),
         **report.to_dict(),
     }
-    return run, onnx_model, report, record
+    result = Export(run, onnx_model, report, record)
+    if args.fused:
+        result.fused_model, result.fused_report = _export_one(run, split, args, fused=True)
+        record["fused"] = {"onnx_file": onnx_file_name(FUSED_KIND),
+                           "onnx_bytes": result.fused_model.ByteSize(),
+                           **result.fused_report.to_dict()}
+    return result
 
 
-def print_table(record: dict[str, Any], report: ParityReport) -> None:
+def print_table(record: dict[str, Any], report: ParityReport,
+                fused_report: ParityReport | None = None) -> None:
     print(f"{record['onnx_file']}: {record['method']}, {record['bits']}-bit weights, "
           f"{record['onnx_bytes']:,} bytes; {report.users} {WHICH} users")
+    _print_report(record, report)
+    if fused_report is not None:
+        fused = record["fused"]
+        print(f"\n{fused['onnx_file']}: fused kernels, {fused['onnx_bytes']:,} bytes")
+        _print_report(record, fused_report)
+
+
+def _print_report(record: dict[str, Any], report: ParityReport) -> None:
     print(f"{'':18s}{'torch':>10s}{'onnxruntime':>13s}{'|delta|':>10s}")
     for name, pair, delta in (("nDCG@10", report.ndcg, report.ndcg_delta),
                               ("Hit@10", report.hit, report.hit_delta)):
@@ -121,23 +173,30 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     try:
-        run, onnx_model, report, record = export_and_check(args)
-    except (FileNotFoundError, ValueError, DataFormatError, DownloadError) as err:
+        done = export_and_check(args)
+    except (FileNotFoundError, ValueError, DataFormatError, DownloadError,
+            native_ops.NativeBuildError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    parity_path = run.run_dir / PARITY
+    run = done.run
+    written = [(done.onnx_model, run.onnx_path)]
+    if done.fused_model is not None:
+        written.append((done.fused_model, run.run_dir / onnx_file_name(FUSED_KIND)))
     try:
-        save_onnx(onnx_model, run.onnx_path)
         try:
-            save_json(record, parity_path)
+            for model, path in written:
+                save_onnx(model, path)
+            save_json(done.record, run.run_dir / PARITY)
         except BaseException:
-            run.onnx_path.unlink(missing_ok=True)  # no ONNX file without its parity record
+            for _, path in written:  # no ONNX file without its parity record
+                path.unlink(missing_ok=True)
             raise
     except OSError as err:
         print(f"error: cannot write to {run.run_dir}: {err}", file=sys.stderr)
         return 2
-    print_table(record, report)
-    return 0 if report.passed else 1
+    print_table(done.record, done.report, done.fused_report)
+    passed = done.report.passed and (done.fused_report is None or done.fused_report.passed)
+    return 0 if passed else 1
 
 
 if __name__ == "__main__":

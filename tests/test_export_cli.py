@@ -140,3 +140,25 @@ def test_failed_parity_exits_1_and_still_writes_the_record(runs, tmp_path, monke
     parity = json.loads((folder / "parity.json").read_text())
     assert parity["passed"] is False and parity["failures"] == ["top-10 agreement 1.0000 < 1.01"]
     assert (folder / "model_fp32.onnx").is_file()
+
+
+def test_fused_export_writes_both_graphs_with_parity(runs, tmp_path):
+    """--fused: model_int8_fused.onnx beside model_int8.onnx, parity.json["fused"] recorded,
+    and its metrics are the exact graph's (the same uint8 results)."""
+    _, fp32, lsq = runs
+    folder = copy_run(lsq, tmp_path / "run")
+    result = run(EXPORT, "--run", folder, "--threads", 1, "--fused")
+    assert result.returncode == 0, result.stderr
+    assert "model_int8_fused.onnx: fused kernels" in result.stdout
+    assert result.stdout.count("parity: PASSED") == 2
+    parity = json.loads((folder / "parity.json").read_text())
+    fused = parity["fused"]
+    assert fused["passed"] is True and fused["onnx_file"] == "model_int8_fused.onnx"
+    assert fused["onnx_bytes"] == (folder / "model_int8_fused.onnx").stat().st_size
+    assert fused["ndcg@10"] == parity["ndcg@10"] and fused["hit@10"] == parity["hit@10"]
+    model = onnx.load(str(folder / "model_int8_fused.onnx"))
+    assert any(op.domain == "sasrec_qat.fused" for op in model.opset_import)
+    # an FP32 run has no fused graph: a clear error, nothing written
+    other = copy_run(fp32, tmp_path / "fp32")
+    assert "--fused applies to INT8 runs" in bad_input(run(EXPORT, "--run", other, "--fused"))
+    assert not (other / "model_fp32.onnx").exists()
