@@ -42,6 +42,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import onnx
 import torch
 from torch import nn
 from torch.ao.nn import quantized as nnq
@@ -129,6 +130,9 @@ class Int8Layers:
         self.torch_exact = torch_exact
         self.fused = fused
         self._tables: dict[int, tuple[str, str]] = {}
+        # fused only: RequantizeAdd / EmbedQuantize nodes by output name, whose output has not
+        # been layer-normed yet (layer_norm turns such a node into its *Norm twin)
+        self._normable: dict[str, onnx.NodeProto] = {}
         self.max_abs_weight = 0  # largest |int8| of any Linear weight or table (saturation check)
 
     # -- helpers ----------------------------------------------------------------------------
@@ -216,6 +220,7 @@ class Int8Layers:
                         [ids, positions, item_table, item_scale, pos_table, pos_scale], hint,
                         emb_scale=np.float32(emb_scale),
                         inv_s=torch_kernels.inverse_scale(scale), z=zero_point)
+        self._normable[q] = self.g.nodes[-1]
         return QTensor(q, scale, zero_point, scale_name, zp_name)
 
     def linears_dequantized(self, x: QTensor, modules: list[nn.Module],
@@ -301,9 +306,19 @@ class Int8Layers:
             return self._quantize_linear(y, module, hint)
         scale, zero_point, scale_name, zp_name = self._output(module)
         if self.fused:  # eps as text: a float attribute would round it to float32
-            q = self._fused("LayerNorm", [x.name, gamma, beta], hint, s_x=np.float32(x.scale),
-                            z_x=x.zero_point, eps=repr(float(module.eps)),
-                            inv_s=torch_kernels.inverse_scale(scale), z=zero_point)
+            norm = dict(s_x=np.float32(x.scale), z_x=x.zero_point, eps=repr(float(module.eps)),
+                        inv_s=torch_kernels.inverse_scale(scale), z=zero_point)
+            producer = self._normable.pop(x.name, None)
+            if producer is None:
+                q = self._fused("LayerNorm", [x.name, gamma, beta], hint, **norm)
+            else:  # the op that wrote x also normalises each row right after writing it
+                q = g.unique(hint)
+                producer.op_type += "Norm"
+                producer.input.extend([gamma, beta])
+                producer.output.append(q)
+                producer.attribute.extend(
+                    onnx.helper.make_attribute(f"norm_{k}", float(v) if isinstance(
+                        v, np.floating) else v) for k, v in norm.items())
             return QTensor(q, scale, zero_point, scale_name, zp_name)
         eps = g.scalar(float(module.eps), np.float64, "eps")
         function = torch_kernels.layer_norm(
@@ -357,6 +372,7 @@ class Int8Layers:
                         z_a=residual.zero_point, s_b=np.float32(parts.scale),
                         z_b=parts.zero_point, inv_s=torch_kernels.inverse_scale(scale),
                         z=zero_point)
+        self._normable[q] = g.nodes[-1]
         return QTensor(q, scale, zero_point, scale_name, zp_name)
 
     def last_position(self, x: QTensor, hint: str) -> QTensor:

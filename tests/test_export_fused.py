@@ -32,8 +32,9 @@ def test_fused_graph_equals_the_function_graph(name):
     """
     model = tiny_model(name)
     x = batch(12, size=400)
-    exact = build_sasrec_onnx(model, hidden_output=True)
-    fused = build_sasrec_onnx(model, hidden_output=True, fused=True)
+    serving = name != "dorefa"  # one method runs the full-sequence graph instead
+    exact = build_sasrec_onnx(model, hidden_output=True, last_position_only=serving)
+    fused = build_sasrec_onnx(model, hidden_output=True, fused=True, last_position_only=serving)
     expected = OnnxScorer(make_session(exact, threads=1, optimization="disable")).run(
         x, ["scores", "hidden"])
     for level in ("disable", "all"):
@@ -50,18 +51,22 @@ def test_fused_graph_structure():
     onnx.checker.check_model(fused)
     custom = [n.op_type for n in fused.graph.node if n.domain == native_ops.DOMAIN]
     blocks = model.config.blocks
-    assert sorted(set(custom)) == ["EmbedQuantize", "LayerNorm", "QuantizePerTensor",
-                                   "RequantizeAdd", "RequantizeDequantize", "RequantizeRelu"]
-    norm = next(n for n in fused.graph.node if n.op_type == "LayerNorm")
+    # every LayerNorm follows the op that wrote its input: that op normalises each row right
+    # after writing it (EmbedQuantizeNorm: the first attn_norm; RequantizeAddNorm: the norm
+    # after each residual, the final norm included)
+    assert sorted(set(custom)) == ["EmbedQuantizeNorm", "QuantizePerTensor",
+                                   "RequantizeAddNorm", "RequantizeDequantize", "RequantizeRelu"]
+    norm = next(n for n in fused.graph.node if n.op_type == "RequantizeAddNorm")
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in norm.attribute}
-    assert attrs["eps"] == repr(float(model.blocks[0].attn_norm.eps)).encode()
-    assert sorted(attrs) == ["eps", "inv_s", "s_x", "z", "z_x"]
-    assert custom.count("LayerNorm") == 2 * blocks + 1
-    assert custom.count("RequantizeAdd") == 2 * blocks  # out_proj, fc2 + their residual adds
+    assert attrs["norm_eps"] == repr(float(model.blocks[0].ffn_norm.eps)).encode()
+    assert sorted(attrs) == ["inv_s", "norm_eps", "norm_inv_s", "norm_s_x", "norm_z",
+                             "norm_z_x", "s_a", "s_b", "z", "z_a", "z_b"]
+    assert len(norm.output) == 2 and len(norm.input) == 6  # + gamma, beta
+    assert custom.count("RequantizeAddNorm") == 2 * blocks  # out_proj, fc2 + residual + norm
     assert custom.count("RequantizeDequantize") == 3 * blocks  # q, k, v
     ops = [n.op_type for n in fused.graph.node]
     assert ops.count("MatMulInteger") == 6 * blocks + 1  # + the scoring matmul
-    assert custom.count("EmbedQuantize") == 1
+    assert custom.count("EmbedQuantizeNorm") == 1
     assert "DequantizeLinear" not in ops  # folded into RequantizeDequantize
     assert ops.count("Gather") == 3  # the last position twice (serving graph), keys' length
     assert not fused.functions  # no ONNX functions left to inline
@@ -70,6 +75,9 @@ def test_fused_graph_structure():
     assert props["sasrec_qat.fused"] == "1"
     assert uses_fused_ops(fused) and uses_fused_ops(fused.SerializeToString())
     assert not uses_fused_ops(build_sasrec_onnx(model))
+    # the full-sequence graph normalises a Gather's output: a standalone LayerNorm there
+    full = build_sasrec_onnx(model, fused=True, last_position_only=False)
+    assert [n.op_type for n in full.graph.node].count("LayerNorm") == 1
     with pytest.raises(ValueError, match="needs torch_exact"):
         build_sasrec_onnx(model, fused=True, torch_exact=False)
 
@@ -184,3 +192,35 @@ def test_compile_errors_are_reported(tmp_path, monkeypatch):
         assert not list(tmp_path.rglob(native_ops.LIBRARY_NAME))  # nothing half-built left
     finally:
         native_ops.library_path.cache_clear()
+
+
+def test_per_column_inputs_fed_at_run_time():
+    """gamma/beta (or bias_acc/multiplier) that are graph inputs, not initializers: the kernel
+    tiles them on each run instead of once; results equal the initializer version's."""
+    rng = np.random.default_rng(0)
+    width, rows = 50, 300
+    u = rng.integers(0, 256, (rows, width)).astype(np.uint8)
+    gamma = (rng.random(width) + 0.5).astype(np.float32)
+    beta = (rng.standard_normal(width) * 0.1).astype(np.float32)
+    attrs = dict(s_x=0.0311, z_x=120, eps="1e-05", inv_s=1 / 0.0257, z=125)
+    constant = _one_op_model("LayerNorm", [("u", UINT8, [rows, width])],
+                             {"gamma": gamma, "beta": beta}, **attrs)
+    fed = _one_op_model("LayerNorm", [("u", UINT8, [rows, width]), ("gamma", FLOAT, [width]),
+                                      ("beta", FLOAT, [width])], {}, **attrs)
+    expected = make_session(constant, threads=1).run(None, {"u": u})[0]
+    got = make_session(fed, threads=2).run(None, {"u": u, "gamma": gamma, "beta": beta})[0]
+    np.testing.assert_array_equal(got, expected)
+    acc = rng.integers(-5000, 5000, (rows, width)).astype(np.int32)
+    bias_acc = rng.standard_normal(width).astype(np.float32) * 50
+    multiplier = (rng.random(width) * 0.01).astype(np.float32)
+    constant = _one_op_model("RequantizeRelu", [("acc", INT32, [rows, width])],
+                             {"bias_acc": bias_acc, "multiplier": multiplier}, z=7)
+    fed = _one_op_model("RequantizeRelu", [("acc", INT32, [rows, width]),
+                                           ("bias_acc", FLOAT, [width]),
+                                           ("multiplier", FLOAT, [width])], {}, z=7)
+    expected = make_session(constant, threads=1).run(None, {"acc": acc})[0]
+    got = make_session(fed, threads=1).run(None, {"acc": acc, "bias_acc": bias_acc,
+                                                  "multiplier": multiplier})[0]
+    np.testing.assert_array_equal(got, expected)
+    steps = np.maximum((acc.astype(np.float32) + bias_acc) * multiplier, 0)  # by hand
+    np.testing.assert_array_equal(expected, np.clip(np.rint(steps) + 7, 0, 255))

@@ -326,8 +326,8 @@ def test_fused_small_inputs_round_like_torch():
 
 @pytest.mark.parametrize("threads", [1, 2])
 def test_fused_linear_plus_residual_rounds_like_torch(threads):
-    """RequantizeAdd = quantized::linear, then quantized::add with the residual, on 10^6
-    values: both torch steps rounded exactly, in one pass."""
+    """RequantizeAddNorm = quantized::linear, quantized::add with the residual, and
+    quantized::layer_norm of the sum, on 10^6 values: every torch step rounded exactly."""
     g = torch.Generator().manual_seed(5)
     x = torch.quantize_per_tensor(torch.randn(20000, 64, generator=g), 0.0271, 118,
                                   torch.quint8)
@@ -351,7 +351,16 @@ def test_fused_linear_plus_residual_rounds_like_torch(threads):
                                builder.scalar(np.float32(t.q_scale()), np.float32, "s"),
                                builder.scalar(t.q_zero_point(), np.uint8, "z"))
     out = layers.add_linear(inputs["residual"], inputs["x"], linear, add, "fc2", "residual")
+    norm = nnq.LayerNorm(50, torch.nn.Parameter(torch.rand(50, generator=g) + 0.5),
+                         torch.nn.Parameter(torch.randn(50, generator=g) * 0.1),
+                         scale=0.0257, zero_point=125)
+    normed = layers.layer_norm(out, norm, "norm")  # RequantizeAddNorm: a second output
     builder.add_output(out.name, UINT8)
+    builder.add_output(normed.name, UINT8)
+    proto = builder.build()
+    assert [n.op_type for n in proto.graph.node] == ["MatMulInteger", "RequantizeAddNorm"]
     feed = {"x": x.int_repr().numpy(), "residual": residual.int_repr().numpy()}
-    got = make_session(builder.build(), threads=threads).run(None, feed)[0]
+    got, got_normed = make_session(proto, threads=threads).run(None, feed)
     assert np.array_equal(got, expected), int((got != expected).sum())
+    expected_normed = norm(add.add(residual, linear(x))).int_repr().numpy()
+    assert np.array_equal(got_normed, expected_normed), int((got_normed != expected_normed).sum())

@@ -12,6 +12,12 @@
 // The functions take raw pointers and sizes; rows are the leading dimensions flattened, cols
 // the last dimension. Every kernel processes rows [row_begin, row_end) so a caller may split
 // the rows between threads.
+//
+// Column tiles: rows are short (the hidden width, 50 in SASRec), too short for a vector loop
+// per row (AVX-512 code leaves a 50-element row to its scalar remainder). So the kernels run
+// one flat loop over a block of whole rows, with every per-column constant repeated over the
+// block ("tiled": tile_rows x cols values). The caller builds the tiles once
+// (sq_tile_columns, sq_layer_norm_tiles; ort_ops.cc does it when the kernel is created).
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -20,14 +26,7 @@
 
 namespace {
 
-constexpr int64_t kTileElements = 4096;  // elements per block of rows (per-column constants)
-constexpr int64_t kSmallElements = 4096;  // up to this many, plain row loops (no tiles)
-
-// Rows per block: about kTileElements elements, never more rows than there are.
-inline int64_t tile_rows(int64_t cols, int64_t rows) {
-  const int64_t fit = cols >= kTileElements ? 1 : kTileElements / cols;
-  return rows < fit ? (rows > 0 ? rows : 1) : fit;
-}
+constexpr int64_t kTileElements = 4096;  // elements per block of rows, about
 
 // steps is already an integer value (rint), possibly outside [0, 255]
 inline float clamp_u8(float steps) {
@@ -49,6 +48,32 @@ void sq_quantize_per_tensor(const float* x, int64_t begin, int64_t end, float in
   }
 }
 
+// Rows per tile for rows of `cols` columns: about 4096 elements, at least one row.
+int64_t sq_tile_rows(int64_t cols) { return cols >= kTileElements ? 1 : kTileElements / cols; }
+
+// out[r * cols + j] = per_column[j] for r < rows.
+void sq_tile_columns(const float* per_column, int64_t cols, int64_t rows, float* out) {
+  for (int64_t r = 0; r < rows; ++r) std::memcpy(out + r * cols, per_column, cols * sizeof(float));
+}
+
+// LayerNorm's tiles: gamma, beta, and where the output zero point z is added. The vectorised
+// columns (the first vector_cols) round sat(rint(v) + z), the scalar remainder sat(rint(v + z));
+// with z_before = 0 / z_after = z there and z_before = z / z_after = 0 here, one loop computes
+// sat(rint(v + z_before) + z_after) for both (v + 0 is v exactly).
+void sq_layer_norm_tiles(const float* gamma, const float* beta, int64_t cols,
+                         int64_t vector_cols, uint8_t z, int64_t rows, float* g, float* b,
+                         float* z_before, float* z_after) {
+  const float zf = static_cast<float>(z);
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t j = 0; j < cols; ++j) {
+      g[r * cols + j] = gamma[j];
+      b[r * cols + j] = beta[j];
+      z_before[r * cols + j] = j < vector_cols ? 0.0f : zf;
+      z_after[r * cols + j] = j < vector_cols ? zf : 0.0f;
+    }
+  }
+}
+
 }  // extern "C"
 
 namespace {
@@ -63,29 +88,13 @@ namespace {
 // spans many rows instead of leaving each row's tail to scalar code.
 template <bool relu, typename Store>
 void requantize_rows(const int32_t* acc, int64_t row_begin, int64_t row_end, int64_t cols,
-                     const float* bias_acc, const float* multiplier, uint8_t z, Store store) {
+                     const float* tiled_bias, const float* tiled_mult, int64_t tile_rows,
+                     uint8_t z, Store store) {
   const float zf = static_cast<float>(z);
-  if ((row_end - row_begin) * cols <= kSmallElements) {  // few rows: no tiles to build
-    for (int64_t r = row_begin; r < row_end; ++r) {
-      const int32_t* a = acc + r * cols;
-      for (int64_t j = 0; j < cols; ++j) {
-        float steps = (static_cast<float>(a[j]) + bias_acc[j]) * multiplier[j];
-        if (relu) steps = steps > 0.0f ? steps : 0.0f;
-        store(r * cols + j, clamp_u8(std::rint(steps) + zf));
-      }
-    }
-    return;
-  }
-  const int64_t block_rows = tile_rows(cols, row_end - row_begin);
-  std::vector<float> tiled_bias(block_rows * cols), tiled_mult(block_rows * cols);
-  for (int64_t r = 0; r < block_rows; ++r) {
-    std::memcpy(&tiled_bias[r * cols], bias_acc, cols * sizeof(float));
-    std::memcpy(&tiled_mult[r * cols], multiplier, cols * sizeof(float));
-  }
-  const float* __restrict tb = tiled_bias.data();
-  const float* __restrict tm = tiled_mult.data();
-  for (int64_t r = row_begin; r < row_end; r += block_rows) {
-    const int64_t n = (r + block_rows < row_end ? block_rows : row_end - r) * cols;
+  const float* __restrict tb = tiled_bias;
+  const float* __restrict tm = tiled_mult;
+  for (int64_t r = row_begin; r < row_end; r += tile_rows) {
+    const int64_t n = (r + tile_rows < row_end ? tile_rows : row_end - r) * cols;
     const int32_t* __restrict a = acc + r * cols;
     const int64_t offset = r * cols;
     for (int64_t i = 0; i < n; ++i) {
@@ -101,36 +110,40 @@ void requantize_rows(const int32_t* acc, int64_t row_begin, int64_t row_end, int
 extern "C" {
 
 // Requantize[Relu]: the uint8 output of quantized::linear[_relu].
+// (tiled_bias, tiled_mult: bias_acc and multiplier tiled over tile_rows rows.)
 void sq_requantize(const int32_t* acc, int64_t row_begin, int64_t row_end, int64_t cols,
-                   const float* bias_acc, const float* multiplier, uint8_t z, int relu,
-                   uint8_t* out) {
+                   const float* tiled_bias, const float* tiled_mult, int64_t tile_rows,
+                   uint8_t z, int relu, uint8_t* out) {
   uint8_t* __restrict o = out;
   auto store = [o](int64_t i, float u) { o[i] = static_cast<uint8_t>(u); };
   if (relu) {
-    requantize_rows<true>(acc, row_begin, row_end, cols, bias_acc, multiplier, z, store);
+    requantize_rows<true>(acc, row_begin, row_end, cols, tiled_bias, tiled_mult, tile_rows, z,
+                          store);
   } else {
-    requantize_rows<false>(acc, row_begin, row_end, cols, bias_acc, multiplier, z, store);
+    requantize_rows<false>(acc, row_begin, row_end, cols, tiled_bias, tiled_mult, tile_rows, z,
+                           store);
   }
 }
 
 // RequantizeDequantize: quantized::linear's uint8 output u, dequantized at once as the next
 // op (DeQuantStub, DequantizeLinear) does: (u - z) * s, one rounding.
 void sq_requantize_dequantize(const int32_t* acc, int64_t row_begin, int64_t row_end,
-                              int64_t cols, const float* bias_acc, const float* multiplier,
-                              uint8_t z, float s, float* out) {
+                              int64_t cols, const float* tiled_bias, const float* tiled_mult,
+                              int64_t tile_rows, uint8_t z, float s, float* out) {
   float* __restrict o = out;
   const float zf = static_cast<float>(z);
   auto store = [o, zf, s](int64_t i, float u) { o[i] = (u - zf) * s; };
-  requantize_rows<false>(acc, row_begin, row_end, cols, bias_acc, multiplier, z, store);
+  requantize_rows<false>(acc, row_begin, row_end, cols, tiled_bias, tiled_mult, tile_rows, z,
+                         store);
 }
 
 // RequantizeAdd: a residual add whose second operand is a Linear's output, in one pass:
 // u = Requantize(acc) (the Linear's uint8 output, zero point z_b, scale s_b), then
 // quantized::add(residual, u) as sq_add computes it.
 void sq_requantize_add(const int32_t* acc, int64_t row_begin, int64_t row_end, int64_t cols,
-                       const float* bias_acc, const float* multiplier, const uint8_t* residual,
-                       float s_a, uint8_t z_a, float s_b, uint8_t z_b, float inv_s, uint8_t z,
-                       uint8_t* out) {
+                       const float* tiled_bias, const float* tiled_mult, int64_t tile_rows,
+                       const uint8_t* residual, float s_a, uint8_t z_a, float s_b, uint8_t z_b,
+                       float inv_s, uint8_t z, uint8_t* out) {
   const float off_a = s_a * -static_cast<float>(z_a);
   const float off_b = s_b * -static_cast<float>(z_b);
   const float zf = static_cast<float>(z);
@@ -140,7 +153,8 @@ void sq_requantize_add(const int32_t* acc, int64_t row_begin, int64_t row_end, i
     const float c = std::fmaf(static_cast<float>(res[i]), s_a, off_a) + std::fmaf(u, s_b, off_b);
     o[i] = saturate_u8(std::rint(c * inv_s) + zf);
   };
-  requantize_rows<false>(acc, row_begin, row_end, cols, bias_acc, multiplier, z_b, store);
+  requantize_rows<false>(acc, row_begin, row_end, cols, tiled_bias, tiled_mult, tile_rows, z_b,
+                         store);
 }
 
 // EmbedQuantize: the INT8 model's input, quantize(item_emb[ids] * emb_scale + pos_emb[pos]),
@@ -171,14 +185,13 @@ int64_t sq_embed_quantize(const int64_t* ids, const int64_t* positions, int64_t 
 
 }  // extern "C"
 
-// quantized::layer_norm (x86 kernel) over the last axis; vector_cols columns (a multiple of 32,
-// at most cols) take the vectorised rounding sat(rint(y / s) + z), the rest the scalar
-// remainder's sat(rint(y / s + z)).
+// quantized::layer_norm (x86 kernel) over the last axis: the first 32 * floor(cols / 32)
+// columns take the vectorised rounding sat(rint(y / s) + z), the rest the scalar remainder's
+// sat(rint(y / s + z)) (encoded in the tiles, see sq_layer_norm_tiles).
 //
 // Row statistics: integer sums in chunks of kChunk columns, then the float mean, variance and
-// 1/std of a block of rows in one loop. Normalisation: one flat loop over the block with the
-// per-column and per-row constants tiled to its length (rows are short; see requantize_rows);
-// small inputs (serving one user) take plain row loops instead.
+// 1/std of a block of rows in one loop; the per-row values are tiled like the per-column ones
+// and one flat loop normalises the block.
 namespace {
 
 constexpr int64_t kChunk = 16;
@@ -226,49 +239,29 @@ inline void row_norms(const int32_t* __restrict sum, const int32_t* __restrict s
 
 extern "C" {
 
+// (g, b, z_before, z_after: sq_layer_norm_tiles over tile_rows rows.)
 void sq_layer_norm(const uint8_t* u, int64_t row_begin, int64_t row_end, int64_t cols,
-                   int64_t vector_cols, float s_x, uint8_t z_x, const float* gamma,
-                   const float* beta, double eps, float inv_s, uint8_t z, uint8_t* out) {
+                   const float* g, const float* b, const float* z_before, const float* z_after,
+                   int64_t tile_rows, float s_x, uint8_t z_x, double eps, float inv_s,
+                   uint8_t* out) {
   const float n = static_cast<float>(cols);
   const float zxf = static_cast<float>(z_x);
-  const float zf = static_cast<float>(z);
-  if ((row_end - row_begin) * cols <= kSmallElements) {  // few rows: no tiles to build
-    for (int64_t r = row_begin; r < row_end; ++r) {
-      const uint8_t* x = u + r * cols;
-      uint8_t* o = out + r * cols;
-      int32_t sum, sum_sq;
-      float mean_c, ratio;
-      row_sums(x, cols, &sum, &sum_sq);
-      row_norms(&sum, &sum_sq, 1, n, zxf, s_x, eps, &mean_c, &ratio);
-      for (int64_t j = 0; j < vector_cols; ++j) {
-        const float centred = (static_cast<float>(x[j]) - zxf) - mean_c;
-        o[j] = saturate_u8(std::rint(std::fmaf(centred * ratio, gamma[j], beta[j]) * inv_s) + zf);
-      }
-      for (int64_t j = vector_cols; j < cols; ++j) {
-        const float centred = (static_cast<float>(x[j]) - zxf) - mean_c;
-        o[j] = saturate_u8(std::rint(std::fmaf(centred * ratio, gamma[j], beta[j]) * inv_s + zf));
-      }
-    }
-    return;
+  // per-thread scratch, reused between calls: row statistics and their tiles
+  thread_local std::vector<int32_t> sum, sum_sq;
+  thread_local std::vector<float> row_mean_c, row_ratio, mean_c, ratio;
+  if (static_cast<int64_t>(sum.size()) < tile_rows) {
+    sum.resize(tile_rows), sum_sq.resize(tile_rows);
+    row_mean_c.resize(tile_rows), row_ratio.resize(tile_rows);
   }
-  const int64_t block_rows = tile_rows(cols, row_end - row_begin);
-  const int64_t tile = block_rows * cols;
-  // Per-column constants tiled over a block of rows. The two roundings differ only in where
-  // z is added: sat(rint(v + 0) + z) in the vectorised columns, sat(rint(v + z) + 0) in the
-  // remainder (v + 0 is v exactly), so one loop with per-column z_before / z_after does both.
-  std::vector<float> g(tile), b(tile), z_before(tile), z_after(tile), mean_c(tile), ratio(tile);
-  for (int64_t r = 0; r < block_rows; ++r) {
-    for (int64_t j = 0; j < cols; ++j) {
-      g[r * cols + j] = gamma[j];
-      b[r * cols + j] = beta[j];
-      z_before[r * cols + j] = j < vector_cols ? 0.0f : zf;
-      z_after[r * cols + j] = j < vector_cols ? zf : 0.0f;
-    }
+  if (static_cast<int64_t>(mean_c.size()) < tile_rows * cols) {
+    mean_c.resize(tile_rows * cols), ratio.resize(tile_rows * cols);
   }
-  std::vector<int32_t> sum(block_rows), sum_sq(block_rows);
-  std::vector<float> row_mean_c(block_rows), row_ratio(block_rows);
-  for (int64_t r0 = row_begin; r0 < row_end; r0 += block_rows) {
-    const int64_t rows = r0 + block_rows < row_end ? block_rows : row_end - r0;
+  const float* __restrict gg = g;
+  const float* __restrict bb = b;
+  const float* __restrict zb = z_before;
+  const float* __restrict za = z_after;
+  for (int64_t r0 = row_begin; r0 < row_end; r0 += tile_rows) {
+    const int64_t rows = r0 + tile_rows < row_end ? tile_rows : row_end - r0;
     const uint8_t* __restrict x = u + r0 * cols;
     uint8_t* __restrict o = out + r0 * cols;
     for (int64_t r = 0; r < rows; ++r) row_sums(x + r * cols, cols, &sum[r], &sum_sq[r]);
@@ -280,10 +273,6 @@ void sq_layer_norm(const uint8_t* u, int64_t row_begin, int64_t row_end, int64_t
     }
     const float* __restrict mc = mean_c.data();
     const float* __restrict rt = ratio.data();
-    const float* __restrict gg = g.data();
-    const float* __restrict bb = b.data();
-    const float* __restrict zb = z_before.data();
-    const float* __restrict za = z_after.data();
     const int64_t count = rows * cols;
     for (int64_t i = 0; i < count; ++i) {
       const float centred = (static_cast<float>(x[i]) - zxf) - mc[i];

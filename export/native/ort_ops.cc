@@ -11,6 +11,10 @@
 //   RequantizeAdd(acc i32 [..., N], bias_acc, multiplier, residual u8 [..., N])
 //                 {s_a, z_a, s_b, z_b, inv_s, z} -> u8: Add(residual, Requantize(acc)), where
 //                 (s_b, z_b) are the Linear output's qparams (Requantize's z is z_b)
+//   RequantizeAddNorm, EmbedQuantizeNorm: the same, with gamma f32 [N], beta f32 [N] appended
+//                 to the inputs and {norm_s_x, norm_z_x, norm_eps, norm_inv_s, norm_z} to the
+//                 attributes: a second output, LayerNorm of the first (the next block's or
+//                 the FFN's pre-norm), computed from each row right after it is written
 //   LayerNorm(u u8 [..., N], gamma f32 [N], beta f32 [N]) {s_x, z_x, eps, inv_s, z}
 //             -> u8, u's shape (the first 32 * floor(N / 32) columns take the vectorised
 //             rounding, the rest the scalar remainder's, as torch's x86 kernel)
@@ -24,37 +28,45 @@
 // at export, export/int8_layers.py).
 // Large tensors are split by rows over onnxruntime's
 // intra-op threads (KernelContext_ParallelFor); rounding does not depend on the split.
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
 #include "ort_abi.h"
 
 extern "C" {
+int64_t sq_tile_rows(int64_t cols);
+void sq_tile_columns(const float* per_column, int64_t cols, int64_t rows, float* out);
+void sq_layer_norm_tiles(const float* gamma, const float* beta, int64_t cols,
+                         int64_t vector_cols, uint8_t z, int64_t rows, float* g, float* b,
+                         float* z_before, float* z_after);
 void sq_quantize_per_tensor(const float* x, int64_t begin, int64_t end, float inv_s,
                             uint8_t z, uint8_t* out);
 void sq_requantize(const int32_t* acc, int64_t row_begin, int64_t row_end, int64_t cols,
-                   const float* bias_acc, const float* multiplier, uint8_t z, int relu,
-                   uint8_t* out);
+                   const float* tiled_bias, const float* tiled_mult, int64_t tile_rows,
+                   uint8_t z, int relu, uint8_t* out);
 void sq_requantize_dequantize(const int32_t* acc, int64_t row_begin, int64_t row_end,
-                              int64_t cols, const float* bias_acc, const float* multiplier,
-                              uint8_t z, float s, float* out);
+                              int64_t cols, const float* tiled_bias, const float* tiled_mult,
+                              int64_t tile_rows, uint8_t z, float s, float* out);
 void sq_requantize_add(const int32_t* acc, int64_t row_begin, int64_t row_end, int64_t cols,
-                       const float* bias_acc, const float* multiplier, const uint8_t* residual,
-                       float s_a, uint8_t z_a, float s_b, uint8_t z_b, float inv_s, uint8_t z,
-                       uint8_t* out);
+                       const float* tiled_bias, const float* tiled_mult, int64_t tile_rows,
+                       const uint8_t* residual, float s_a, uint8_t z_a, float s_b, uint8_t z_b,
+                       float inv_s, uint8_t z, uint8_t* out);
 int64_t sq_embed_quantize(const int64_t* ids, const int64_t* positions, int64_t begin,
                           int64_t end, const int8_t* item_table, const float* item_scale,
                           int64_t num_items, float emb_scale, const int8_t* pos_table,
                           const float* pos_scale, int64_t num_positions, int64_t cols,
                           float inv_s, uint8_t z, uint8_t* out);
 void sq_layer_norm(const uint8_t* u, int64_t row_begin, int64_t row_end, int64_t cols,
-                   int64_t vector_cols, float s_x, uint8_t z_x, const float* gamma,
-                   const float* beta, double eps, float inv_s, uint8_t z, uint8_t* out);
+                   const float* g, const float* b, const float* z_before, const float* z_after,
+                   int64_t tile_rows, float s_x, uint8_t z_x, double eps, float inv_s,
+                   uint8_t* out);
 void sq_add(const uint8_t* a, const uint8_t* b, int64_t begin, int64_t end, float s_a,
             uint8_t z_a, float s_b, uint8_t z_b, float inv_s, uint8_t z, uint8_t* out);
 }
@@ -80,6 +92,7 @@ struct OpSpec {
   const char* name;
   std::vector<ElementType> inputs;
   ElementType output;
+  bool norm;  // a second output: LayerNorm of the first (inputs end with gamma, beta)
 };
 
 // Per-node constants (attributes), read when the kernel is created.
@@ -87,18 +100,67 @@ struct Params {
   float inv_s = 0, s = 0, s_x = 0, s_a = 0, s_b = 0, emb_scale = 0;
   uint8_t z = 0, z_x = 0, z_a = 0, z_b = 0;
   double eps = 0;
+  // the LayerNorm of a *Norm op's second output (attributes norm_*)
+  float norm_s_x = 0, norm_inv_s = 0;
+  uint8_t norm_z_x = 0, norm_z = 0;
+  double norm_eps = 0;
+};
+
+// A tensor's dimensions, without heap allocation (the ops see rank <= 4).
+struct Shape {
+  static constexpr size_t kMaxRank = 8;
+  int64_t dims[kMaxRank] = {};
+  size_t rank = 0;
+
+  const int64_t* data() const { return dims; }
+  size_t size() const { return rank; }
+  bool empty() const { return rank == 0; }
+  int64_t back() const { return dims[rank - 1]; }
+  int64_t operator[](size_t i) const { return dims[i]; }
+  void push_back(int64_t d) {
+    if (rank == kMaxRank) throw std::length_error("rank above 8");
+    dims[rank++] = d;
+  }
+  bool operator==(const Shape& o) const {
+    return rank == o.rank && std::equal(dims, dims + rank, o.dims);
+  }
+  bool operator!=(const Shape& o) const { return !(*this == o); }
 };
 
 struct Tensor {
   void* data = nullptr;
   ElementType type = ElementType::kFloat;
-  std::vector<int64_t> shape;
+  Shape shape;
   int64_t size = 0;
+};
+
+// Per-column constants tiled over `rows` rows (kernels.cc): a Linear's bias_acc and
+// multiplier, or a LayerNorm's gamma, beta, z_before, z_after.
+struct Tiles {
+  int64_t rows = 0, cols = 0;
+  std::vector<float> a, b, c, d;
+
+  static Tiles requantize(const float* bias_acc, const float* multiplier, int64_t cols) {
+    Tiles t{sq_tile_rows(cols), cols, {}, {}, {}, {}};
+    t.a.resize(t.rows * cols), t.b.resize(t.rows * cols);
+    sq_tile_columns(bias_acc, cols, t.rows, t.a.data());
+    sq_tile_columns(multiplier, cols, t.rows, t.b.data());
+    return t;
+  }
+
+  static Tiles layer_norm(const float* gamma, const float* beta, int64_t cols, uint8_t z) {
+    Tiles t{sq_tile_rows(cols), cols, {}, {}, {}, {}};
+    for (auto* v : {&t.a, &t.b, &t.c, &t.d}) v->resize(t.rows * cols);
+    sq_layer_norm_tiles(gamma, beta, cols, cols / kLayerNormVector * kLayerNormVector, z, t.rows,
+                        t.a.data(), t.b.data(), t.c.data(), t.d.data());
+    return t;
+  }
 };
 
 struct Kernel {
   const OpSpec* op;
   Params p;
+  Tiles requant, norm;  // built at creation when their inputs are initializers
   std::vector<Tensor> constants;  // per input: read at creation if an initializer
   std::vector<bool> is_constant;
 };
@@ -128,10 +190,14 @@ Tensor describe(const ort::Value* value) {
   if (status == nullptr)
     status = ort::table_entry<ort::GetDimensionsCountFn>(g_api, ort::kGetDimensionsCount)(
         info, &rank);
+  if (status == nullptr && rank > Shape::kMaxRank) {
+    ort::table_entry<ort::ReleaseTypeAndShapeFn>(g_api, ort::kReleaseTypeAndShape)(info);
+    throw Failure{"sasrec_qat.fused: inputs of rank above 8 are not supported"};
+  }
   if (status == nullptr) {
-    t.shape.resize(rank);
+    t.shape.rank = rank;
     status = ort::table_entry<ort::GetDimensionsFn>(g_api, ort::kGetDimensions)(
-        info, t.shape.data(), rank);
+        info, t.shape.dims, rank);
   }
   if (status == nullptr)
     status = ort::table_entry<ort::GetTensorShapeElementCountFn>(
@@ -154,10 +220,10 @@ Tensor input(const Kernel& kernel, ort::KernelContext* context, size_t index) {
 }
 
 template <typename T = uint8_t>
-T* output(ort::KernelContext* context, const std::vector<int64_t>& shape) {
+T* output(ort::KernelContext* context, const Shape& shape, size_t index = 0) {
   ort::Value* value = nullptr;
   check(ort::table_entry<ort::KernelContextGetOutputFn>(g_api, ort::kKernelContextGetOutput)(
-            context, 0, shape.data(), shape.size(), &value), "KernelContext_GetOutput");
+            context, index, shape.data(), shape.size(), &value), "KernelContext_GetOutput");
   void* data = nullptr;
   check(ort::table_entry<ort::GetTensorMutableDataFn>(g_api, ort::kGetTensorMutableData)(
             value, &data), "GetTensorMutableData");
@@ -209,6 +275,58 @@ void for_rows(ort::KernelContext* context, int64_t rows, int64_t cols, const Bod
   }
 }
 
+// ---- tiles -----------------------------------------------------------------------------
+// The kernel's cached tiles when they match, else tiles built now into `scratch`.
+const Tiles& requant_tiles(const Kernel& kernel, const Tensor& bias_acc, const Tensor& multiplier,
+                           int64_t cols, Tiles& scratch) {
+  if (kernel.requant.cols == cols) return kernel.requant;
+  scratch = Tiles::requantize(static_cast<const float*>(bias_acc.data),
+                              static_cast<const float*>(multiplier.data), cols);
+  return scratch;
+}
+
+const Tiles& norm_tiles(const Kernel& kernel, const Tensor& gamma, const Tensor& beta,
+                        int64_t cols, uint8_t z, Tiles& scratch) {
+  if (kernel.norm.cols == cols) return kernel.norm;
+  scratch = Tiles::layer_norm(static_cast<const float*>(gamma.data),
+                              static_cast<const float*>(beta.data), cols, z);
+  return scratch;
+}
+
+void layer_norm_rows(const uint8_t* u, int64_t b, int64_t e, int64_t cols, const Tiles& t,
+                     float s_x, uint8_t z_x, double eps, float inv_s, uint8_t* out) {
+  sq_layer_norm(u, b, e, cols, t.a.data(), t.b.data(), t.c.data(), t.d.data(), t.rows, s_x, z_x,
+                eps, inv_s, out);
+}
+
+// ---- the second output of *Norm ops -----------------------------------------------------
+// LayerNorm of rows [b, e) of the first output (cols wide) into the second, with the op's
+// norm_* params and its last two inputs (gamma, beta). Called right after the rows were
+// written.
+struct Norm {
+  const Tiles* tiles = nullptr;
+  Tiles scratch;
+  uint8_t* out = nullptr;
+
+  void rows(const Params& p, const uint8_t* first, int64_t b, int64_t e, int64_t cols) const {
+    if (out == nullptr) return;
+    layer_norm_rows(first, b, e, cols, *tiles, p.norm_s_x, p.norm_z_x, p.norm_eps,
+                    p.norm_inv_s, out);
+  }
+};
+
+void norm_output(const Kernel& kernel, ort::KernelContext* context,
+                 const Shape& shape, Norm& norm) {
+  const OpSpec& op = *kernel.op;
+  if (!op.norm) return;
+  const size_t n = op.inputs.size();
+  const Tensor gamma = input(kernel, context, n - 2), beta = input(kernel, context, n - 1);
+  expect_columns(gamma, shape.back(), op.name, "gamma");
+  expect_columns(beta, shape.back(), op.name, "beta");
+  norm.tiles = &norm_tiles(kernel, gamma, beta, shape.back(), kernel.p.norm_z, norm.scratch);
+  norm.out = output<uint8_t>(context, shape, 1);
+}
+
 // ---- the ops ----------------------------------------------------------------------------
 void compute(const Kernel& kernel, ort::KernelContext* context) {
   const OpSpec& op = *kernel.op;
@@ -233,12 +351,14 @@ void compute(const Kernel& kernel, ort::KernelContext* context) {
       expect_columns(bias_acc, cols, op.name, "bias_acc");
       expect_columns(multiplier, cols, op.name, "multiplier");
       const int32_t* a = static_cast<const int32_t*>(acc.data);
-      const float* bias = static_cast<const float*>(bias_acc.data);
-      const float* mult = static_cast<const float*>(multiplier.data);
+      Tiles scratch;
+      const Tiles& t = requant_tiles(kernel, bias_acc, multiplier, cols, scratch);
+      const float* bias = t.a.data();
+      const float* mult = t.b.data();
       if (op.kind == OpKind::kRequantizeDequantize) {
         float* out = output<float>(context, acc.shape);
         for_rows(context, acc.size / cols, cols, [&](int64_t b, int64_t e) {
-          sq_requantize_dequantize(a, b, e, cols, bias, mult, p.z, p.s, out);
+          sq_requantize_dequantize(a, b, e, cols, bias, mult, t.rows, p.z, p.s, out);
         });
         return;
       }
@@ -247,17 +367,20 @@ void compute(const Kernel& kernel, ort::KernelContext* context) {
         if (residual.shape != acc.shape)
           throw Failure{"RequantizeAdd: the residual must have the matmul output's shape"};
         uint8_t* out = output_like(context, acc);
+        Norm norm;
+        norm_output(kernel, context, acc.shape, norm);
         const uint8_t* res = static_cast<const uint8_t*>(residual.data);
         for_rows(context, acc.size / cols, cols, [&](int64_t b, int64_t e) {
-          sq_requantize_add(a, b, e, cols, bias, mult, res, p.s_a, p.z_a, p.s_b, p.z_b,
+          sq_requantize_add(a, b, e, cols, bias, mult, t.rows, res, p.s_a, p.z_a, p.s_b, p.z_b,
                             p.inv_s, p.z, out);
+          norm.rows(p, out, b, e, cols);
         });
         return;
       }
       const int relu = op.kind == OpKind::kRequantizeRelu;
       uint8_t* out = output_like(context, acc);
       for_rows(context, acc.size / cols, cols, [&](int64_t b, int64_t e) {
-        sq_requantize(a, b, e, cols, bias, mult, p.z, relu, out);
+        sq_requantize(a, b, e, cols, bias, mult, t.rows, p.z, relu, out);
       });
       return;
     }
@@ -272,9 +395,11 @@ void compute(const Kernel& kernel, ort::KernelContext* context) {
       const int64_t cols = items.shape[1];
       expect_columns(item_scale, items.shape[0], op.name, "item_scale (per row)");
       expect_columns(pos_scale, pos.shape[0], op.name, "pos_scale (per row)");
-      std::vector<int64_t> shape = ids.shape;
+      Shape shape = ids.shape;
       shape.push_back(cols);
       uint8_t* out = output<uint8_t>(context, shape);
+      Norm norm;
+      norm_output(kernel, context, shape, norm);
       std::atomic<int64_t> bad{-1};
       for_rows(context, ids.size, cols, [&](int64_t b, int64_t e) {
         const int64_t at = sq_embed_quantize(
@@ -283,7 +408,11 @@ void compute(const Kernel& kernel, ort::KernelContext* context) {
             static_cast<const float*>(item_scale.data), items.shape[0], p.emb_scale,
             static_cast<const int8_t*>(pos.data), static_cast<const float*>(pos_scale.data),
             pos.shape[0], cols, p.inv_s, p.z, out);
-        if (at >= 0) bad.store(at);
+        if (at >= 0) {
+          bad.store(at);
+        } else {
+          norm.rows(p, out, b, e, cols);
+        }
       });
       const int64_t at = bad.load();
       if (at >= 0) {
@@ -302,12 +431,12 @@ void compute(const Kernel& kernel, ort::KernelContext* context) {
       const Tensor gamma = input(kernel, context, 1), beta = input(kernel, context, 2);
       expect_columns(gamma, cols, op.name, "gamma");
       expect_columns(beta, cols, op.name, "beta");
-      const int64_t vector_cols = cols / kLayerNormVector * kLayerNormVector;
+      Tiles scratch;
+      const Tiles& t = norm_tiles(kernel, gamma, beta, cols, p.z, scratch);
       uint8_t* out = output_like(context, u);
       for_rows(context, u.size / cols, cols, [&](int64_t b, int64_t e) {
-        sq_layer_norm(static_cast<const uint8_t*>(u.data), b, e, cols, vector_cols, p.s_x,
-                      p.z_x, static_cast<const float*>(gamma.data),
-                      static_cast<const float*>(beta.data), p.eps, p.inv_s, p.z, out);
+        layer_norm_rows(static_cast<const uint8_t*>(u.data), b, e, cols, t, p.s_x, p.z_x, p.eps,
+                        p.inv_s, out);
       });
       return;
     }
@@ -406,6 +535,13 @@ Params read_params(const OpSpec& op, const ort::KernelInfo* info) {
       p.z = attr_u8(info, op, "z");
       break;
   }
+  if (op.norm) {
+    p.norm_s_x = attr_float(info, op, "norm_s_x");
+    p.norm_z_x = attr_u8(info, op, "norm_z_x");
+    p.norm_eps = attr_decimal(info, op, "norm_eps");
+    p.norm_inv_s = attr_float(info, op, "norm_inv_s");
+    p.norm_z = attr_u8(info, op, "norm_z");
+  }
   return p;
 }
 
@@ -417,7 +553,7 @@ ort::Status* error_status(ort::ErrorCode code, const std::string& message) {
 const OpSpec& spec(const ort::CustomOp* op) { return *reinterpret_cast<const OpSpec*>(op); }
 
 Kernel* make_kernel(const OpSpec& op, const ort::KernelInfo* info) {
-  std::unique_ptr<Kernel> kernel(new Kernel{&op, read_params(op, info), {}, {}});
+  std::unique_ptr<Kernel> kernel(new Kernel{&op, read_params(op, info), {}, {}, {}, {}});
   const size_t count = op.inputs.size();
   kernel->constants.resize(count);
   kernel->is_constant.assign(count, false);
@@ -435,6 +571,34 @@ Kernel* make_kernel(const OpSpec& op, const ort::KernelInfo* info) {
       kernel->constants[i] = describe(value);
       kernel->is_constant[i] = true;
     }
+  }
+  // Constant per-column inputs: tile them once here instead of on every run.
+  const auto& c = kernel->constants;
+  const auto constant = [&](size_t i) { return kernel->is_constant[i]; };
+  switch (op.kind) {
+    case OpKind::kRequantize:
+    case OpKind::kRequantizeRelu:
+    case OpKind::kRequantizeDequantize:
+    case OpKind::kRequantizeAdd:
+      if (constant(1) && constant(2) && c[1].size == c[2].size && c[1].size > 0)
+        kernel->requant = Tiles::requantize(static_cast<const float*>(c[1].data),
+                                            static_cast<const float*>(c[2].data), c[1].size);
+      break;
+    case OpKind::kLayerNorm:
+      if (constant(1) && constant(2) && c[1].size == c[2].size && c[1].size > 0)
+        kernel->norm = Tiles::layer_norm(static_cast<const float*>(c[1].data),
+                                         static_cast<const float*>(c[2].data), c[1].size,
+                                         kernel->p.z);
+      break;
+    default:
+      break;
+  }
+  if (op.norm) {
+    const size_t g = op.inputs.size() - 2, b = g + 1;
+    if (constant(g) && constant(b) && c[g].size == c[b].size && c[g].size > 0)
+      kernel->norm = Tiles::layer_norm(static_cast<const float*>(c[g].data),
+                                       static_cast<const float*>(c[b].data), c[g].size,
+                                       kernel->p.norm_z);
   }
   return kernel.release();
 }
@@ -473,13 +637,13 @@ const char* get_provider(const ort::CustomOp*) { return "CPUExecutionProvider"; 
 ElementType get_input_type(const ort::CustomOp* op, size_t i) { return spec(op).inputs[i]; }
 size_t get_input_count(const ort::CustomOp* op) { return spec(op).inputs.size(); }
 ElementType get_output_type(const ort::CustomOp* op, size_t) { return spec(op).output; }
-size_t get_output_count(const ort::CustomOp*) { return 1; }
+size_t get_output_count(const ort::CustomOp* op) { return spec(op).norm ? 2 : 1; }
 ort::Characteristic required(const ort::CustomOp*, size_t) { return ort::kRequired; }
 ort::MemType default_memory(const ort::CustomOp*, size_t) { return ort::kMemDefault; }
 int one(const ort::CustomOp*) { return 1; }
 
 OpSpec make_op(OpKind kind, const char* name, std::vector<ElementType> inputs,
-               ElementType output = ElementType::kUint8) {
+               ElementType output = ElementType::kUint8, bool norm = false) {
   OpSpec op{};
   std::memset(&op.record, 0, sizeof(op.record));
   op.record.version = ort::kCustomOpVersion;
@@ -505,6 +669,11 @@ OpSpec make_op(OpKind kind, const char* name, std::vector<ElementType> inputs,
   op.name = name;
   op.inputs = std::move(inputs);
   op.output = output;
+  op.norm = norm;
+  if (norm) {
+    op.inputs.push_back(ElementType::kFloat);  // gamma
+    op.inputs.push_back(ElementType::kFloat);  // beta
+  }
   return op;
 }
 
@@ -513,16 +682,18 @@ std::vector<OpSpec>& ops() {
   static std::vector<OpSpec> all = [] {
     const std::vector<E> requant{E::kInt32, E::kFloat, E::kFloat};
     std::vector<OpSpec> v;
-    v.reserve(8);  // no reallocation: the runtime keeps pointers to the records
+    v.reserve(10);  // no reallocation: the runtime keeps pointers to the records
     v.push_back(make_op(OpKind::kQuantize, "QuantizePerTensor", {E::kFloat}));
     v.push_back(make_op(OpKind::kRequantize, "Requantize", requant));
     v.push_back(make_op(OpKind::kRequantizeRelu, "RequantizeRelu", requant));
     v.push_back(make_op(OpKind::kRequantizeDequantize, "RequantizeDequantize", requant,
                         E::kFloat));
-    v.push_back(make_op(OpKind::kRequantizeAdd, "RequantizeAdd",
-                        {E::kInt32, E::kFloat, E::kFloat, E::kUint8}));
-    v.push_back(make_op(OpKind::kEmbedQuantize, "EmbedQuantize",
-                        {E::kInt64, E::kInt64, E::kInt8, E::kFloat, E::kInt8, E::kFloat}));
+    const std::vector<E> add{E::kInt32, E::kFloat, E::kFloat, E::kUint8};
+    const std::vector<E> embed{E::kInt64, E::kInt64, E::kInt8, E::kFloat, E::kInt8, E::kFloat};
+    v.push_back(make_op(OpKind::kRequantizeAdd, "RequantizeAdd", add));
+    v.push_back(make_op(OpKind::kRequantizeAdd, "RequantizeAddNorm", add, E::kUint8, true));
+    v.push_back(make_op(OpKind::kEmbedQuantize, "EmbedQuantize", embed));
+    v.push_back(make_op(OpKind::kEmbedQuantize, "EmbedQuantizeNorm", embed, E::kUint8, true));
     v.push_back(make_op(OpKind::kLayerNorm, "LayerNorm", {E::kUint8, E::kFloat, E::kFloat}));
     v.push_back(make_op(OpKind::kAdd, "Add", {E::kUint8, E::kUint8}));
     return v;
