@@ -36,6 +36,23 @@ Embeddings (weight-only ``nnq.Embedding``, ``per_channel_affine_float_qparams`` 
 
 Scoring: ``Cast(MatMulInteger(h_u8, Transpose(table_s8), z_h)) * (s_h * row_scale)``: full
 precision float scores, never requantized (DESIGN.md, "Ranking ties").
+
+Fused kernels (``fused=True``, with ``torch_exact``): the same arithmetic, each requantizing op
+one node of the custom domain ``export.native_ops.DOMAIN`` (C++ in export/native, one pass per
+op instead of a dozen element-wise onnxruntime nodes with float64 intermediates)::
+
+    QuantStub                          QuantizePerTensor(x)
+    embeddings + QuantStub             EmbedQuantize(ids, positions, tables, row scales)
+    Linear [+ ReLU]                    MatMulInteger -> Requantize[Relu](acc, bias_acc, multiplier)
+    Linear -> DeQuantStub (q, k, v)    MatMulInteger -> RequantizeDequantize(...)  (float out)
+    residual + Linear                  MatMulInteger -> RequantizeAdd(acc, ..., residual)
+    LayerNorm                          LayerNorm(u, gamma, beta), or folded into the op that
+                                       wrote u (RequantizeAddNorm, EmbedQuantizeNorm: a second
+                                       output, each row normalised right after it is written)
+
+Per-column constants are inputs (``bias_acc = b / (s_x s_w)`` and ``multiplier = s_x s_w / s``
+computed here in float32, as the functions compute them); scales and zero points attributes.
+The uint8 tensors are the function graph's bit for bit (tests/test_export_fused.py).
 """
 from __future__ import annotations
 
