@@ -26,7 +26,10 @@
 
 namespace {
 
-constexpr int64_t kTileElements = 4096;  // elements per block of rows, about
+// Elements per block of rows, about. Long enough for the vector loop, small enough that the
+// tiles of all ops of a model stay in cache: with 4096 a batch-1 call on a cold cache (other
+// models timed in between) was 10% slower, with 512 batch 256 was 3% slower.
+constexpr int64_t kTileElements = 1024;
 
 // steps is already an integer value (rint), possibly outside [0, 255]
 inline float clamp_u8(float steps) {
@@ -48,7 +51,7 @@ void sq_quantize_per_tensor(const float* x, int64_t begin, int64_t end, float in
   }
 }
 
-// Rows per tile for rows of `cols` columns: about 4096 elements, at least one row.
+// Rows per tile for rows of `cols` columns: about 1024 elements, at least one row.
 int64_t sq_tile_rows(int64_t cols) { return cols >= kTileElements ? 1 : kTileElements / cols; }
 
 // out[r * cols + j] = per_column[j] for r < rows.
