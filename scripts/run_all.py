@@ -11,7 +11,9 @@ OUT/logs/<step>.log:
                          (for every --methods M and --bits B; --qat-epochs is its --epochs)
   3. export <run>        export_int8.py --run OUT/<run>: ONNX file + parity.json per run folder
   4. benchmark           benchmark.py --runs OUT/fp32 OUT/<M>_w<B>... --out OUT/bench.json
-  5. summary             OUT/results_summary.csv and OUT/results_comparison.png (always rewritten)
+                         (also times each INT8 run's fused-kernel graph, <M>_w<B>_fused)
+  5. summary             OUT/results_summary.csv and OUT/results_comparison.png (always rewritten;
+                         a fused graph's row follows its run's)
 
 Rerunning the same command skips what is finished: a training run whose metrics.json holds test
 results (and, for QAT, the INT8 model), an export whose parity.json is newer than the model file,
