@@ -16,7 +16,8 @@ Build: ``g++`` (or ``$CXX``) compiles ``export/native/kernels.cc`` and ``ort_ops
 ``fmaf``) into ``<cache>/native/<hash>/libsasrec_qat_ops.so``, where the hash covers the
 sources, the flags, the compiler's version and this CPU's feature flags: a new machine or a
 changed source builds again; otherwise the library is reused. The cache is
-``$SASREC_QAT_CACHE`` or ``~/.cache/sasrec-qat``. Linux/x86-64 and g++ only for now.
+``$SASREC_QAT_CACHE`` or ``~/.cache/sasrec-qat`` (the temporary directory if that is not
+writable). Linux/x86-64 and g++ only for now.
 """
 from __future__ import annotations
 
@@ -88,11 +89,19 @@ def library_path() -> Path:
         raise NativeBuildError(f"the fused INT8 kernels are built for Linux x86-64 only, not "
                                f"{platform.system()} {platform.machine()}")
     compiler = _compiler()
-    target_dir = cache_dir() / "native" / _build_key(compiler)
+    key = _build_key(compiler)
+    target_dir = cache_dir() / "native" / key
     target = target_dir / LIBRARY_NAME
     if target.exists():
         return target
-    target_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        target_dir.mkdir(parents=True, exist_ok=True)
+    except OSError:  # an unwritable cache: build in the temporary directory instead
+        target_dir = Path(tempfile.gettempdir()) / f"sasrec-qat-{os.getuid()}" / "native" / key
+        target = target_dir / LIBRARY_NAME
+        if target.exists():
+            return target
+        target_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target_dir) as tmp:
         partial = Path(tmp) / LIBRARY_NAME
         command = [compiler, *FLAGS, *(str(SOURCE_DIR / s) for s in SOURCES), "-o", str(partial)]

@@ -224,3 +224,16 @@ def test_per_column_inputs_fed_at_run_time():
     np.testing.assert_array_equal(got, expected)
     steps = np.maximum((acc.astype(np.float32) + bias_acc) * multiplier, 0)  # by hand
     np.testing.assert_array_equal(expected, np.clip(np.rint(steps) + 7, 0, 255))
+
+
+def test_unwritable_cache_builds_in_the_temporary_directory(tmp_path, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("SASREC_QAT_CACHE", str(blocker / "cache"))  # mkdir fails under a file
+    monkeypatch.setattr(native_ops.tempfile, "gettempdir", lambda: str(tmp_path / "tmp"))
+    native_ops.library_path.cache_clear()
+    try:
+        path = native_ops.library_path()
+        assert (tmp_path / "tmp") in path.parents and path.is_file()
+    finally:
+        native_ops.library_path.cache_clear()
