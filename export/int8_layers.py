@@ -249,24 +249,29 @@ class Int8Layers:
         if not self.fused:
             return [self.dequantize(self.linear(x, m, h), f"{h}.float")
                     for m, h in zip(modules, hints)]
-        g = self.g
         outputs = []
         for module, hint in zip(modules, hints):
             parts = self._linear_parts(x, module, hint)
-            weight = g.initializer(parts.weight_t, f"{hint}.weight_int8_t")
-            acc = g.node("MatMulInteger", [x.name, weight, x.zero_point_name],
-                         name=f"{hint}.acc")
-            m = np.float32(x.scale) * parts.weight_scale
-            inputs = [acc, g.initializer(parts.bias / m, f"{hint}.bias_acc"),
-                      g.initializer(m / np.float32(parts.scale), f"{hint}.multiplier")]
-            outputs.append(self._fused("RequantizeDequantize", inputs, f"{hint}.float",
-                                       z=parts.zero_point, s=np.float32(parts.scale)))
+            outputs.append(self._fused("RequantizeDequantize", self._fused_matmul(x, parts, hint),
+                                       f"{hint}.float", z=parts.zero_point,
+                                       s=np.float32(parts.scale)))
         return outputs
 
     def dequantize(self, x: QTensor, hint: str) -> str:
         """uint8 -> float (``nnq.DeQuantize``)."""
         return self.g.node("DequantizeLinear", [x.name, x.scale_name, x.zero_point_name],
                            name=hint)
+
+    def _fused_matmul(self, x: QTensor, parts: _LinearParts, hint: str) -> list[str]:
+        """``[acc, bias_acc, multiplier]``: the MatMulInteger of a fused Linear and its
+        per-column float32 constants ``b / m`` and ``m / s`` with ``m = s_x * s_w`` (numpy
+        float32 arithmetic is IEEE, the same roundings as the functions' graph ops)."""
+        g = self.g
+        weight = g.initializer(parts.weight_t, f"{hint}.weight_int8_t")  # (in, out)
+        acc = g.node("MatMulInteger", [x.name, weight, x.zero_point_name], name=f"{hint}.acc")
+        m = np.float32(x.scale) * parts.weight_scale
+        return [acc, g.initializer(parts.bias / m, f"{hint}.bias_acc"),
+                g.initializer(m / np.float32(parts.scale), f"{hint}.multiplier")]
 
     def _linear_parts(self, x: QTensor, module: nn.Module, hint: str) -> _LinearParts:
         """The arrays of ``module`` (checked to be a converted quantized Linear)."""
@@ -286,16 +291,13 @@ class Int8Layers:
         g = self.g
         parts = self._linear_parts(x, module, hint)
         relu = relu or isinstance(module, nniq.LinearReLU)
+        scale, zero_point, scale_name, zp_name = self._output(module)
+        if self.fused:
+            q = self._fused("RequantizeRelu" if relu else "Requantize",
+                            self._fused_matmul(x, parts, hint), hint, z=zero_point)
+            return QTensor(q, scale, zero_point, scale_name, zp_name)
         weight = g.initializer(parts.weight_t, f"{hint}.weight_int8_t")  # (in, out)
         acc = g.node("MatMulInteger", [x.name, weight, x.zero_point_name], name=f"{hint}.acc")
-        scale, zero_point, scale_name, zp_name = self._output(module)
-        if self.fused:  # the per-column float32 constants, computed once (IEEE, as the graph)
-            m = np.float32(x.scale) * parts.weight_scale
-            inputs = [acc, g.initializer(parts.bias / m, f"{hint}.bias_acc"),
-                      g.initializer(m / np.float32(scale), f"{hint}.multiplier")]
-            q = self._fused("RequantizeRelu" if relu else "Requantize", inputs, hint,
-                            z=zero_point)
-            return QTensor(q, scale, zero_point, scale_name, zp_name)
         w_scale = g.initializer(parts.weight_scale, f"{hint}.weight_scale")
         bias = g.initializer(parts.bias, f"{hint}.bias")
         if self.torch_exact:
@@ -375,21 +377,14 @@ class Int8Layers:
             raise ValueError(f"{add_hint}: expected QFunctional, got {type(add).__name__}")
         if isinstance(linear, nniq.LinearReLU):
             raise ValueError(f"{linear_hint}: a residual branch ends in a plain Linear")
-        g = self.g
         parts = self._linear_parts(x, linear, linear_hint)
-        weight = g.initializer(parts.weight_t, f"{linear_hint}.weight_int8_t")
-        acc = g.node("MatMulInteger", [x.name, weight, x.zero_point_name],
-                     name=f"{linear_hint}.acc")
-        m = np.float32(x.scale) * parts.weight_scale
-        inputs = [acc, g.initializer(parts.bias / m, f"{linear_hint}.bias_acc"),
-                  g.initializer(m / np.float32(parts.scale), f"{linear_hint}.multiplier"),
-                  residual.name]
+        inputs = [*self._fused_matmul(x, parts, linear_hint), residual.name]
         scale, zero_point, scale_name, zp_name = self._output(add)
         q = self._fused("RequantizeAdd", inputs, add_hint, s_a=np.float32(residual.scale),
                         z_a=residual.zero_point, s_b=np.float32(parts.scale),
                         z_b=parts.zero_point, inv_s=torch_kernels.inverse_scale(scale),
                         z=zero_point)
-        self._normable[q] = g.nodes[-1]
+        self._normable[q] = self.g.nodes[-1]
         return QTensor(q, scale, zero_point, scale_name, zp_name)
 
     def last_position(self, x: QTensor, hint: str) -> QTensor:

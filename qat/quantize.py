@@ -25,6 +25,7 @@ weights are exactly the trained fake-quantized ones.
 from __future__ import annotations
 
 import copy
+import warnings
 from typing import Any
 
 import torch
@@ -52,6 +53,17 @@ from qat.model import AttentionCore, SASRec
 
 # Unquantized regions: float in QAT and after convert.
 FLOAT_MODULE_TYPES = (AttentionCore, nn.Dropout)
+
+
+TORCH_QUANTIZATION_WARNINGS = (".*quantized tensor creation", "TypedStorage is deprecated",
+                               "torch.ao.quantization is deprecated")
+
+
+def ignore_torch_quantization_warnings() -> None:
+    """Silence torch's deprecation warnings about its own quantization internals (scripts
+    call this; every converted-model operation would repeat them)."""
+    for message in TORCH_QUANTIZATION_WARNINGS:
+        warnings.filterwarnings("ignore", message=message)
 
 
 def qat_module_mappings() -> dict[type, type]:

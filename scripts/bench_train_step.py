@@ -24,7 +24,6 @@ import argparse
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +36,7 @@ from export.run_folder import load_run_split
 from qat.checkpoint import save_json
 from qat.config import TrainConfig
 from qat.finetune import load_float_model, prepare_for_method, qat_hooks
+from qat.quantize import ignore_torch_quantization_warnings
 from qat.registry import METHODS, get_method
 from qat.train import Trainer
 
@@ -104,9 +104,7 @@ def time_steps(trainers: dict[str, Trainer], batches: list[Any], warmup: int,
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    for message in (".*quantized tensor creation", "TypedStorage is deprecated",
-                    "torch.ao.quantization is deprecated"):
-        warnings.filterwarnings("ignore", message=message)
+    ignore_torch_quantization_warnings()
     if args.steps < 1 or args.warmup < 0 or args.threads < 1 or args.batch_size < 1:
         print("error: --steps, --threads and --batch-size must be >= 1, --warmup >= 0",
               file=sys.stderr)

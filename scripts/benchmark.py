@@ -51,7 +51,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import warnings
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -95,6 +94,7 @@ from qat.config import SASRecConfig
 from qat.evaluate import evaluate
 from qat.finetune import prepare_for_method, to_int8
 from qat.model import SASRec
+from qat.quantize import ignore_torch_quantization_warnings
 from qat.registry import get_method
 
 WHICH = "test"
@@ -548,9 +548,7 @@ def print_tables(bench: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    for message in (".*quantized tensor creation", "TypedStorage is deprecated",
-                    "torch.ao.quantization is deprecated"):  # torch's, about its own internals
-        warnings.filterwarnings("ignore", message=message)
+    ignore_torch_quantization_warnings()
     try:
         bench = run_benchmark(args)
     except (FileNotFoundError, ValueError, DataFormatError, DownloadError) as err:

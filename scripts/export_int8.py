@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +45,7 @@ from export import (
 )
 from export.run_folder import PARITY, load_run_split, onnx_file_name
 from qat.checkpoint import save_json
+from qat.quantize import ignore_torch_quantization_warnings
 
 WHICH = "test"
 FUSED_KIND = "int8_fused"  # model_int8_fused.onnx
@@ -167,9 +167,7 @@ def _print_report(record: dict[str, Any], report: ParityReport) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    for message in (".*quantized tensor creation", "TypedStorage is deprecated",
-                    "torch.ao.quantization is deprecated"):  # torch's, about its own internals
-        warnings.filterwarnings("ignore", message=message)
+    ignore_torch_quantization_warnings()
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     try:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +33,7 @@ from export.run_folder import load_run_split
 from qat.checkpoint import save_json
 from qat.evaluate import compute_ranks
 from qat.metrics import hit_at_k, ndcg_at_k
+from qat.quantize import ignore_torch_quantization_warnings
 
 ML1M_USERS_MISSING_AN_ITEM = 2587
 
@@ -79,9 +79,7 @@ def damaged_valid_metrics(score_last, split: LeaveOneOutSplit, users: list[int],
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    for message in (".*quantized tensor creation", "TypedStorage is deprecated",
-                    "torch.ao.quantization is deprecated"):
-        warnings.filterwarnings("ignore", message=message)
+    ignore_torch_quantization_warnings()
     try:
         if args.k < 1:
             raise ValueError(f"--k must be >= 1, got {args.k}")

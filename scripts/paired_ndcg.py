@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-import warnings
 from pathlib import Path
 
 import torch
@@ -31,6 +30,7 @@ from export.run_folder import load_run_split
 from qat.checkpoint import save_json
 from qat.evaluate import compute_ranks
 from qat.metrics import ndcg_at_k
+from qat.quantize import ignore_torch_quantization_warnings
 
 Z_95 = 1.959964
 
@@ -72,9 +72,7 @@ def per_user_ndcg(run: RunModel, split: LeaveOneOutSplit, which: str, k: int) ->
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    for message in (".*quantized tensor creation", "TypedStorage is deprecated",
-                    "torch.ao.quantization is deprecated"):
-        warnings.filterwarnings("ignore", message=message)
+    ignore_torch_quantization_warnings()
     try:
         if args.k < 1:
             raise ValueError(f"--k must be >= 1, got {args.k}")
