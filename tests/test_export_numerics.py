@@ -224,6 +224,28 @@ def test_serving_graph_equals_full_graph(name):
 KERNELS = [("disable", False), ("all", False), ("all", True)]  # (level, fused)
 
 
+def random_linear(g: torch.Generator, inputs: int, outputs: int, relu: bool = False):
+    """A converted quantized Linear[ReLU]: per-row int8 weights on the +-64 grid, float bias,
+    output qparams (0.0433, 121)."""
+    from torch.ao.nn.intrinsic import quantized as nniq
+    module = (nniq.LinearReLU if relu else nnq.Linear)(inputs, outputs)
+    weight = torch.randn(outputs, inputs, generator=g) * 0.1
+    scales = (weight.abs().amax(dim=1) / 64).double()
+    module.set_weight_bias(torch.quantize_per_channel(weight, scales,
+                                                      torch.zeros(outputs).long(), 0,
+                                                      torch.qint8),
+                           torch.randn(outputs, generator=g) * 0.2)
+    module.scale, module.zero_point = 0.0433, 121
+    return module
+
+
+def random_layer_norm(g: torch.Generator, width: int) -> nnq.LayerNorm:
+    """A quantized LayerNorm with output qparams (0.0257, 125)."""
+    return nnq.LayerNorm(width, torch.nn.Parameter(torch.rand(width, generator=g) + 0.5),
+                         torch.nn.Parameter(torch.randn(width, generator=g) * 0.1),
+                         scale=0.0257, zero_point=125)
+
+
 @pytest.mark.parametrize("level, fused", KERNELS)
 def test_add_rounds_like_torch_on_a_million_values(level, fused):
     """Rounding differences are rare (about 1 in 10^5 values sits near a half step), so this
@@ -266,17 +288,10 @@ def test_linear_rounds_like_torch_on_a_million_values(level, fused, relu):
     """quantized::linear[_relu] (10^6 outputs, per-row weight scales, float bias) equals its
     export bit for bit: the Requantize function and the fused kernel (whose per-column
     constants are computed in numpy float32 at export)."""
-    from torch.ao.nn.intrinsic import quantized as nniq
     g = torch.Generator().manual_seed(2)
     x = torch.quantize_per_tensor(torch.randn(20000, 64, generator=g), 0.0271, 118,
                                   torch.quint8)
-    module = (nniq.LinearReLU if relu else nnq.Linear)(64, 50)
-    weight = torch.randn(50, 64, generator=g) * 0.1
-    scales = (weight.abs().amax(dim=1) / 64).double()
-    module.set_weight_bias(torch.quantize_per_channel(weight, scales, torch.zeros(50).long(), 0,
-                                                      torch.qint8),
-                           torch.randn(50, generator=g) * 0.2)
-    module.scale, module.zero_point = 0.0433, 121
+    module = random_linear(g, 64, 50, relu)
     expected = module(x).int_repr().numpy()
     proto, feed = one_layer_graph(module, "ffn.fc1" if relu else "linear", (x,),
                                   torch_exact=True, fused=fused)
@@ -299,21 +314,13 @@ def test_quantize_rounds_like_torch_on_a_million_values(level, fused):
 
 
 def test_fused_small_inputs_round_like_torch():
-    """The fused kernels take plain row loops for small inputs (one user served at a time):
-    LayerNorm and Linear fed 40 rows per call (2,000 outputs) over 600,000 values."""
-    from torch.ao.nn.intrinsic import quantized as nniq
+    """Small inputs (one user served at a time): LayerNorm and Linear fed 40 rows per call
+    (2,000 outputs, fewer than one tile) over 600,000 values."""
     g = torch.Generator().manual_seed(4)
     x = torch.quantize_per_tensor(torch.randn(12000, 50, generator=g) * 2, 0.0311, 120,
                                   torch.quint8)
-    norm = nnq.LayerNorm(50, torch.nn.Parameter(torch.rand(50, generator=g) + 0.5),
-                         torch.nn.Parameter(torch.randn(50, generator=g) * 0.1),
-                         scale=0.0257, zero_point=125)
-    linear = nniq.LinearReLU(50, 50)
-    weight = torch.randn(50, 50, generator=g) * 0.1
-    linear.set_weight_bias(torch.quantize_per_channel(
-        weight, (weight.abs().amax(dim=1) / 64).double(), torch.zeros(50).long(), 0,
-        torch.qint8), torch.randn(50, generator=g) * 0.2)
-    linear.scale, linear.zero_point = 0.0433, 121
+    norm = random_layer_norm(g, 50)
+    linear = random_linear(g, 50, 50, relu=True)
     for module, name in ((norm, "norm"), (linear, "ffn.fc1")):
         expected = module(x).int_repr().numpy()
         proto, _ = one_layer_graph(module, name, (x[:40],), torch_exact=True, fused=True)
@@ -333,12 +340,7 @@ def test_fused_linear_plus_residual_rounds_like_torch(threads):
                                   torch.quint8)
     residual = torch.quantize_per_tensor(torch.randn(20000, 50, generator=g) * 2, 0.0391, 131,
                                          torch.quint8)
-    linear = nnq.Linear(64, 50)
-    weight = torch.randn(50, 64, generator=g) * 0.1
-    linear.set_weight_bias(torch.quantize_per_channel(
-        weight, (weight.abs().amax(dim=1) / 64).double(), torch.zeros(50).long(), 0,
-        torch.qint8), torch.randn(50, generator=g) * 0.2)
-    linear.scale, linear.zero_point = 0.0433, 121
+    linear = random_linear(g, 64, 50)
     add = nnq.QFunctional()
     add.scale, add.zero_point = 0.0512, 126
     expected = add.add(residual, linear(x)).int_repr().numpy()
@@ -351,9 +353,7 @@ def test_fused_linear_plus_residual_rounds_like_torch(threads):
                                builder.scalar(np.float32(t.q_scale()), np.float32, "s"),
                                builder.scalar(t.q_zero_point(), np.uint8, "z"))
     out = layers.add_linear(inputs["residual"], inputs["x"], linear, add, "fc2", "residual")
-    norm = nnq.LayerNorm(50, torch.nn.Parameter(torch.rand(50, generator=g) + 0.5),
-                         torch.nn.Parameter(torch.randn(50, generator=g) * 0.1),
-                         scale=0.0257, zero_point=125)
+    norm = random_layer_norm(g, 50)
     normed = layers.layer_norm(out, norm, "norm")  # RequantizeAddNorm: a second output
     builder.add_output(out.name, UINT8)
     builder.add_output(normed.name, UINT8)
