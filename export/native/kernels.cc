@@ -169,18 +169,40 @@ int64_t sq_embed_quantize(const int64_t* ids, const int64_t* positions, int64_t 
                           int64_t num_items, float emb_scale, const int8_t* pos_table,
                           const float* pos_scale, int64_t num_positions, int64_t cols,
                           float inv_s, uint8_t z, uint8_t* out) {
+  for (int64_t i = begin; i < end; ++i) {  // check every id first: nothing is read out of range
+    if (ids[i] < 0 || ids[i] >= num_items || positions[i] < 0 || positions[i] >= num_positions)
+      return i;
+  }
   const float zf = static_cast<float>(z);
-  for (int64_t i = begin; i < end; ++i) {
-    const int64_t id = ids[i], p = positions[i];
-    if (id < 0 || id >= num_items || p < 0 || p >= num_positions) return i;
-    const int8_t* __restrict item = item_table + id * cols;
-    const int8_t* __restrict pos = pos_table + p * cols;
-    const float s_item = item_scale[id], s_pos = pos_scale[p];
-    uint8_t* __restrict o = out + i * cols;
-    for (int64_t j = 0; j < cols; ++j) {
-      const float x = (static_cast<float>(item[j]) * s_item) * emb_scale +
-                      static_cast<float>(pos[j]) * s_pos;
-      o[j] = saturate_u8(std::rint(std::fmaf(x, inv_s, zf)));
+  // Blocks of tokens: their table rows gathered side by side with their row scales tiled, so
+  // one flat loop covers the block (rows are short; see the column tiles above).
+  const int64_t block = sq_tile_rows(cols);
+  thread_local std::vector<float> items, item_s, pos, pos_s;
+  if (static_cast<int64_t>(items.size()) < block * cols) {
+    items.resize(block * cols), item_s.resize(block * cols);
+    pos.resize(block * cols), pos_s.resize(block * cols);
+  }
+  for (int64_t t0 = begin; t0 < end; t0 += block) {
+    const int64_t tokens = t0 + block < end ? block : end - t0;
+    for (int64_t t = 0; t < tokens; ++t) {
+      const int64_t id = ids[t0 + t], p = positions[t0 + t];
+      const int8_t* item = item_table + id * cols;
+      const int8_t* position = pos_table + p * cols;
+      float* ii = &items[t * cols];
+      float* pp = &pos[t * cols];
+      for (int64_t j = 0; j < cols; ++j) ii[j] = static_cast<float>(item[j]);
+      for (int64_t j = 0; j < cols; ++j) pp[j] = static_cast<float>(position[j]);
+      std::fill_n(&item_s[t * cols], cols, item_scale[id]);
+      std::fill_n(&pos_s[t * cols], cols, pos_scale[p]);
+    }
+    const float* __restrict ii = items.data();
+    const float* __restrict is = item_s.data();
+    const float* __restrict pp = pos.data();
+    const float* __restrict ps = pos_s.data();
+    uint8_t* __restrict o = out + t0 * cols;
+    for (int64_t i = 0; i < tokens * cols; ++i) {
+      const float x = (ii[i] * is[i]) * emb_scale + pp[i] * ps[i];
+      o[i] = saturate_u8(std::rint(std::fmaf(x, inv_s, zf)));
     }
   }
   return -1;
