@@ -6,6 +6,7 @@
     report = check_parity(int8_model, session, split)  # export.parity
     times = time_interleaved(calls, batches, warmup=10, repeats=100)  # export.latency
     dynamic = quantize_dynamic_model(fp32_bytes)        # export.ort_baselines (PTQ baselines)
+    fast = build_sasrec_onnx(int8_model, fused=True)    # fused C++ kernels (export.native_ops)
 
 Uses ``qat`` (model, metric code, run folders); ``qat`` never imports this package.
 """

@@ -29,7 +29,8 @@ full (the last block attends to all their outputs).
 column only (it is per position, so this equals torch's full-sequence LN followed by
 ``[:, -1]``). The per-layer arithmetic comes from ``export.float_layers`` or
 ``export.int8_layers`` (the INT8 requantizing ops are ONNX local functions from
-``export.torch_kernels`` that round exactly like torch).
+``export.torch_kernels`` that round exactly like torch, or with ``fused=True`` the same
+arithmetic as custom ops of ``export.native_ops``).
 
 Outputs: ``scores``; with ``top_k`` also ``top_k_items`` (B, k) int64 item ids (the padding item
 excluded, history not masked) and ``top_k_scores``; with ``hidden_output`` also ``hidden``,
