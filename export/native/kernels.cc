@@ -38,6 +38,21 @@ inline float clamp_u8(float steps) {
 
 inline uint8_t saturate_u8(float steps) { return static_cast<uint8_t>(clamp_u8(steps)); }
 
+// The vectorised quantized::add on two uint8 values (as floats):
+// c = fma(a, s_a, s_a * -z_a) + fma(b, s_b, s_b * -z_b), sat(rint(c * inv_s) + z).
+struct QuantizedAdd {
+  float s_a, off_a, s_b, off_b, inv_s, zf;
+
+  QuantizedAdd(float s_a, uint8_t z_a, float s_b, uint8_t z_b, float inv_s, uint8_t z)
+      : s_a(s_a), off_a(s_a * -static_cast<float>(z_a)), s_b(s_b),
+        off_b(s_b * -static_cast<float>(z_b)), inv_s(inv_s), zf(static_cast<float>(z)) {}
+
+  uint8_t operator()(float a, float b) const {
+    const float c = std::fmaf(a, s_a, off_a) + std::fmaf(b, s_b, off_b);
+    return saturate_u8(std::rint(c * inv_s) + zf);
+  }
+};
+
 }  // namespace
 
 extern "C" {
@@ -147,15 +162,10 @@ void sq_requantize_add(const int32_t* acc, int64_t row_begin, int64_t row_end, i
                        const float* tiled_bias, const float* tiled_mult, int64_t tile_rows,
                        const uint8_t* residual, float s_a, uint8_t z_a, float s_b, uint8_t z_b,
                        float inv_s, uint8_t z, uint8_t* out) {
-  const float off_a = s_a * -static_cast<float>(z_a);
-  const float off_b = s_b * -static_cast<float>(z_b);
-  const float zf = static_cast<float>(z);
+  const QuantizedAdd add(s_a, z_a, s_b, z_b, inv_s, z);
   const uint8_t* __restrict res = residual;
   uint8_t* __restrict o = out;
-  auto store = [=](int64_t i, float u) {
-    const float c = std::fmaf(static_cast<float>(res[i]), s_a, off_a) + std::fmaf(u, s_b, off_b);
-    o[i] = saturate_u8(std::rint(c * inv_s) + zf);
-  };
+  auto store = [=](int64_t i, float u) { o[i] = add(static_cast<float>(res[i]), u); };
   requantize_rows<false>(acc, row_begin, row_end, cols, tiled_bias, tiled_mult, tile_rows, z_b,
                          store);
 }
@@ -296,17 +306,12 @@ void sq_layer_norm(const uint8_t* u, int64_t row_begin, int64_t row_end, int64_t
   }
 }
 
-// The vectorised quantized::add: c = fma(a, s_a, s_a * -z_a) + fma(b, s_b, s_b * -z_b),
-// sat(rint(c * inv_s) + z).
+// The vectorised quantized::add (QuantizedAdd) element by element.
 void sq_add(const uint8_t* a, const uint8_t* b, int64_t begin, int64_t end, float s_a,
             uint8_t z_a, float s_b, uint8_t z_b, float inv_s, uint8_t z, uint8_t* out) {
-  const float off_a = s_a * -static_cast<float>(z_a);
-  const float off_b = s_b * -static_cast<float>(z_b);
-  const float zf = static_cast<float>(z);
+  const QuantizedAdd add(s_a, z_a, s_b, z_b, inv_s, z);
   for (int64_t i = begin; i < end; ++i) {
-    const float c = std::fmaf(static_cast<float>(a[i]), s_a, off_a) +
-                    std::fmaf(static_cast<float>(b[i]), s_b, off_b);
-    out[i] = saturate_u8(std::rint(c * inv_s) + zf);
+    out[i] = add(static_cast<float>(a[i]), static_cast<float>(b[i]));
   }
 }
 

@@ -95,15 +95,18 @@ struct OpSpec {
   bool norm;  // a second output: LayerNorm of the first (inputs end with gamma, beta)
 };
 
+// A quantized LayerNorm's constants: input scale / zero point, eps, output 1/s and zero point.
+struct NormParams {
+  float s_x = 0, inv_s = 0;
+  uint8_t z_x = 0, z = 0;
+  double eps = 0;
+};
+
 // Per-node constants (attributes), read when the kernel is created.
 struct Params {
-  float inv_s = 0, s = 0, s_x = 0, s_a = 0, s_b = 0, emb_scale = 0;
-  uint8_t z = 0, z_x = 0, z_a = 0, z_b = 0;
-  double eps = 0;
-  // the LayerNorm of a *Norm op's second output (attributes norm_*)
-  float norm_s_x = 0, norm_inv_s = 0;
-  uint8_t norm_z_x = 0, norm_z = 0;
-  double norm_eps = 0;
+  float inv_s = 0, s = 0, s_a = 0, s_b = 0, emb_scale = 0;
+  uint8_t z = 0, z_a = 0, z_b = 0;
+  NormParams norm;  // LayerNorm (attributes s_x, ...), or a *Norm op's (norm_s_x, ...)
 };
 
 // A tensor's dimensions, without heap allocation (the ops see rank <= 4).
@@ -170,11 +173,15 @@ struct Failure {
   std::string message;
 };
 
+// Releases `status`; true if it was an error (a null status is success).
+bool failed(ort::Status* status) {
+  if (status == nullptr) return false;
+  ort::table_entry<ort::ReleaseStatusFn>(g_api, ort::kReleaseStatus)(status);
+  return true;
+}
+
 void check(ort::Status* status, const char* what) {
-  if (status != nullptr) {
-    ort::table_entry<ort::ReleaseStatusFn>(g_api, ort::kReleaseStatus)(status);
-    throw Failure{std::string("onnxruntime call failed: ") + what};
-  }
+  if (failed(status)) throw Failure{std::string("onnxruntime call failed: ") + what};
 }
 
 // ---- tensors ---------------------------------------------------------------------------
@@ -269,10 +276,7 @@ void for_rows(ort::KernelContext* context, int64_t rows, int64_t cols, const Bod
   };
   ort::Status* status = ort::table_entry<ort::ParallelForFn>(
       g_api, ort::kKernelContextParallelFor)(context, run, static_cast<size_t>(tasks), 0, &job);
-  if (status != nullptr) {  // no thread pool available: do it here
-    ort::table_entry<ort::ReleaseStatusFn>(g_api, ort::kReleaseStatus)(status);
-    body(int64_t{0}, rows);
-  }
+  if (failed(status)) body(int64_t{0}, rows);  // no thread pool available: do it here
 }
 
 // ---- tiles -----------------------------------------------------------------------------
@@ -286,45 +290,38 @@ const Tiles& requant_tiles(const Kernel& kernel, const Tensor& bias_acc, const T
 }
 
 const Tiles& norm_tiles(const Kernel& kernel, const Tensor& gamma, const Tensor& beta,
-                        int64_t cols, uint8_t z, Tiles& scratch) {
+                        int64_t cols, Tiles& scratch) {
   if (kernel.norm.cols == cols) return kernel.norm;
   scratch = Tiles::layer_norm(static_cast<const float*>(gamma.data),
-                              static_cast<const float*>(beta.data), cols, z);
+                              static_cast<const float*>(beta.data), cols, kernel.p.norm.z);
   return scratch;
 }
 
-void layer_norm_rows(const uint8_t* u, int64_t b, int64_t e, int64_t cols, const Tiles& t,
-                     float s_x, uint8_t z_x, double eps, float inv_s, uint8_t* out) {
-  sq_layer_norm(u, b, e, cols, t.a.data(), t.b.data(), t.c.data(), t.d.data(), t.rows, s_x, z_x,
-                eps, inv_s, out);
-}
-
-// ---- the second output of *Norm ops -----------------------------------------------------
-// LayerNorm of rows [b, e) of the first output (cols wide) into the second, with the op's
-// norm_* params and its last two inputs (gamma, beta). Called right after the rows were
-// written.
+// ---- LayerNorm, alone or as the second output of *Norm ops ------------------------------
+// LayerNorm of rows [b, e) of `in` (cols wide) into output `index`, with p.norm and the op's
+// last two inputs (gamma, beta). A *Norm op calls it right after writing the rows.
 struct Norm {
   const Tiles* tiles = nullptr;
   Tiles scratch;
   uint8_t* out = nullptr;
 
-  void rows(const Params& p, const uint8_t* first, int64_t b, int64_t e, int64_t cols) const {
+  void rows(const NormParams& p, const uint8_t* in, int64_t b, int64_t e, int64_t cols) const {
     if (out == nullptr) return;
-    layer_norm_rows(first, b, e, cols, *tiles, p.norm_s_x, p.norm_z_x, p.norm_eps,
-                    p.norm_inv_s, out);
+    const Tiles& t = *tiles;
+    sq_layer_norm(in, b, e, cols, t.a.data(), t.b.data(), t.c.data(), t.d.data(), t.rows,
+                  p.s_x, p.z_x, p.eps, p.inv_s, out);
   }
 };
 
-void norm_output(const Kernel& kernel, ort::KernelContext* context,
-                 const Shape& shape, Norm& norm) {
+void prepare_norm(const Kernel& kernel, ort::KernelContext* context, const Shape& shape,
+                  size_t index, Norm& norm) {
   const OpSpec& op = *kernel.op;
-  if (!op.norm) return;
   const size_t n = op.inputs.size();
   const Tensor gamma = input(kernel, context, n - 2), beta = input(kernel, context, n - 1);
   expect_columns(gamma, shape.back(), op.name, "gamma");
   expect_columns(beta, shape.back(), op.name, "beta");
-  norm.tiles = &norm_tiles(kernel, gamma, beta, shape.back(), kernel.p.norm_z, norm.scratch);
-  norm.out = output<uint8_t>(context, shape, 1);
+  norm.tiles = &norm_tiles(kernel, gamma, beta, shape.back(), norm.scratch);
+  norm.out = output<uint8_t>(context, shape, index);
 }
 
 // ---- the ops ----------------------------------------------------------------------------
@@ -368,12 +365,12 @@ void compute(const Kernel& kernel, ort::KernelContext* context) {
           throw Failure{"RequantizeAdd: the residual must have the matmul output's shape"};
         uint8_t* out = output_like(context, acc);
         Norm norm;
-        norm_output(kernel, context, acc.shape, norm);
+        if (op.norm) prepare_norm(kernel, context, acc.shape, 1, norm);
         const uint8_t* res = static_cast<const uint8_t*>(residual.data);
         for_rows(context, acc.size / cols, cols, [&](int64_t b, int64_t e) {
           sq_requantize_add(a, b, e, cols, bias, mult, t.rows, res, p.s_a, p.z_a, p.s_b, p.z_b,
                             p.inv_s, p.z, out);
-          norm.rows(p, out, b, e, cols);
+          norm.rows(p.norm, out, b, e, cols);
         });
         return;
       }
@@ -399,7 +396,7 @@ void compute(const Kernel& kernel, ort::KernelContext* context) {
       shape.push_back(cols);
       uint8_t* out = output<uint8_t>(context, shape);
       Norm norm;
-      norm_output(kernel, context, shape, norm);
+      if (op.norm) prepare_norm(kernel, context, shape, 1, norm);
       std::atomic<int64_t> bad{-1};
       for_rows(context, ids.size, cols, [&](int64_t b, int64_t e) {
         const int64_t at = sq_embed_quantize(
@@ -411,7 +408,7 @@ void compute(const Kernel& kernel, ort::KernelContext* context) {
         if (at >= 0) {
           bad.store(at);
         } else {
-          norm.rows(p, out, b, e, cols);
+          norm.rows(p.norm, out, b, e, cols);
         }
       });
       const int64_t at = bad.load();
@@ -428,15 +425,10 @@ void compute(const Kernel& kernel, ort::KernelContext* context) {
     case OpKind::kLayerNorm: {
       const Tensor u = input(kernel, context, 0);
       const int64_t cols = last_dim(u, op.name);
-      const Tensor gamma = input(kernel, context, 1), beta = input(kernel, context, 2);
-      expect_columns(gamma, cols, op.name, "gamma");
-      expect_columns(beta, cols, op.name, "beta");
-      Tiles scratch;
-      const Tiles& t = norm_tiles(kernel, gamma, beta, cols, p.z, scratch);
-      uint8_t* out = output_like(context, u);
+      Norm norm;
+      prepare_norm(kernel, context, u.shape, 0, norm);
       for_rows(context, u.size / cols, cols, [&](int64_t b, int64_t e) {
-        layer_norm_rows(static_cast<const uint8_t*>(u.data), b, e, cols, t, p.s_x, p.z_x, p.eps,
-                        p.inv_s, out);
+        norm.rows(p.norm, static_cast<const uint8_t*>(u.data), b, e, cols);
       });
       return;
     }
@@ -456,26 +448,20 @@ void compute(const Kernel& kernel, ort::KernelContext* context) {
 // ---- attributes ------------------------------------------------------------------------
 float attr_float(const ort::KernelInfo* info, const OpSpec& op, const char* name) {
   float value = 0;
-  ort::Status* status = ort::table_entry<ort::KernelInfoGetAttributeFloatFn>(
-      g_api, ort::kKernelInfoGetAttributeFloat)(info, name, &value);
-  if (status != nullptr) {
-    ort::table_entry<ort::ReleaseStatusFn>(g_api, ort::kReleaseStatus)(status);
+  if (failed(ort::table_entry<ort::KernelInfoGetAttributeFloatFn>(
+          g_api, ort::kKernelInfoGetAttributeFloat)(info, name, &value)))
     throw Failure{std::string(op.name) + ": needs the float attribute " + name};
-  }
   return value;
 }
 
 uint8_t attr_u8(const ort::KernelInfo* info, const OpSpec& op, const char* name) {
   int64_t value = -1;
-  ort::Status* status = ort::table_entry<ort::KernelInfoGetAttributeInt64Fn>(
-      g_api, ort::kKernelInfoGetAttributeInt64)(info, name, &value);
-  if (status != nullptr) {
-    ort::table_entry<ort::ReleaseStatusFn>(g_api, ort::kReleaseStatus)(status);
+  if (failed(ort::table_entry<ort::KernelInfoGetAttributeInt64Fn>(
+          g_api, ort::kKernelInfoGetAttributeInt64)(info, name, &value)))
     throw Failure{std::string(op.name) + ": needs the int attribute " + name};
-  }
   if (value < 0 || value > 255)
-    throw Failure{std::string(op.name) + ": attribute " + name + " must be a uint8 zero point, got " +
-                  std::to_string(value)};
+    throw Failure{std::string(op.name) + ": attribute " + name +
+                  " must be a uint8 zero point, got " + std::to_string(value)};
   return static_cast<uint8_t>(value);
 }
 
@@ -486,16 +472,25 @@ double attr_decimal(const ort::KernelInfo* info, const OpSpec& op, const char* n
   ort::Status* status = get(info, name, nullptr, &size);
   std::string text(size, '\0');
   if (status == nullptr) status = get(info, name, text.data(), &size);
-  if (status != nullptr) {
-    ort::table_entry<ort::ReleaseStatusFn>(g_api, ort::kReleaseStatus)(status);
+  if (failed(status))
     throw Failure{std::string(op.name) + ": needs the string attribute " + name};
-  }
   const char* begin = text.c_str();
   char* end = nullptr;
   const double value = std::strtod(begin, &end);
   if (end == begin || *end != '\0')
     throw Failure{std::string(op.name) + ": attribute " + name + " is not a number: " + text};
   return value;
+}
+
+// A LayerNorm's attributes: s_x, z_x, eps, inv_s, z, each name after `prefix`.
+NormParams read_norm(const ort::KernelInfo* info, const OpSpec& op, const std::string& prefix) {
+  NormParams n;
+  n.s_x = attr_float(info, op, (prefix + "s_x").c_str());
+  n.z_x = attr_u8(info, op, (prefix + "z_x").c_str());
+  n.eps = attr_decimal(info, op, (prefix + "eps").c_str());
+  n.inv_s = attr_float(info, op, (prefix + "inv_s").c_str());
+  n.z = attr_u8(info, op, (prefix + "z").c_str());
+  return n;
 }
 
 Params read_params(const OpSpec& op, const ort::KernelInfo* info) {
@@ -519,11 +514,7 @@ Params read_params(const OpSpec& op, const ort::KernelInfo* info) {
       p.z = attr_u8(info, op, "z");
       break;
     case OpKind::kLayerNorm:
-      p.s_x = attr_float(info, op, "s_x");
-      p.z_x = attr_u8(info, op, "z_x");
-      p.eps = attr_decimal(info, op, "eps");
-      p.inv_s = attr_float(info, op, "inv_s");
-      p.z = attr_u8(info, op, "z");
+      p.norm = read_norm(info, op, "");
       break;
     case OpKind::kAdd:
     case OpKind::kRequantizeAdd:
@@ -535,13 +526,7 @@ Params read_params(const OpSpec& op, const ort::KernelInfo* info) {
       p.z = attr_u8(info, op, "z");
       break;
   }
-  if (op.norm) {
-    p.norm_s_x = attr_float(info, op, "norm_s_x");
-    p.norm_z_x = attr_u8(info, op, "norm_z_x");
-    p.norm_eps = attr_decimal(info, op, "norm_eps");
-    p.norm_inv_s = attr_float(info, op, "norm_inv_s");
-    p.norm_z = attr_u8(info, op, "norm_z");
-  }
+  if (op.norm) p.norm = read_norm(info, op, "norm_");
   return p;
 }
 
@@ -562,11 +547,7 @@ Kernel* make_kernel(const OpSpec& op, const ort::KernelInfo* info) {
   for (size_t i = 0; i < count; ++i) {
     int constant = 0;
     const ort::Value* value = nullptr;
-    ort::Status* status = get(info, i, &constant, &value);
-    if (status != nullptr) {
-      ort::table_entry<ort::ReleaseStatusFn>(g_api, ort::kReleaseStatus)(status);
-      continue;  // read at run time instead
-    }
+    if (failed(get(info, i, &constant, &value))) continue;  // read at run time instead
     if (constant && value != nullptr) {
       kernel->constants[i] = describe(value);
       kernel->is_constant[i] = true;
@@ -584,21 +565,15 @@ Kernel* make_kernel(const OpSpec& op, const ort::KernelInfo* info) {
         kernel->requant = Tiles::requantize(static_cast<const float*>(c[1].data),
                                             static_cast<const float*>(c[2].data), c[1].size);
       break;
-    case OpKind::kLayerNorm:
-      if (constant(1) && constant(2) && c[1].size == c[2].size && c[1].size > 0)
-        kernel->norm = Tiles::layer_norm(static_cast<const float*>(c[1].data),
-                                         static_cast<const float*>(c[2].data), c[1].size,
-                                         kernel->p.z);
-      break;
     default:
       break;
   }
-  if (op.norm) {
+  if (op.kind == OpKind::kLayerNorm || op.norm) {  // gamma, beta: the last two inputs
     const size_t g = op.inputs.size() - 2, b = g + 1;
     if (constant(g) && constant(b) && c[g].size == c[b].size && c[g].size > 0)
       kernel->norm = Tiles::layer_norm(static_cast<const float*>(c[g].data),
                                        static_cast<const float*>(c[b].data), c[g].size,
-                                       kernel->p.norm_z);
+                                       kernel->p.norm.z);
   }
   return kernel.release();
 }
