@@ -163,11 +163,16 @@ class Int8Layers:
         """The float32 ``1/scale`` constant the exact functions multiply by."""
         return self.g.scalar(torch_kernels.inverse_scale(scale), np.float32, "inv_scale")
 
+    @staticmethod
+    def _fused_attrs(attrs: dict[str, object]) -> dict[str, object]:
+        """Attribute values for a fused op: floats rounded to the float32 constants they are."""
+        return {k: (float(np.float32(v)) if isinstance(v, (float, np.floating)) else v)
+                for k, v in attrs.items()}
+
     def _fused(self, op_type: str, inputs: list[str], hint: str, **attrs: object) -> str:
-        """A node of the fused custom-op domain; float attributes are float32 constants."""
-        attrs = {k: (float(np.float32(v)) if isinstance(v, (float, np.floating)) else v)
-                 for k, v in attrs.items()}
-        return self.g.node(op_type, inputs, name=hint, domain=native_ops.DOMAIN, **attrs)
+        """A node of the fused custom-op domain (see ``_fused_attrs``)."""
+        return self.g.node(op_type, inputs, name=hint, domain=native_ops.DOMAIN,
+                           **self._fused_attrs(attrs))
 
     def _output(self, module: nn.Module) -> tuple[float, int, str, str]:
         """(scale, zero point, their constants) of a module's quantized output."""
@@ -335,9 +340,8 @@ class Int8Layers:
                 producer.op_type += "Norm"
                 producer.input.extend([gamma, beta])
                 producer.output.append(q)
-                producer.attribute.extend(
-                    onnx.helper.make_attribute(f"norm_{k}", float(v) if isinstance(
-                        v, np.floating) else v) for k, v in norm.items())
+                producer.attribute.extend(onnx.helper.make_attribute(f"norm_{k}", v)
+                                          for k, v in self._fused_attrs(norm).items())
             return QTensor(q, scale, zero_point, scale_name, zp_name)
         eps = g.scalar(float(module.eps), np.float64, "eps")
         function = torch_kernels.layer_norm(
