@@ -4,8 +4,8 @@
     options.register_custom_ops_library(str(path))
 
 ``export.int8_layers`` with ``fused=True`` writes the requantizing ops of a converted SASRec
-(``QuantizePerTensor``, ``Requantize[Relu]``, ``LayerNorm[Vector]``, ``Add``) as nodes of the
-custom domain ``DOMAIN`` instead of the ONNX local functions of ``export.torch_kernels``. The
+as nodes of the custom domain ``DOMAIN`` (the ops are listed in export/native/ort_ops.cc)
+instead of the ONNX local functions of ``export.torch_kernels``. The
 results are the same uint8 tensors, bit for bit (both reproduce torch's x86 kernels; tests
 check the fused kernels against torch on 10^6 values), but each op is one pass over its
 tensor instead of a dozen onnxruntime element-wise nodes with float64 intermediates.
@@ -15,9 +15,9 @@ Build: ``g++`` (or ``$CXX``) compiles ``export/native/kernels.cc`` and ``ort_ops
 ``-O3 -march=native -ffp-contract=off`` (no a * b + c is fused unless the source asks for
 ``fmaf``) into ``<cache>/native/<hash>/libsasrec_qat_ops.so``, where the hash covers the
 sources, the flags, the compiler's version and this CPU's feature flags: a new machine or a
-changed source builds again; otherwise the library is reused. The cache is
-``$SASREC_QAT_CACHE`` or ``~/.cache/sasrec-qat`` (the temporary directory if that is not
-writable). Linux/x86-64 and g++ only for now.
+changed source builds again; otherwise the library is reused. The cache is the datasets'
+(``data.default_cache_dir``: ``$SASREC_QAT_CACHE`` or ``~/.cache/sasrec-qat``; the temporary
+directory if that is not writable). Linux/x86-64 and g++ only for now.
 """
 from __future__ import annotations
 
@@ -30,6 +30,8 @@ import tempfile
 from functools import lru_cache
 from pathlib import Path
 
+from data import default_cache_dir
+
 DOMAIN = "sasrec_qat.fused"
 SOURCE_DIR = Path(__file__).resolve().parent / "native"
 SOURCES = ("kernels.cc", "ort_ops.cc")
@@ -41,11 +43,6 @@ FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-fPIC"
 
 class NativeBuildError(RuntimeError):
     """The custom-op library could not be compiled (no compiler, unsupported platform, ...)."""
-
-
-def cache_dir() -> Path:
-    """``$SASREC_QAT_CACHE`` or ``~/.cache/sasrec-qat``."""
-    return Path(os.environ.get("SASREC_QAT_CACHE", Path.home() / ".cache" / "sasrec-qat"))
 
 
 def _compiler() -> str:
@@ -90,7 +87,7 @@ def library_path() -> Path:
                                f"{platform.system()} {platform.machine()}")
     compiler = _compiler()
     key = _build_key(compiler)
-    target_dir = cache_dir() / "native" / key
+    target_dir = default_cache_dir() / "native" / key
     target = target_dir / LIBRARY_NAME
     if target.exists():
         return target
