@@ -247,35 +247,35 @@ def run_candidates(runs: list[RunModel], notes: list[str]) -> list[Candidate]:
     return out
 
 
+def int8_variant_candidates(runs: list[RunModel], suffix: str, kind: str,
+                            **build_options: bool) -> list[Candidate]:
+    """Every INT8 run's graph built in memory with ``build_sasrec_onnx(**build_options)``,
+    named ``<model><suffix>``."""
+    options = ", ".join(f"{k}={v}" for k, v in build_options.items())
+    out = []
+    for run, name in zip(runs, run_names(runs)):
+        if run.kind == "int8":
+            meta = {"sasrec_qat.method": run.method, "sasrec_qat.bits": run.bits}
+            payload = build_sasrec_onnx(run.model, metadata=meta, **build_options)
+            out.append(Candidate(f"{name}{suffix}", kind, str(run.run_dir), run.method, run.bits,
+                                 f"built in memory with {options}",
+                                 onnx=payload.SerializeToString()))
+    return out
+
+
 def fused_candidates(runs: list[RunModel]) -> list[Candidate]:
-    """Every INT8 run's graph with fused custom-op kernels (``fused=True``), built in memory.
+    """Every INT8 run's graph with fused custom-op kernels (``fused=True``).
 
     Raises:
         NativeBuildError: the custom-op library cannot be built here.
     """
     native_ops.library_path()  # build first: a clear error before any graph is made
-    out = []
-    for run, name in zip(runs, run_names(runs)):
-        if run.kind == "int8":
-            meta = {"sasrec_qat.method": run.method, "sasrec_qat.bits": run.bits}
-            payload = build_sasrec_onnx(run.model, fused=True, metadata=meta)
-            out.append(Candidate(f"{name}{FUSED_SUFFIX}", "onnx_int8_fused", str(run.run_dir),
-                                 run.method, run.bits, "built in memory with fused=True",
-                                 onnx=payload.SerializeToString()))
-    return out
+    return int8_variant_candidates(runs, FUSED_SUFFIX, "onnx_int8_fused", fused=True)
 
 
 def fast_candidates(runs: list[RunModel]) -> list[Candidate]:
-    """Every INT8 run's plain-op graph (``torch_exact=False``), built in memory."""
-    out = []
-    for run, name in zip(runs, run_names(runs)):
-        if run.kind == "int8":
-            meta = {"sasrec_qat.method": run.method, "sasrec_qat.bits": run.bits}
-            payload = build_sasrec_onnx(run.model, torch_exact=False, metadata=meta)
-            out.append(Candidate(f"{name}_fast", "onnx_int8_fast", str(run.run_dir), run.method,
-                                 run.bits, "built in memory with torch_exact=False",
-                                 onnx=payload.SerializeToString()))
-    return out
+    """Every INT8 run's plain-op graph (``torch_exact=False``)."""
+    return int8_variant_candidates(runs, "_fast", "onnx_int8_fast", torch_exact=False)
 
 
 def torch_int8_candidates(runs: list[RunModel]) -> list[Candidate]:
