@@ -30,8 +30,7 @@ from typing import Any
 import onnx
 import torch
 
-from data import DataFormatError, DownloadError
-from data import LeaveOneOutSplit
+from data import DataFormatError, DownloadError, LeaveOneOutSplit
 from export import (
     OPTIMIZATION_LEVELS,
     ParityReport,
@@ -91,14 +90,13 @@ def _export_one(run: RunModel, split: LeaveOneOutSplit, args: argparse.Namespace
                 fused: bool) -> tuple[onnx.ModelProto, ParityReport]:
     """Build one graph of ``run`` (exact or fused) and compare it with the torch model."""
     meta = {"sasrec_qat.method": run.method, "sasrec_qat.bits": run.bits}
-    options = {"fused": True} if fused else {}
-    onnx_model = build_sasrec_onnx(run.model, top_k=args.top_k, metadata=meta, **options)
+    onnx_model = build_sasrec_onnx(run.model, top_k=args.top_k, metadata=meta, fused=fused)
     session = make_session(onnx_model.SerializeToString(), threads=args.threads,
                            optimization=args.optimization)
     hidden_session = None
     if run.kind == "int8":
         hidden_session = make_session(
-            build_sasrec_onnx(run.model, hidden_output=True, metadata=meta, **options),
+            build_sasrec_onnx(run.model, hidden_output=True, metadata=meta, fused=fused),
             threads=args.threads, optimization=args.optimization)
     report = check_parity(run.model, session, split, WHICH, batch_size=args.batch_size,
                           hidden_session=hidden_session)
