@@ -13,6 +13,12 @@ import numpy as np
 _WHITESPACE = np.array([32, 9, 10, 11, 12, 13], dtype=np.uint8)
 _MAX_DIGITS = 18  # every 18-digit number fits in int64
 _CHUNK = 1 << 20  # bytes per block; temporaries take about 40 bytes per input byte
+_UTF8_BOM = b"\xef\xbb\xbf"
+
+
+def strip_utf8_bom(raw: bytes) -> bytes:
+    """``raw`` without a leading UTF-8 byte-order mark (editors on Windows write one)."""
+    return raw[len(_UTF8_BOM):] if raw.startswith(_UTF8_BOM) else raw
 
 
 def parse_int_table(raw: bytes, num_fields: int, sep: bytes | None = None) -> np.ndarray | None:

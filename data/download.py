@@ -106,7 +106,7 @@ def download_file(
             raise DownloadError(f"downloading {url} failed: HTTP {e.code} {e.reason}") from e
         if isinstance(e, (OSError, http.client.HTTPException)):
             raise DownloadError(
-                f"downloading {url} failed: {e}; check the network or pass url= for a mirror"
+                f"downloading {url} failed: {e}; check the network"
             ) from e
         raise
     if md5 is not None and actual != md5.lower():
@@ -163,7 +163,15 @@ def fetch_dataset(
         logger.warning("cached %s has the wrong md5; downloading it again", archive)
         archive.unlink()
     if not archive.is_file():
-        download_file(url, archive, md5=md5, progress=progress)
+        try:
+            download_file(url, archive, md5=md5, progress=progress)
+        except ChecksumMismatchError:
+            raise
+        except DownloadError as err:
+            raise DownloadError(
+                f"{err}, or put {remote.filename} (md5 {md5}, from {remote.url}) at {archive}, "
+                "or download from a mirror (--mirror URL on the command line, url= in Python)"
+            ) from err
     dataset = load_movielens_raw(archive, source=name)
     write_sasrec_text(dataset, text_path)
     return text_path

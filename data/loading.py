@@ -15,6 +15,8 @@ _SNIFF_BYTES = 1 << 16
 def load_dataset(
     path_or_name: str | os.PathLike[str],
     cache_dir: str | os.PathLike[str] | None = None,
+    *,
+    mirror: str | None = None,
 ) -> SequenceDataset:
     """Load sequences from a dataset name or a file.
 
@@ -29,6 +31,8 @@ def load_dataset(
     Args:
         path_or_name: dataset name or path.
         cache_dir: cache root for named datasets; default ``default_cache_dir()``.
+        mirror: download a named dataset from this URL instead of its registered one (the md5
+            is still checked); ignored for paths.
 
     Returns:
         The dataset.
@@ -38,7 +42,7 @@ def load_dataset(
         DataFormatError, DownloadError: from the readers and the downloader.
     """
     if isinstance(path_or_name, str) and path_or_name in DATASETS:
-        return read_sasrec_text(fetch_dataset(path_or_name, cache_dir))
+        return read_sasrec_text(fetch_dataset(path_or_name, cache_dir, url=mirror))
     path = Path(path_or_name)
     if not path.exists():
         raise ValueError(

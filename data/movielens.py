@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from data._parse import parse_int_table
+from data._parse import parse_int_table, strip_utf8_bom
 from data.errors import DataFormatError
 from data.sequences import SequenceDataset
 
@@ -50,6 +50,7 @@ def read_ratings(path: str | os.PathLike[str]) -> np.ndarray:
         raw, where = _read_zip_member(path)
     else:
         raw, where = path.read_bytes(), str(path)
+    raw = strip_utf8_bom(raw)
     table = parse_int_table(raw, 4, sep=b"::")
     if table is None:
         table = _parse_slow(raw, where)

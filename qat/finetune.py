@@ -116,7 +116,6 @@ def save_int8_model(qat_model: nn.Module, method: QuantMethod, bits: int,
     """
     int8 = to_int8(qat_model)
     save_checkpoint({
-        "format": 1,
         "method": method.name,
         "bits": bits,
         "model_config": to_dict(qat_model.config),
@@ -131,15 +130,15 @@ def load_int8_model(run_dir: str | Path) -> tuple[SASRec, dict[str, Any]]:
     path = Path(run_dir) / INT8_MODEL
     if not path.is_file():
         raise FileNotFoundError(f"no INT8 model at {path}: train with --qconfig METHOD first")
+    saved = load_checkpoint(path)  # raises ValueError naming the file if damaged
     try:
-        saved = torch.load(path, map_location="cpu", weights_only=False)
         method = get_method(saved["method"])
         config = SASRecConfig(**saved["model_config"])
         qat_model = prepare_qat_model(SASRec(config), method.mapping(saved["bits"]))
         qat_model.load_state_dict(saved["qat_state"])
         int8 = to_int8(qat_model)
         int8.load_state_dict(saved["int8_state"])
-    except Exception as err:  # unpickling, missing keys, unknown method, shape mismatch
+    except Exception as err:  # missing keys, unknown method, shape mismatch
         raise ValueError(f"{path} is not a readable INT8 model ({type(err).__name__}: {err})") \
             from err
     return int8, saved

@@ -37,17 +37,25 @@ def mask_scores(scores: torch.Tensor, history: torch.Tensor, targets: torch.Tens
 
 
 def target_ranks(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """0-based pessimistic rank of each target among the finite-scored candidates.
+    """0-based pessimistic rank of each target among the unmasked candidates.
 
-    rank = #{j != target : score_j >= score_target}. Masked candidates (-inf) never count,
-    unless the target itself is -inf or NaN, in which case it ranks last.
+    A candidate is unmasked when its score is not -inf (``mask_scores`` sets history and padding
+    to -inf). With the target's score finite,
+
+        rank = #{j != target unmasked : score_j >= score_target or score_j is NaN}
+
+    (a NaN candidate cannot be ordered, so it counts against the target). A target with a
+    non-finite score (NaN, +inf or -inf) is unranked: its rank is the number of columns, behind
+    every candidate, masked ones included, so a model that outputs NaN scores 0 at any k a
+    ranking can reach, however short the candidate list a user's history leaves.
     """
     rows = torch.arange(scores.shape[0], device=scores.device)
-    target_scores = scores[rows, targets].unsqueeze(1)  # (B, 1)
-    above = (scores >= target_scores) & torch.isfinite(scores)
-    ranks = above.sum(dim=1) - torch.isfinite(target_scores).squeeze(1).long()
-    worst = torch.isfinite(scores).sum(dim=1)
-    return torch.where(torch.isfinite(target_scores.squeeze(1)), ranks, worst)
+    target_scores = scores[rows, targets]  # (B,)
+    unmasked = scores != float("-inf")
+    unmasked[rows, targets] = False  # the target does not compete with itself
+    above = unmasked & ((scores >= target_scores.unsqueeze(1)) | torch.isnan(scores))
+    unranked = torch.full_like(targets, scores.shape[1])
+    return torch.where(torch.isfinite(target_scores), above.sum(dim=1), unranked)
 
 
 def ndcg_at_k(ranks: torch.Tensor, k: int = 10) -> torch.Tensor:

@@ -61,8 +61,24 @@ class TrainHooks:
         default_factory=dict)
 
 
-class NonFiniteLossError(FloatingPointError):
-    """The loss became NaN or Inf; the message says where and which checkpoint is kept."""
+class NonFiniteError(FloatingPointError):
+    """The loss or the weights became NaN/Inf; the message says where and what is kept."""
+
+
+# TrainConfig fields a resumed run may change (they do not alter what has been trained so far);
+# any other difference from the checkpoint is refused, since the restored optimizer and RNG
+# states would silently ignore it.
+RESUMABLE_CHANGES = frozenset({"epochs", "patience", "eval_every", "threads", "progress",
+                               "eval_batch_size"})
+# run_info entries that may differ on resume: where the data file lies (its fingerprint must
+# match) and the run a QAT model started from (used only at the start).
+RUN_INFO_MAY_CHANGE = frozenset({"data", "init_from"})
+
+
+def all_finite(tensors: Any) -> bool:
+    """True when every floating-point tensor in ``tensors`` holds only finite values."""
+    checks = [torch.isfinite(t).all() for t in tensors if t.is_floating_point()]
+    return bool(torch.stack(checks).all()) if checks else True
 
 
 def peak_rss_mb() -> float:
@@ -105,26 +121,35 @@ class Trainer:
     def fit(self, *, resume: bool = False) -> dict[str, Any]:
         """Train until early stopping or ``epochs``; return (and write) ``metrics.json``.
 
+        Nothing is written before every check has passed: a refused resume leaves the folder as
+        it was. ``config.json`` then records the configuration this run actually uses.
+
         Raises:
             FileExistsError: the folder already holds a run and ``resume`` is False.
-            NonFiniteLossError: the loss became NaN/Inf (the last good checkpoint is kept).
+            ValueError: ``resume`` with a checkpoint of another model, method, dataset or
+                training setting (see ``RESUMABLE_CHANGES``).
+            NonFiniteError: the loss or, after a step, a weight became NaN/Inf. The step is
+                undone (the model is reset to the last checkpointed state) and the checkpoint on
+                disk is the last finite one.
         """
         path = self.out_dir / CHECKPOINT
         if path.exists() and not resume:
             raise FileExistsError(f"{path} exists: pass --resume to continue that run, or choose "
                                   "another --out")
+        ckpt = load_checkpoint(path) if resume and path.exists() else None
+        if ckpt is not None:
+            self._check_resumable(ckpt)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         save_json(self._config_record(), self.out_dir / CONFIG)
         if self.config.threads:
             torch.set_num_threads(self.config.threads)
 
-        run = self._fresh_run()
-        if resume and path.exists():
-            run = self._restore(load_checkpoint(path))
-            if run["stopped_early"] or run["epoch"] >= self.config.epochs:
-                return self._finish(run)  # nothing left to train: recompute the metrics only
+        run = self._fresh_run() if ckpt is None else self._restore(ckpt)
+        if ckpt is not None and (run["stopped_early"] or run["epoch"] >= self.config.epochs):
+            return self._finish(run)  # nothing left to train: recompute the metrics only
         if run["best_model"] is None:  # the starting point is the first "best" model
             run["best_model"] = copy.deepcopy(self.model.state_dict())
+        last_good = self._snapshot()
 
         total_steps = self.config.epochs * len(self.batcher)
         for epoch in range(run["epoch"] + 1, self.config.epochs + 1):
@@ -136,12 +161,19 @@ class Trainer:
             for step, batch in enumerate(batches):
                 progress = ((epoch - 1) * len(self.batcher) + step) / max(total_steps - 1, 1)
                 loss = self.step(batch, progress)
-                if not math.isfinite(loss):
-                    raise NonFiniteLossError(
-                        f"loss is {loss} at epoch {epoch}, step {step + 1}/"
-                        f"{len(self.batcher)} (method {self.method}); training stopped, the last "
-                        f"good checkpoint is kept at {path}"
-                        + (" (epoch %d)" % run["epoch"] if run["epoch"] else " (none written yet)"))
+                what = (f"loss is {loss}" if not math.isfinite(loss) else
+                        None if all_finite(self.model.parameters()) else
+                        f"a weight became non-finite (loss {loss:.4g})")
+                if what is not None:
+                    batches.close()
+                    self._load_snapshot(last_good)
+                    kept = (f"epoch {run['epoch']}" if path.exists() and run["epoch"]
+                            else "none written yet")
+                    raise NonFiniteError(
+                        f"{what} at epoch {epoch}, step {step + 1}/{len(self.batcher)} (method "
+                        f"{self.method}, lr {self.config.lr:g}); training stopped, the last good "
+                        f"checkpoint is kept at {path} ({kept}); lower --lr and start a new "
+                        "--out, or --resume to retry from the checkpoint")
                 losses.append(loss)
                 batches.set_postfix(loss=f"{losses[-1]:.4f}")
             record: dict[str, Any] = {"epoch": epoch, "loss": statistics.fmean(losses),
@@ -160,6 +192,7 @@ class Trainer:
             run["stopped_early"] = run["bad_evals"] >= self.config.patience
             run["finished"] = run["stopped_early"] or epoch == self.config.epochs
             self._save(run)
+            last_good = self._snapshot()
             if run["stopped_early"]:
                 break
         return self._finish(run)
@@ -211,7 +244,6 @@ class Trainer:
 
     def _save(self, run: dict[str, Any]) -> None:
         save_checkpoint({
-            "format": 1,
             "method": self.method,
             "model_config": to_dict(self.model_config),
             "train_config": to_dict(self.config),
@@ -233,14 +265,51 @@ class Trainer:
             },
         }, self.out_dir / CHECKPOINT)
 
-    def _restore(self, ckpt: dict[str, Any]) -> dict[str, Any]:
-        saved = SASRecConfig(**ckpt["model_config"])
+    def _snapshot(self) -> dict[str, Any]:
+        """The model's and optimizer's state now, to undo a step that made a weight non-finite."""
+        return copy.deepcopy({"model": self.model.state_dict(),
+                              "optimizer": self.optimizer.state_dict()})
+
+    def _load_snapshot(self, snapshot: dict[str, Any]) -> None:
+        self.model.load_state_dict(snapshot["model"])
+        self.optimizer.load_state_dict(snapshot["optimizer"])
+
+    def _check_resumable(self, ckpt: dict[str, Any]) -> None:
+        """Refuse (``ValueError``) a resume whose settings differ from the checkpoint's."""
+        where = self.out_dir / CHECKPOINT
+        try:
+            saved = SASRecConfig(**ckpt["model_config"])
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"cannot resume: {where} holds an unusable model_config ({err})") \
+                from err
         if saved != self.model_config:
-            raise ValueError(f"cannot resume: {self.out_dir / CHECKPOINT} holds a model {saved}, "
-                             f"this run asks for {self.model_config}")
+            raise ValueError(f"cannot resume: {where} holds a model {saved}, this run asks for "
+                             f"{self.model_config}; drop the architecture flags or choose another "
+                             "--out")
         if ckpt.get("method") != self.method:
-            raise ValueError(f"cannot resume: {self.out_dir / CHECKPOINT} was trained with "
-                             f"--qconfig {ckpt.get('method')}, not {self.method}")
+            raise ValueError(f"cannot resume: {where} was trained with --qconfig "
+                             f"{ckpt.get('method')}, not {self.method}")
+        differences = []
+        saved_train = ckpt.get("train_config") or {}
+        for name, value in to_dict(self.config).items():
+            if name not in RESUMABLE_CHANGES and name in saved_train \
+                    and saved_train[name] != value:
+                differences.append(f"{name} {saved_train[name]!r} (asked: {value!r})")
+        saved_info = ckpt.get("run_info") or {}
+        for name, value in self.run_info.items():
+            if name not in RUN_INFO_MAY_CHANGE and name in saved_info \
+                    and saved_info[name] != value:
+                label = "dataset fingerprint" if name == "data_fingerprint" else name
+                differences.append(f"{label} {saved_info[name]!r} (asked: {value!r})")
+        if differences:
+            raise ValueError(f"cannot resume: {where} was trained with " + ", ".join(differences)
+                             + "; a resumed run keeps its settings (only "
+                             + ", ".join(sorted(RESUMABLE_CHANGES)) + " may change): drop "
+                             "those flags, or start a new --out")
+        if not isinstance(ckpt.get("state"), dict):
+            raise ValueError(f"cannot resume: {where} has no training state")
+
+    def _restore(self, ckpt: dict[str, Any]) -> dict[str, Any]:
         state = ckpt["state"]
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])

@@ -52,7 +52,25 @@ def test_ties_rank_pessimistically():
 
 def test_nan_target_ranks_last():
     scores = torch.tensor([[float("-inf"), 0.3, float("nan"), 0.1]])
-    assert target_ranks(scores, torch.tensor([2])).tolist() == [2]
+    assert target_ranks(scores, torch.tensor([2])).tolist() == [4]
+
+
+def test_all_nan_scores_rank_every_target_last():
+    # A model with NaN weights outputs NaN everywhere: it must score 0, not a perfect 1.
+    scores = torch.full((3, 6), float("nan"))
+    targets = torch.tensor([1, 4, 5])
+    history = torch.tensor([[2, 0], [0, 0], [1, 3]])
+    ranks = target_ranks(mask_scores(scores, history, targets), targets)
+    # unranked: behind all 6 columns, although user 2 has only 2 unmasked other items
+    assert ranks.tolist() == [6, 6, 6]
+    assert ndcg_at_k(ranks, k=5).tolist() == [0.0, 0.0, 0.0]
+    assert hit_at_k(ranks, k=5).tolist() == [0.0, 0.0, 0.0]
+
+
+def test_nan_candidate_counts_above_a_finite_target():
+    scores = torch.tensor([[float("-inf"), 0.9, float("nan"), 0.1, float("inf")]])
+    assert target_ranks(scores, torch.tensor([3])).tolist() == [3]  # 0.9, NaN and +inf
+    assert target_ranks(scores, torch.tensor([4])).tolist() == [5]  # +inf target: unranked
 
 
 def test_sampled_scores_put_target_first():

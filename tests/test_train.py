@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from qat import NonFiniteLossError, SASRec, SASRecConfig, Trainer, TrainConfig, TrainHooks
+from qat import NonFiniteError, SASRec, SASRecConfig, Trainer, TrainConfig, TrainHooks
 from qat.checkpoint import load_checkpoint
 
 MODEL = dict(num_items=20, max_len=10, hidden=16, blocks=1, heads=1, dropout=0.1)
@@ -77,11 +77,98 @@ def test_nan_loss_stops_with_location_and_keeps_last_good_checkpoint(cyclic_spli
         return torch.tensor(float("nan") if calls["n"] == steps_per_epoch + 2 else 0.0)
 
     trainer.hooks = TrainHooks(regularizer=poison)
-    with pytest.raises(NonFiniteLossError, match=r"epoch 2, step 2/.*last good checkpoint"):
+    with pytest.raises(NonFiniteError, match=r"epoch 2, step 2/.*last good checkpoint"):
         trainer.fit()
     ckpt = load_checkpoint(tmp_path / "checkpoint.pt")
     assert ckpt["state"]["epoch"] == 1 and not ckpt["finished"]
     assert all(torch.isfinite(t).all() for t in ckpt["model"].values())
+
+
+def test_step_leaving_a_nan_weight_is_undone_and_stops(cyclic_split, tmp_path):
+    # A finite loss can still come with a step that blows a weight up (huge lr): the old loop
+    # only looked at the loss, validated the NaN model as a perfect one and kept it as best.
+    trainer = make_trainer(cyclic_split, tmp_path, epochs=3)
+    steps_per_epoch = len(trainer.batcher)
+    real_step, calls = trainer.optimizer.step, {"n": 0}
+
+    def exploding_step(*args, **kwargs):
+        result = real_step(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == steps_per_epoch + 3:  # epoch 2, step 3
+            with torch.no_grad():
+                next(trainer.model.parameters()).view(-1)[0] = float("nan")
+        return result
+
+    trainer.optimizer.step = exploding_step
+    with pytest.raises(NonFiniteError, match=r"weight became non-finite .* at epoch 2, step 3/"):
+        trainer.fit()
+    ckpt = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert ckpt["state"]["epoch"] == 1 and ckpt["best_epoch"] == 1
+    # undone: the model in memory is the checkpointed epoch-1 state, every weight finite
+    for name, tensor in trainer.model.state_dict().items():
+        torch.testing.assert_close(tensor, ckpt["state"]["model"][name], atol=0, rtol=0)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["train"]["epochs"] == 3
+
+
+def test_nan_model_scores_zero(cyclic_split, tmp_path):
+    trainer = make_trainer(cyclic_split, tmp_path)
+    with torch.no_grad():
+        for p in trainer.model.parameters():
+            p.fill_(float("nan"))
+    valid = trainer.evaluate("valid")
+    assert valid["ndcg@10"] == 0.0 and valid["hit@10"] == 0.0
+
+
+def _config_bytes(folder):
+    return (folder / "config.json").read_bytes(), (folder / "checkpoint.pt").read_bytes()
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"lr": 1e9}, r"lr 0\.01 \(asked: 1000000000\.0\)"),
+    ({"seed": 7}, r"seed 42 \(asked: 7\)"),
+    ({"batch_size": 4}, r"batch_size 8 \(asked: 4\)"),
+])
+def test_resume_refuses_changed_settings_and_writes_nothing(cyclic_split, tmp_path, change,
+                                                            message):
+    make_trainer(cyclic_split, tmp_path, epochs=1).fit()
+    before = _config_bytes(tmp_path)
+    with pytest.raises(ValueError, match="cannot resume: .*" + message):
+        make_trainer(cyclic_split, tmp_path, epochs=2, **change).fit(resume=True)
+    assert _config_bytes(tmp_path) == before
+
+
+def test_refused_resume_of_another_model_leaves_config_json(cyclic_split, tmp_path):
+    make_trainer(cyclic_split, tmp_path, epochs=1).fit()
+    before = _config_bytes(tmp_path)
+    cfg = SASRecConfig(**{**MODEL, "max_len": 5})
+    other = Trainer(SASRec(cfg), cyclic_split, cfg, TrainConfig(epochs=2, progress=False), tmp_path)
+    with pytest.raises(ValueError, match="cannot resume"):
+        other.fit(resume=True)
+    assert _config_bytes(tmp_path) == before
+
+
+def test_resume_may_extend_epochs_and_records_it(cyclic_split, tmp_path):
+    make_trainer(cyclic_split, tmp_path, epochs=1).fit()
+    make_trainer(cyclic_split, tmp_path, epochs=2, patience=50).fit(resume=True)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["train"]["epochs"] == 2 and config["train"]["patience"] == 50
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["state"]["epoch"] == 2
+
+
+def test_checkpoint_with_damaged_weights_is_refused(cyclic_split, tmp_path):
+    make_trainer(cyclic_split, tmp_path, epochs=1).fit()
+    path = tmp_path / "checkpoint.pt"
+    raw = bytearray(path.read_bytes())
+    # overwrite 16 bytes inside the best model's first weight tensor (torch stores tensors
+    # uncompressed in the zip; its reader does not check the entries' CRC)
+    table = load_checkpoint(path)["model"]["item_emb.weight"]
+    needle = table[1, :8].numpy().tobytes()  # row 0 is the all-zero padding row
+    at = bytes(raw).index(needle)
+    raw[at:at + 16] = b"\x7f" * 16
+    path.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match=f"{path} is corrupt: its content does not match"):
+        load_checkpoint(path)
 
 
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path):

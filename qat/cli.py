@@ -1,0 +1,62 @@
+"""How every ``scripts/`` entry point fails: one ``error:`` line on stderr and exit status 2.
+
+A user of a command-line tool should see what to fix (a flag, a file), not a traceback. The
+errors that mean "your input or your machine" are caught here; anything else is a bug and keeps
+its traceback.
+
+    def main(argv=None) -> int:
+        return run_cli(_main, argv)
+
+User errors (exit 2):
+
+* ``ValueError`` (bad flags, bad files: ``data.DataFormatError`` is one) and ``OSError``
+  (missing, unreadable or unwritable paths: ``FileNotFoundError``, ``FileExistsError``,
+  ``PermissionError``);
+* ``data.DownloadError`` (offline, a bad mirror, a wrong md5);
+* ``FloatingPointError`` (training diverged: ``qat.train.NonFiniteError``);
+* whatever the script adds in ``extra`` (e.g. ``export.native_ops.NativeBuildError``).
+
+Ctrl-C prints ``interrupted`` and exits 130, the shell's convention.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable, NoReturn, Sequence
+
+from data import DownloadError
+
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, DownloadError,
+                                                FloatingPointError)
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """``argparse.ArgumentParser`` whose usage errors are one ``error:`` line (exit 2), too."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USER_ERROR, f"error: {message} (see {self.prog} --help)\n")
+
+
+def error_line(err: BaseException) -> str:
+    """``err`` as one line: its message's lines joined, or its type's name if it has none.
+
+    ``OSError`` from the standard library carries the file name apart from the message
+    (``[Errno 13] Permission denied: 'runs/x'``); ``str`` already includes it.
+    """
+    text = " ".join(line.strip() for line in str(err).strip().splitlines() if line.strip())
+    return text or type(err).__name__
+
+
+def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None = None, *,
+            extra: Sequence[type[BaseException]] = ()) -> int:
+    """``main(argv)``; a user error becomes ``error: <message>`` on stderr and status 2."""
+    try:
+        return main(argv)
+    except (*USER_ERRORS, *extra) as err:
+        print(f"error: {error_line(err)}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
