@@ -89,7 +89,7 @@ def load_run(run_dir: str | Path) -> RunModel:
 
 
 def load_run_split(run_dir: str | Path, num_items: int, data: str | None = None, *,
-                   cache_dir: Path | None = None,
+                   cache_dir: Path | None = None, mirror: str | None = None,
                    shared: bool = False) -> tuple[str, LeaveOneOutSplit]:
     """``(dataset, leave-one-out split)`` for evaluating the model(s) of ``run_dir``.
 
@@ -98,11 +98,13 @@ def load_run_split(run_dir: str | Path, num_items: int, data: str | None = None,
         num_items: items the model(s) score; the dataset must have as many.
         data: a path or dataset name given by the user (overrides the recorded one).
         cache_dir: download cache for dataset names.
+        mirror: download URL for a dataset name (``data.load_dataset``).
         shared: the split serves several runs (only the error message's wording changes).
 
     Raises:
         ValueError: no dataset recorded nor given, an unreadable recorded dataset (the message
-            says where it was recorded), or a dataset with another number of items.
+            says where it was recorded), a dataset with another number of items, or one whose
+            fingerprint differs from the one ``config.json`` records (``check_run_data``).
     """
     run_dir = Path(run_dir)
     recorded = data is None
@@ -110,7 +112,7 @@ def load_run_split(run_dir: str | Path, num_items: int, data: str | None = None,
     if data is None:
         raise ValueError(f"{run_dir / CONFIG} records no dataset: pass --data")
     try:
-        dataset = load_dataset(data, cache_dir=cache_dir)
+        dataset = load_dataset(data, cache_dir=cache_dir, mirror=mirror)
     except ValueError as err:
         if recorded:  # a relative path in config.json is relative to where it trained
             raise ValueError(f"{err} (recorded in {run_dir / CONFIG}); pass --data") from err
@@ -120,7 +122,28 @@ def load_run_split(run_dir: str | Path, num_items: int, data: str | None = None,
                           else ("the model scores", "run's"))
         raise ValueError(f"{subject} {num_items} items but {data} has {dataset.num_items}: "
                          f"pass --data with the {owner} dataset")
+    check_run_data(run_dir, dataset.fingerprint(), data)
     return str(data), leave_one_out(dataset)
+
+
+def check_run_data(run_dir: str | Path, fingerprint: str, data: str) -> None:
+    """Refuse to evaluate a run on another dataset than the one it was trained on.
+
+    ``config.json`` records ``data_fingerprint`` (``SequenceDataset.fingerprint``) since
+    fingerprints exist; older runs are checked by item count only.
+
+    Raises:
+        ValueError: the fingerprints differ (e.g. the same items renumbered).
+    """
+    path = Path(run_dir) / CONFIG
+    try:
+        recorded = json.loads(path.read_text()).get("data_fingerprint")
+    except (OSError, ValueError, AttributeError):
+        return  # no readable config.json: nothing recorded to compare with
+    if recorded is not None and recorded != fingerprint:
+        raise ValueError(f"{run_dir} was trained on a dataset with fingerprint {recorded[:12]} "
+                         f"({path}), but {data} has fingerprint {fingerprint[:12]}: the same "
+                         "item ids must mean the same items; pass --data with the run's dataset")
 
 
 def _load_int8(run_dir: Path) -> tuple[SASRec, dict]:

@@ -23,8 +23,9 @@ run folder with checkpoint.pt but no final metrics (an interrupted run) is conti
 --resume. A finished training run is never retrained: delete its folder to redo it.
 
 Exit status: 0 every step done (an export whose parity check failed is reported, marked
-parity_passed=False in the CSV, and does not stop the pipeline); 1 a step failed (the message
-names the step and its log; fix the cause and rerun the same command to resume); 2 bad arguments.
+parity_passed=False in the CSV, and does not stop the pipeline); 2 bad arguments or a failed
+step (one ``error:`` line naming the step, its own error line and its log; fix the cause and
+rerun the same command to resume); 130 interrupted.
 """
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from tqdm.auto import tqdm
 
@@ -47,6 +48,7 @@ from export.results_plot import plot_comparison
 from export.results_table import FP32_MODEL, RunResult, model_name, summary_rows
 from export.results_table import write_summary_csv
 from export.run_folder import PARITY, onnx_file_name
+from qat.cli import EXIT_USER_ERROR, ArgumentParser, run_cli
 from qat.finetune import INT8_MODEL
 from qat.registry import METHODS
 from qat.train import CHECKPOINT, METRICS
@@ -115,10 +117,11 @@ class Run:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line; an impossible combination (e.g. apot --bits 6) exits 2 at once."""
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, metavar="PATH_OR_NAME",
                    help="dataset for every step (ml-1m, or a file: see train_qat.py --help)")
+    p.add_argument("--mirror", default=None, metavar="URL",
+                   help="download a named dataset from this URL (train_qat.py --mirror)")
     p.add_argument("--out", type=Path, default=Path("runs/all"),
                    help="study folder: one run folder per model, logs/, bench.json, summary "
                         "(default runs/all)")
@@ -267,7 +270,7 @@ def train_step(run: Run, fp32: Run, args: argparse.Namespace) -> Step:
         if training_finished(run):
             return Plan(skip=f"{run.folder / METRICS} has test results")
         flags = ["--qconfig", run.method, "--data", args.data, "--out", str(run.folder),
-                 "--no-progress"]
+                 "--no-progress", *optional_flags(args, ["mirror"])]
         if run.quantized:
             flags += ["--bits", str(run.bits), "--init-from", str(fp32.folder)]
             flags += optional_flags(args, ["patience", "batch_size", "seed", "threads"])
@@ -362,11 +365,18 @@ def run_script(step: Step, flags: list[str], log_path: Path, echo: bool) -> int:
             raise
         log.write(f"=== exit status {status}\n")
     if status not in step.ok_status:
-        last = "\n".join("    " + line for line in tail)
-        raise StepFailed(f"step '{step.label}' failed with exit status {status}; its log is "
-                         f"{log_path}. Last lines:\n{last}\nFix the cause and rerun the same "
-                         "command: finished steps are skipped, interrupted training resumes.")
+        raise StepFailed(f"step '{step.label}' failed ({step_error(tail, status)}); its log is "
+                         f"{log_path}. Fix the cause and rerun the same command: finished steps "
+                         "are skipped, interrupted training resumes.")
     return status
+
+
+def step_error(output: Sequence[str], status: int) -> str:
+    """What a failed step said: its ``error:`` line, else its last line, with its exit status."""
+    lines = [line.strip() for line in output if line.strip()]
+    errors = [line for line in lines if line.startswith("error:")]
+    said = errors[-1] if errors else (lines[-1] if lines else "no output")
+    return f"exit status {status}: {said}"
 
 
 def build_runs(args: argparse.Namespace) -> tuple[Run, list[Run]]:
@@ -411,7 +421,7 @@ def run_pipeline(args: argparse.Namespace) -> int:
     except StepFailed as err:
         bar.close()
         print(f"error: {err}", file=sys.stderr)
-        return 1
+        return EXIT_USER_ERROR
     except KeyboardInterrupt:
         bar.close()
         print("interrupted: rerun the same command to resume", file=sys.stderr)
@@ -447,6 +457,10 @@ def print_rows(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status."""
+    return run_cli(_main, argv)
+
+
+def _main(argv: list[str] | None) -> int:
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     return run_pipeline(args)

@@ -23,6 +23,7 @@ import torch
 from data import TrainBatcher, leave_one_out, load_dataset
 from qat import METHODS, SASRec, SASRecConfig, Trainer, TrainConfig, evaluate, get_method
 from qat.checkpoint import save_json
+from qat.cli import ArgumentParser, run_cli
 from qat.finetune import load_float_model, prepare_for_method, qat_hooks, save_int8_model
 from qat.train import METRICS
 
@@ -32,13 +33,13 @@ SCHEDULE_DEFAULTS = {"epochs": (200, 30), "patience": (20, 5), "lr": (1e-3, 1e-4
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--qconfig", default="fp32", choices=list(METHODS), metavar="METHOD",
                    help="one of: " + "; ".join(f"{m.name}: {m.description}"
                                                for m in METHODS.values()))
-    p.add_argument("--bits", type=int, default=8,
-                   help="weight bits for QAT methods (default 8: int8 storage; 4 for all methods)")
+    p.add_argument("--bits", type=int, default=None,
+                   help="weight bits for QAT methods (default 8: int8 storage; 4 for all "
+                        "methods); not for --qconfig fp32")
     p.add_argument("--init-from", type=Path, default=None, metavar="FP32_RUN",
                    help="fine-tune from the best model of this fp32 run folder (architecture "
                         "flags then default to that run's)")
@@ -47,6 +48,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "a SASRec 'user item' text file, a ratings.dat or an ml-1m.zip")
     p.add_argument("--cache-dir", type=Path, default=None,
                    help="download cache (default $SASREC_QAT_CACHE or ~/.cache/sasrec-qat)")
+    p.add_argument("--mirror", default=None, metavar="URL",
+                   help="download a named dataset from this URL instead of GroupLens (the md5 "
+                        "is still checked); http(s):// or file://")
     p.add_argument("--out", type=Path, required=True, help="run folder to write")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its last checkpoint")
@@ -105,31 +109,55 @@ def resolve_architecture(args: argparse.Namespace, num_items: int,
     return SASRecConfig(num_items=num_items, **values)
 
 
+def check_same_dataset(init_from: Path, init_info: dict[str, Any], fingerprint: str) -> None:
+    """Refuse to fine-tune a model on another dataset than the one it was trained on.
+
+    Compares dataset fingerprints (``SequenceDataset.fingerprint``): a copy of the data with
+    permuted item ids has the same item count but another fingerprint. Runs written before
+    fingerprints were recorded are checked by item count only (``resolve_architecture``).
+    """
+    recorded = init_info.get("data_fingerprint")
+    if recorded is not None and recorded != fingerprint:
+        raise ValueError(f"--init-from {init_from} was trained on {init_info.get('data')} "
+                         f"(dataset fingerprint {recorded[:12]}), but --data has fingerprint "
+                         f"{fingerprint[:12]}: the same item ids must mean the same items; use "
+                         "that run's dataset")
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit status (2 with one ``error:`` line for bad input)."""
+    return run_cli(train, argv)
+
+
+def train(argv: list[str] | None = None) -> int:
+    """Parse, check everything, then train (and for a QAT method convert) one run."""
     args = parse_args(argv)
+    method = get_method(args.qconfig)
+    if not method.is_quantized and args.bits is not None:
+        raise ValueError(f"--bits applies to QAT methods; --qconfig {method.name} keeps 32-bit "
+                         "float weights: drop --bits")
+    bits = 8 if args.bits is None else args.bits
+    if method.is_quantized:
+        method.mapping(bits)  # validates --bits for this method
+    init_model, init_config, init_info = None, None, {}
+    if args.init_from is not None:
+        init_model, init_ckpt = load_float_model(args.init_from)
+        init_config, init_info = init_model.config, init_ckpt.get("run_info") or {}
+    finetune = method.is_quantized and init_model is not None
+    schedule = {k: getattr(args, k) if getattr(args, k) is not None else v[int(finetune)]
+                for k, v in SCHEDULE_DEFAULTS.items()}
+    train_config = TrainConfig(
+        epochs=schedule["epochs"], batch_size=args.batch_size, lr=schedule["lr"],
+        loss=args.loss, patience=schedule["patience"], eval_every=args.eval_every,
+        seed=args.seed, threads=args.threads, bucket=args.bucket, progress=args.progress)
     if args.threads:
         torch.set_num_threads(args.threads)
-    try:
-        method = get_method(args.qconfig)
-        if method.is_quantized:
-            method.mapping(args.bits)  # validates --bits for this method
-        init_model, init_config = None, None
-        if args.init_from is not None:
-            init_model, _ = load_float_model(args.init_from)
-            init_config = init_model.config
-        finetune = method.is_quantized and init_model is not None
-        schedule = {k: getattr(args, k) if getattr(args, k) is not None else v[int(finetune)]
-                    for k, v in SCHEDULE_DEFAULTS.items()}
-        train_config = TrainConfig(
-            epochs=schedule["epochs"], batch_size=args.batch_size, lr=schedule["lr"],
-            loss=args.loss, patience=schedule["patience"], eval_every=args.eval_every,
-            seed=args.seed, threads=args.threads, bucket=args.bucket, progress=args.progress)
-        dataset = load_dataset(args.data, cache_dir=args.cache_dir)
-        split = leave_one_out(dataset)
-        model_config = resolve_architecture(args, dataset.num_items, init_config)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    dataset = load_dataset(args.data, cache_dir=args.cache_dir, mirror=args.mirror)
+    fingerprint = dataset.fingerprint()
+    if init_model is not None:
+        check_same_dataset(args.init_from, init_info, fingerprint)
+    split = leave_one_out(dataset)
+    model_config = resolve_architecture(args, dataset.num_items, init_config)
 
     torch.manual_seed(args.seed)
     model = SASRec(model_config)
@@ -140,24 +168,21 @@ def main(argv: list[str] | None = None) -> int:
     if method.is_quantized:
         batcher = TrainBatcher(split, max_len=model_config.max_len, batch_size=args.batch_size)
         calibration = next(iter(batcher.epoch(np.random.default_rng(args.seed))))
-        model = prepare_for_method(model, method, args.bits, calibration.inputs)
+        model = prepare_for_method(model, method, bits, calibration.inputs)
         hooks = qat_hooks(model, method, lr=train_config.lr, quant_lr=quant_lr)
     print(f"{dataset.source}: {dataset.num_users} users, {dataset.num_items} items; "
-          f"method {method.name}" + (f" ({args.bits}-bit weights)" if method.is_quantized else "")
+          f"method {method.name}" + (f" ({bits}-bit weights)" if method.is_quantized else "")
           + (f", from {args.init_from}" if init_model is not None else "")
           + f"; {torch.get_num_threads()} thread(s)", file=sys.stderr)
-    run_info = {"data": str(dataset.source), "bits": args.bits if method.is_quantized else 32,
+    run_info = {"data": str(dataset.source), "data_fingerprint": fingerprint,
+                "bits": bits if method.is_quantized else 32,
                 "init_from": str(args.init_from) if args.init_from else None,
                 "quant_lr": quant_lr if method.is_quantized else None}
     trainer = Trainer(model, split, model_config, train_config, args.out, method=method.name,
                       hooks=hooks, run_info=run_info)
-    try:
-        metrics = trainer.fit(resume=args.resume)
-    except (FileExistsError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    metrics = trainer.fit(resume=args.resume)
     if method.is_quantized:
-        int8 = save_int8_model(trainer.model, method, args.bits, args.out)
+        int8 = save_int8_model(trainer.model, method, bits, args.out)
         metrics["int8"] = {
             which: evaluate(int8.score_last, split, which, max_len=model_config.max_len,
                             batch_size=train_config.eval_batch_size)

@@ -215,10 +215,11 @@ def test_export_error_stops_and_a_rerun_resumes_there(fake_pipeline, capsys):
     run, calls, out = fake_pipeline
     status, stdout, stderr = run(capsys, {"ste_w8": 2})
     log = out / "logs" / "export_ste_w8.log"
-    assert status == 1
-    assert f"step 'export ste_w8' failed with exit status 2; its log is {log}" in stderr
+    assert status == 2
     cause = "error: something is broken"
-    assert cause in stderr and cause in log.read_text()  # the log's last lines are shown
+    assert f"step 'export ste_w8' failed (exit status 2: {cause}); its log is {log}" in stderr
+    assert cause in log.read_text()
+    assert len(stderr.strip().splitlines()) == 1 and stderr.startswith("error: ")
     assert "export pact_w8" not in stdout and not (out / "bench.json").exists()
     calls()
     status, stdout, _ = run(capsys, {})
@@ -255,8 +256,9 @@ def test_a_failing_training_step_names_step_and_log(tmp_path):
     out = tmp_path / "all"
     result = run_cli("--data", tmp_path / "nope.txt", "--out", out, "--quiet", "--no-progress")
     log = out / "logs" / "train_fp32.log"
-    assert result.returncode == 1
-    assert f"step 'train fp32' failed with exit status 2; its log is {log}" in result.stderr
+    assert result.returncode == 2
+    assert f"step 'train fp32' failed (exit status 2: error: " in result.stderr
+    assert f"its log is {log}" in result.stderr
     assert "nope.txt" in log.read_text() and "nope.txt" in result.stderr  # the cause, shown
     assert list(step_lines(result.stdout)) == ["train fp32"]
 
