@@ -678,10 +678,30 @@ std::vector<OpSpec>& ops() {
 
 }  // namespace
 
+// The C API version requested from onnxruntime: ort::kApiVersion, unless the build overrides it
+// (-DSASREC_QAT_ORT_API_VERSION=9999 builds a library that every runtime refuses, which the
+// tests use to check the error below).
+#ifndef SASREC_QAT_ORT_API_VERSION
+#define SASREC_QAT_ORT_API_VERSION ort::kApiVersion
+#endif
+
 extern "C" __attribute__((visibility("default"))) ort::Status* RegisterCustomOps(
     ort::SessionOptions* options, const ort::ApiBase* base) {
-  const ort::Api* api = base->GetApi(ort::kApiVersion);
-  if (api == nullptr) return nullptr;  // cannot even report: runtime older than 1.17
+  const uint32_t version = SASREC_QAT_ORT_API_VERSION;
+  const ort::Api* api = base->GetApi(version);
+  if (api == nullptr) {
+    // An older runtime: report it through version 1 of the table, which every runtime has
+    // (CreateStatus is its first entry in every version), instead of registering nothing.
+    const ort::Api* v1 = base->GetApi(1);
+    if (v1 == nullptr) return nullptr;  // not an onnxruntime C API at all: nothing to report to
+    const std::string message =
+        "libsasrec_qat_ops needs onnxruntime C API version " + std::to_string(version) +
+        " (onnxruntime >= 1." + std::to_string(version) + "); this onnxruntime (" +
+        base->GetVersionString() + ") does not provide it: upgrade onnxruntime, or use the "
+        "model exported without --fused";
+    return ort::table_entry<ort::CreateStatusFn>(v1, ort::kCreateStatus)(ort::kFail,
+                                                                         message.c_str());
+  }
   g_api = api;
   ort::CustomOpDomain* domain = nullptr;  // kept for the process's lifetime, as sessions use it
   ort::Status* status = ort::table_entry<ort::CreateCustomOpDomainFn>(
