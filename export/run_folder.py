@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 from data import LeaveOneOutSplit, leave_one_out, load_dataset
 from qat.checkpoint import load_checkpoint
@@ -90,7 +91,8 @@ def load_run(run_dir: str | Path) -> RunModel:
 
 def load_run_split(run_dir: str | Path, num_items: int, data: str | None = None, *,
                    cache_dir: Path | None = None, mirror: str | None = None,
-                   shared: bool = False) -> tuple[str, LeaveOneOutSplit]:
+                   shared: bool = False,
+                   also: Sequence[str | Path] = ()) -> tuple[str, LeaveOneOutSplit]:
     """``(dataset, leave-one-out split)`` for evaluating the model(s) of ``run_dir``.
 
     Args:
@@ -100,6 +102,8 @@ def load_run_split(run_dir: str | Path, num_items: int, data: str | None = None,
         cache_dir: download cache for dataset names.
         mirror: download URL for a dataset name (``data.load_dataset``).
         shared: the split serves several runs (only the error message's wording changes).
+        also: further run folders evaluated on the same split; their recorded fingerprints are
+            checked too.
 
     Raises:
         ValueError: no dataset recorded nor given, an unreadable recorded dataset (the message
@@ -122,7 +126,9 @@ def load_run_split(run_dir: str | Path, num_items: int, data: str | None = None,
                           else ("the model scores", "run's"))
         raise ValueError(f"{subject} {num_items} items but {data} has {dataset.num_items}: "
                          f"pass --data with the {owner} dataset")
-    check_run_data(run_dir, dataset.fingerprint(), data)
+    fingerprint = dataset.fingerprint()
+    for run in (run_dir, *also):
+        check_run_data(run, fingerprint, data)
     return str(data), leave_one_out(dataset)
 
 

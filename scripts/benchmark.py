@@ -20,8 +20,9 @@ Baselines (when an FP32 run is among --runs, unless --no-baselines), timed in th
 ``torch.set_num_threads(threads)``), ``ort_quantize_dynamic`` and ``ort_quantize_static``
 (onnxruntime's post-training quantization of the FP32 graph, static calibrated on
 --calibration-users training sequences; see export/ort_baselines.py). Test nDCG@10/Hit@10 (full
-ranking) of every timed model: from DIR/parity.json when it describes the same ONNX file and
-dataset, else computed with qat.evaluate.
+ranking) of every timed model: from DIR/parity.json when it was measured on the same dataset and
+on this very ONNX file (its sha256 is parity.json's "onnx_sha256"; the size alone proves nothing,
+two graphs of one architecture have the same), else computed with qat.evaluate.
 
 Fused INT8 graphs (unless --no-fused): every INT8 run's graph with the fused custom-op kernels
 (``build_sasrec_onnx(fused=True)``, export/native: the same uint8 results as the exact graph,
@@ -44,11 +45,13 @@ max_len, the first run's blocks and heads) in FP32 and converted to INT8 the pro
 8 bits, calibrated on random sequences), both timed at every batch/threads case.
 
 Output: --out JSON {"machine", "settings", "models", "baselines", "records", "quality", "sweep",
-"notes"}, written atomically. Exit status: 0 done; 2 bad input (nothing is written).
+"notes"}, written atomically. Exit status: 0 done; 2 bad input, e.g. a run's model or ONNX file
+that cannot be loaded (one "error: <file>: <reason>" line; nothing is written).
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 from collections import Counter
@@ -60,7 +63,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from data import DataFormatError, DownloadError, LeaveOneOutSplit
+from data import LeaveOneOutSplit
 from export import (
     OnnxScorer,
     RunModel,
@@ -87,9 +90,11 @@ from export.ort_baselines import (
     quantize_dynamic_model,
     quantize_static_model,
 )
+from export.onnx_file import file_sha256
 from export.results_table import FUSED_SUFFIX
 from export.run_folder import PARITY, load_run_split
 from qat.checkpoint import save_json
+from qat.cli import ArgumentParser, run_cli
 from qat.config import SASRecConfig
 from qat.evaluate import evaluate
 from qat.finetune import prepare_for_method, to_int8
@@ -140,8 +145,7 @@ class Candidate:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs", type=Path, nargs="+", required=True, metavar="RUN_DIR",
                    help="train_qat.py run folders (FP32: checkpoint.pt; QAT: model_int8.pt), "
                         "exported with export_int8.py or not")
@@ -156,6 +160,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="untimed calls per model and case first (default 10)")
     p.add_argument("--data", default=None, metavar="PATH_OR_NAME",
                    help="dataset (default: the one in the first run's config.json)")
+    p.add_argument("--mirror", default=None, metavar="URL",
+                   help="download a named dataset from this URL (as train_qat.py --mirror)")
     p.add_argument("--cache-dir", type=Path, default=None,
                    help="download cache for named datasets")
     p.add_argument("--no-baselines", dest="baselines", action="store_false",
@@ -235,7 +241,10 @@ def run_candidates(runs: list[RunModel], notes: list[str]) -> list[Candidate]:
     for run, name in zip(runs, run_names(runs)):
         path = run.onnx_path
         if path.is_file():
-            payload, source = path.read_bytes(), str(path)
+            try:
+                payload, source = path.read_bytes(), str(path)
+            except OSError as err:
+                raise ValueError(f"{path}: cannot read it ({err.strerror or err})") from err
             _check_metadata(payload, run, path)
         else:
             meta = {"sasrec_qat.method": run.method, "sasrec_qat.bits": run.bits}
@@ -286,15 +295,29 @@ def torch_int8_candidates(runs: list[RunModel]) -> list[Candidate]:
 
 
 def _check_metadata(payload: bytes, run: RunModel, path: Path) -> None:
-    """An exported file must describe the run's model (a stale export would mislead)."""
-    session = make_session(payload, threads=1)
+    """An exported file must load and describe the run's model (a stale export would mislead).
+
+    Raises:
+        ValueError: ``<path>: <reason>`` for a file onnxruntime cannot load (truncated, not
+            ONNX, fused kernels that cannot be built here) or without a ``scores`` output, and
+            for dimensions other than the run's model's.
+    """
+    fix = f"re-export it with scripts/export_int8.py --run {run.run_dir}"
+    try:
+        session = make_session(payload, threads=1)
+        OnnxScorer(session)  # the output every timed call and the quality evaluation read
+    except native_ops.NativeBuildError as err:
+        raise ValueError(f"{path}: {str(err).splitlines()[0]}") from err
+    except ValueError as err:
+        reason = str(err).removeprefix("onnxruntime cannot load the model: ")
+        raise ValueError(f"{path}: not a loadable SASRec ONNX model ({reason}); {fix}") from err
     props = session.get_modelmeta().custom_metadata_map
     for name in ("num_items", "max_len", "hidden"):
         recorded = props.get(f"sasrec_qat.{name}")
         expected = getattr(run.model.config, name)
         if recorded is not None and int(recorded) != expected:
             raise ValueError(f"{path} has {name}={recorded} but the run's model has {expected}: "
-                             "re-export it with scripts/export_int8.py")
+                             f"{fix}")
 
 
 def baseline_candidates(fp32_run: RunModel, fp32: Candidate, split: LeaveOneOutSplit,
@@ -350,7 +373,14 @@ def quality(candidates: list[Candidate], runs: list[RunModel], data: str,
 
 
 def _parity_quality(c: Candidate, run: RunModel | None, data: str) -> dict[str, Any] | None:
-    """The run's parity.json numbers if they were measured on this very ONNX file and data."""
+    """The run's parity.json numbers if they were measured on this very ONNX file and data.
+
+    "This very file" is parity.json's ``onnx_sha256``: for the run's ONNX candidate the sha256
+    of the bytes timed, for its torch eager model (parity.json's torch side) that of the run's
+    ONNX file, i.e. the record still belongs to the run's current export. A record without a
+    sha256 (written before export_int8.py recorded it) is not trusted: the file size it has
+    is the same for any two models of one architecture.
+    """
     if run is None or c.kind not in ("onnx_fp32", "onnx_int8", "torch_eager"):
         return None
     path = run.run_dir / PARITY
@@ -359,8 +389,12 @@ def _parity_quality(c: Candidate, run: RunModel | None, data: str) -> dict[str, 
         if (parity.get("split") != WHICH or parity.get("kind") != run.kind
                 or not _same_data(str(parity.get("dataset")), data)
                 or not run.onnx_path.is_file()
-                or parity.get("onnx_bytes") != run.onnx_path.stat().st_size
                 or (c.kind != "torch_eager" and c.source != str(run.onnx_path))):
+            return None
+        recorded = parity.get("onnx_sha256")
+        actual = (file_sha256(run.onnx_path) if c.onnx is None
+                  else hashlib.sha256(c.onnx).hexdigest())  # the bytes timed, read once
+        if not isinstance(recorded, str) or recorded != actual:
             return None
         which = "torch" if c.kind == "torch_eager" else "onnxruntime"
         return {"ndcg@10": float(parity["ndcg@10"][which]),
@@ -450,7 +484,8 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError(f"--sweep-hidden {bad[0]} is not divisible by the first run's "
                          f"{first.heads} heads")
     data, split = load_run_split(runs[0].run_dir, first.num_items, args.data,
-                                 cache_dir=args.cache_dir, shared=True)
+                                 cache_dir=args.cache_dir, mirror=args.mirror, shared=True,
+                                 also=[r.run_dir for r in runs[1:]])
     notes: list[str] = []
     candidates = run_candidates(runs, notes)
     fused = args.fused
@@ -459,7 +494,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
             candidates += fused_candidates(runs)
         except native_ops.NativeBuildError as err:
             fused = False
-            notes.append(f"fused INT8 graphs skipped: {str(err).splitlines()[0]}")
+            notes.append(f"fused INT8 graphs skipped: {err.reason}")
     if args.int8_fast:
         candidates += fast_candidates(runs)
     if args.torch_int8:
@@ -547,18 +582,18 @@ def print_tables(bench: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit status (2 with one ``error:`` line for bad input)."""
+    return run_cli(_main, argv, extra=(native_ops.NativeBuildError,))
+
+
+def _main(argv: list[str] | None) -> int:
     args = parse_args(argv)
     ignore_torch_quantization_warnings()
-    try:
-        bench = run_benchmark(args)
-    except (FileNotFoundError, ValueError, DataFormatError, DownloadError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    bench = run_benchmark(args)
     try:
         save_json(bench, args.out)
     except OSError as err:
-        print(f"error: cannot write {args.out}: {err}", file=sys.stderr)
-        return 2
+        raise OSError(f"cannot write {args.out}: {err}") from err
     print_tables(bench)
     print(f"wrote {args.out}", file=sys.stderr)
     return 0

@@ -8,13 +8,15 @@ Examples:
 A QAT run folder (with model_int8.pt) gives DIR/model_int8.onnx, an FP32 run folder
 DIR/model_fp32.onnx. Both models score the test users (full ranking, qat.evaluate) and
 DIR/parity.json records nDCG@10/Hit@10 of torch and onnxruntime, top-10 agreement, the largest
-score difference and the file size.
+score difference, and the file's size and sha256 ("onnx_bytes", "onnx_sha256": the sha256 of the
+file as written is what scripts/benchmark.py matches before it reuses these numbers; two graphs
+of one architecture have the same size).
 
 --fused (INT8 runs): also write DIR/model_int8_fused.onnx, the same model with the fused
 custom-op kernels (export/native: the same uint8 results, several times faster in onnxruntime;
 it loads only where the kernels' library is registered, as export.make_session does), check its
-parity the same way and record it in parity.json under "fused". Builds the kernels with the
-machine's C++ compiler the first time.
+parity the same way and record it (with its own "onnx_sha256") in parity.json under "fused".
+Builds the kernels with the machine's C++ compiler the first time.
 
 Exit status: 0 parity passed; 1 parity failed (|delta nDCG@10| or |delta Hit@10| > 0.002, or
 top-10 agreement < 0.99; the files are still written); 2 bad input (nothing is written).
@@ -30,7 +32,7 @@ from typing import Any
 import onnx
 import torch
 
-from data import DataFormatError, DownloadError, LeaveOneOutSplit
+from data import LeaveOneOutSplit
 from export import (
     OPTIMIZATION_LEVELS,
     ParityReport,
@@ -42,8 +44,10 @@ from export import (
     native_ops,
     save_onnx,
 )
+from export.onnx_file import file_sha256
 from export.run_folder import PARITY, load_run_split, onnx_file_name
 from qat.checkpoint import save_json
+from qat.cli import ArgumentParser, run_cli
 from qat.quantize import ignore_torch_quantization_warnings
 
 WHICH = "test"
@@ -52,12 +56,13 @@ SATURATION_SAFE = 64  # 2 * 255 * 64 <= 32767: exact in vpmaddubsw's int16 pairs
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", type=Path, required=True, metavar="DIR",
                    help="a train_qat.py run folder (QAT: model_int8.pt; FP32: checkpoint.pt)")
     p.add_argument("--data", default=None, metavar="PATH_OR_NAME",
                    help="dataset for the parity check (default: the one in DIR/config.json)")
+    p.add_argument("--mirror", default=None, metavar="URL",
+                   help="download a named dataset from this URL (as train_qat.py --mirror)")
     p.add_argument("--cache-dir", type=Path, default=None,
                    help="download cache for named datasets (default $SASREC_QAT_CACHE or "
                         "~/.cache/sasrec-qat)")
@@ -76,7 +81,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 @dataclass
 class Export:
-    """What main writes: the graph(s), their parity reports and the parity.json record."""
+    """What main writes: the graph(s), their parity reports and the parity.json record (its
+    ``onnx_sha256`` fields are None until main has written the files and hashed them)."""
 
     run: RunModel
     onnx_model: onnx.ModelProto
@@ -113,13 +119,14 @@ def export_and_check(args: argparse.Namespace) -> Export:
     if args.fused:
         native_ops.library_path()  # a missing compiler is bad input: fail before the work
     data, split = load_run_split(args.run, run.model.config.num_items, args.data,
-                                 cache_dir=args.cache_dir)
+                                 cache_dir=args.cache_dir, mirror=args.mirror)
     onnx_model, report = _export_one(run, split, args, fused=False)
     props = {p.key: p.value for p in onnx_model.metadata_props}
     max_weight = props.get("sasrec_qat.max_abs_weight_int")
     record = {
         "method": run.method, "bits": run.bits, "kind": run.kind,
         "onnx_file": run.onnx_path.name, "onnx_bytes": onnx_model.ByteSize(),
+        "onnx_sha256": None,  # main hashes the file it writes
         "dataset": str(data), "split": WHICH, "optimization": args.optimization,
         "threads": args.threads,
         "max_abs_weight_int": None if max_weight is None else int(max_weight),
@@ -129,7 +136,7 @@ def export_and_check(args: argparse.Namespace) -> Export:
     if args.fused:
         result.fused_model, result.fused_report = _export_one(run, split, args, fused=True)
         record["fused"] = {"onnx_file": onnx_file_name(FUSED_KIND),
-                           "onnx_bytes": result.fused_model.ByteSize(),
+                           "onnx_bytes": result.fused_model.ByteSize(), "onnx_sha256": None,
                            **result.fused_report.to_dict()}
     return result
 
@@ -164,32 +171,37 @@ def _print_report(record: dict[str, Any], report: ParityReport) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Entry point: 0 parity passed, 1 parity failed (files written), 2 bad input (one
+    ``error:`` line)."""
+    return run_cli(_main, argv, extra=(native_ops.NativeBuildError,))
+
+
+def _main(argv: list[str] | None) -> int:
     args = parse_args(argv)
     ignore_torch_quantization_warnings()
+    if args.threads < 0:
+        raise ValueError(f"--threads must be >= 0 (0 = library default), got {args.threads}")
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    try:
-        done = export_and_check(args)
-    except (FileNotFoundError, ValueError, DataFormatError, DownloadError,
-            native_ops.NativeBuildError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    done = export_and_check(args)
     run = done.run
-    written = [(done.onnx_model, run.onnx_path)]
+    # (graph, file, the record that describes it); each record names its file's sha256
+    written = [(done.onnx_model, run.onnx_path, done.record)]
     if done.fused_model is not None:
-        written.append((done.fused_model, run.run_dir / onnx_file_name(FUSED_KIND)))
+        written.append((done.fused_model, run.run_dir / onnx_file_name(FUSED_KIND),
+                        done.record["fused"]))
     try:
         try:
-            for model, path in written:
+            for model, path, record in written:
                 save_onnx(model, path)
+                record["onnx_sha256"] = file_sha256(path)  # of the bytes on disk
             save_json(done.record, run.run_dir / PARITY)
         except BaseException:
-            for _, path in written:  # no ONNX file without its parity record
+            for _, path, _ in written:  # no ONNX file without its parity record
                 path.unlink(missing_ok=True)
             raise
     except OSError as err:
-        print(f"error: cannot write to {run.run_dir}: {err}", file=sys.stderr)
-        return 2
+        raise OSError(f"cannot write to {run.run_dir}: {err}") from err
     print_table(done.record, done.report, done.fused_report)
     passed = done.report.passed and (done.fused_report is None or done.fused_report.passed)
     return 0 if passed else 1

@@ -1,6 +1,7 @@
 """scripts/benchmark.py and export.latency / export.ort_baselines on tiny run folders."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -12,6 +13,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from onnx import numpy_helper
 from conftest import TINY_TRAIN, cyclic_dataset, load_script, train_tiny_runs
 
 from data import leave_one_out, write_sasrec_text
@@ -261,18 +263,73 @@ def test_failed_quantize_static_is_recorded_and_the_rest_runs(runs, tmp_path, mo
     assert any("quantize_static failed" in note for note in result["notes"])
 
 
-def test_parity_json_of_another_file_is_not_trusted(runs, tmp_path):
+def copy_run(src: Path, dst: Path) -> Path:
     import shutil
-    folder = tmp_path / "fp32"
-    shutil.copytree(runs[1], folder)
+    shutil.copytree(src, dst)
+    return dst
+
+
+def torch_candidate(run) -> benchmark.Candidate:
+    """The torch eager model of ``run``, as baseline_candidates makes it for an FP32 run."""
+    return benchmark.Candidate(benchmark.TORCH_EAGER, "torch_eager", str(run.run_dir), "fp32",
+                               32, "torch eager", torch_model=run.model)
+
+
+def test_parity_json_names_the_file_by_sha256_and_only_that_file_is_trusted(runs, tmp_path):
+    """export_int8.py records the sha256 of the file it wrote; the unchanged file is matched
+    (its numbers reused), a record naming another sha256, none (an older export) or another
+    dataset is not."""
+    folder = copy_run(runs[1], tmp_path / "fp32")
     parity = json.loads((folder / "parity.json").read_text())
+    payload = (folder / "model_fp32.onnx").read_bytes()
+    assert parity["onnx_sha256"] == hashlib.sha256(payload).hexdigest()
     run = benchmark.load_run(folder)
     candidate = benchmark.run_candidates([run], [])[0]
-    assert benchmark._parity_quality(candidate, run, str(runs[0])) is not None
-    (folder / "parity.json").write_text(json.dumps({**parity, "onnx_bytes": 1}))
-    assert benchmark._parity_quality(candidate, run, str(runs[0])) is None
+    for c, engine in ((candidate, "onnxruntime"), (torch_candidate(run), "torch")):
+        reused = benchmark._parity_quality(c, run, str(runs[0]))
+        assert reused is not None and reused["source"] == f"{folder / 'parity.json'} ({engine})"
+        assert reused["ndcg@10"] == parity["ndcg@10"][engine]
+    for edited in ({**parity, "onnx_sha256": "0" * 64},
+                   {k: v for k, v in parity.items() if k != "onnx_sha256"}):
+        (folder / "parity.json").write_text(json.dumps(edited))
+        assert benchmark._parity_quality(candidate, run, str(runs[0])) is None
+        assert benchmark._parity_quality(torch_candidate(run), run, str(runs[0])) is None
     (folder / "parity.json").write_text(json.dumps(parity))
     assert benchmark._parity_quality(candidate, run, str(tmp_path / "other.txt")) is None
+
+
+def test_an_edited_onnx_file_of_the_same_size_is_re_evaluated(runs, tmp_path):
+    """The issue's case: the ONNX file is replaced by another model of the same size (the item
+    table's rows reversed: loadable, other scores). parity.json's numbers describe the old file,
+    so the benchmark computes the quality of the file it times instead of reporting them."""
+    data, fp32_dir, _ = runs
+    folder = copy_run(fp32_dir, tmp_path / "fp32")
+    path = folder / "model_fp32.onnx"
+    original = path.read_bytes()
+    model = onnx.load_model_from_string(original)
+    table = next(t for t in model.graph.initializer if t.name == "item_emb.weight")
+    rows = numpy_helper.to_array(table).copy()
+    rows[1:] = rows[1:][::-1].copy()  # item i now looks like item num_items + 1 - i
+    table.raw_data = rows.tobytes()
+    edited = model.SerializeToString()
+    assert len(edited) == len(original) and edited != original
+    path.write_bytes(edited)
+    parity = json.loads((folder / "parity.json").read_text())
+    expected = evaluate(OnnxScorer(make_session(edited)), leave_one_out(cyclic_dataset()),
+                        "test", max_len=10, batch_size=512)
+    assert abs(expected["ndcg@10"] - parity["ndcg@10"]["onnxruntime"]) > 0.01
+    out = tmp_path / "bench.json"
+    assert benchmark.main(["--runs", str(folder), "--repeats", "1", "--warmup", "0",
+                           "--batches", "2", "--threads", "1", "--calibration-users", "16",
+                           "--no-fused", "--out", str(out)]) == 0
+    quality = {q["model"]: q for q in json.loads(out.read_text())["quality"]}
+    assert quality["fp32"]["source"] == "computed (onnxruntime)"
+    assert quality["fp32"]["ndcg@10"] == pytest.approx(expected["ndcg@10"], abs=1e-12)
+    assert quality["fp32"]["hit@10"] == pytest.approx(expected["hit@10"], abs=1e-12)
+    # parity.json's torch side belongs to the old export too: computed from the torch model
+    assert quality["torch_eager_fp32"]["source"] == "computed (torch)"
+    assert quality["torch_eager_fp32"]["ndcg@10"] == pytest.approx(parity["ndcg@10"]["torch"],
+                                                                   abs=1e-12)
 
 
 # --- bad input ---------------------------------------------------------------------------------
@@ -322,6 +379,37 @@ def test_bad_folders_and_mismatched_runs_exit_2(runs, tmp_path, capsys):
     assert "the models score 20 items" in bad(
         capsys, ["--runs", str(lsq), "--data", str(other), "--out", str(out)])
     assert "is a folder" in bad(capsys, ["--runs", str(fp32), "--out", str(tmp_path)])
+    assert not (tmp_path / "out").exists()
+
+
+def test_unloadable_model_or_onnx_file_names_the_file_and_exits_2(runs, tmp_path, capsys):
+    """A truncated ONNX file, one that is not a SASRec graph, a truncated or garbage model file:
+    one ``error: <file>...`` line, exit 2, nothing written."""
+    data, fp32, lsq = runs
+    out = tmp_path / "out" / "bench.json"
+    folder = copy_run(fp32, tmp_path / "fp32")
+    onnx_file = folder / "model_fp32.onnx"
+    payload = onnx_file.read_bytes()
+    onnx_file.write_bytes(payload[:len(payload) // 2])
+    message = bad(capsys, ["--runs", str(folder), "--out", str(out)])
+    assert message.startswith(f"error: {onnx_file}: not a loadable SASRec ONNX model (")
+    assert message.endswith(f"re-export it with scripts/export_int8.py --run {folder}")
+    model = onnx.load_model_from_string(payload)
+    for node in model.graph.node:  # loads, but is not what the benchmark can score
+        node.output[:] = ["logits" if name == "scores" else name for name in node.output]
+    model.graph.output[0].name = "logits"
+    onnx_file.write_bytes(model.SerializeToString())
+    message = bad(capsys, ["--runs", str(folder), "--out", str(out)])
+    assert message.startswith(f"error: {onnx_file}: ") and "no output 'scores'" in message
+    int8 = copy_run(lsq, tmp_path / "lsq")
+    model_file = int8 / "model_int8.pt"
+    model_file.write_bytes(model_file.read_bytes()[:100])
+    assert bad(capsys, ["--runs", str(int8), "--out", str(out)]).startswith(
+        f"error: {model_file}")
+    checkpoint = folder / "checkpoint.pt"
+    checkpoint.write_bytes(b"garbage, not a torch file")
+    assert bad(capsys, ["--runs", str(folder), "--out", str(out)]).startswith(
+        f"error: {checkpoint}")
     assert not (tmp_path / "out").exists()
 
 

@@ -1,6 +1,7 @@
 """scripts/export_int8.py end to end on tiny run folders made by scripts/train_qat.py."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -10,10 +11,10 @@ from pathlib import Path
 
 import onnx
 import pytest
-import torch
 from conftest import cyclic_dataset, load_script
 
 from data import write_sasrec_text
+from qat.checkpoint import load_checkpoint, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPORT = ROOT / "scripts" / "export_int8.py"
@@ -68,7 +69,9 @@ def test_export_writes_onnx_and_parity_and_passes(kind, runs, tmp_path):
         assert set(parity[metric]) == {"torch", "onnxruntime"}
         assert abs(parity[metric]["torch"] - parity[metric]["onnxruntime"]) <= 0.002
     assert parity["top10_agreement"] >= 0.99
-    assert parity["onnx_bytes"] == (folder / f"model_{kind}.onnx").stat().st_size
+    payload = (folder / f"model_{kind}.onnx").read_bytes()
+    assert parity["onnx_bytes"] == len(payload)
+    assert parity["onnx_sha256"] == hashlib.sha256(payload).hexdigest()  # what benchmark matches
     assert parity["max_abs_score_diff"] < 1e-3
     assert not [p for p in folder.iterdir() if p.name.endswith(".tmp")]
 
@@ -98,21 +101,38 @@ def test_corrupt_int8_model_leaves_no_new_files(runs, tmp_path):
     (folder / "model_int8.pt").write_bytes(b"garbage, not a torch file")
     before = listing(folder)
     message = bad_input(run(EXPORT, "--run", folder))
-    assert "model_int8.pt" in message and "not a readable INT8 model" in message
+    assert message.startswith(f"error: {folder / 'model_int8.pt'}") and "not a readable" in message
     assert listing(folder) == before
+
+
+def test_truncated_model_files_name_the_file(runs, tmp_path, capsys):
+    """A truncated model_int8.pt or checkpoint.pt (a copy cut short): exit 2 with one error line
+    that names the file, no traceback, nothing written (in process: no subprocess start-up)."""
+    script = load_script("export_int8")
+    for src, name in ((runs[2], "model_int8.pt"), (runs[1], "checkpoint.pt")):
+        folder = copy_run(src, tmp_path / name)
+        path = folder / name
+        path.write_bytes(path.read_bytes()[:path.stat().st_size // 2])
+        before = listing(folder)
+        assert script.main(["--run", str(folder)]) == 2
+        errors = [line for line in capsys.readouterr().err.splitlines()
+                  if line.startswith("error: ")]
+        assert len(errors) == 1 and errors[0].startswith(f"error: {path}"), errors
+        assert listing(folder) == before
 
 
 def test_unknown_method_in_checkpoints(runs, tmp_path):
     folder = copy_run(runs[2], tmp_path / "int8")
-    saved = torch.load(folder / "model_int8.pt", weights_only=False)
-    torch.save({**saved, "method": "int3"}, folder / "model_int8.pt")
+    # through qat.checkpoint: the file stays a well-formed checkpoint, only its method is unknown
+    saved = load_checkpoint(folder / "model_int8.pt")
+    save_checkpoint({**saved, "method": "int3"}, folder / "model_int8.pt")
     before = listing(folder)
     assert "unknown quantization method 'int3'" in bad_input(run(EXPORT, "--run", folder))
     assert listing(folder) == before
 
     folder = copy_run(runs[1], tmp_path / "fp32")
-    ckpt = torch.load(folder / "checkpoint.pt", weights_only=False)
-    torch.save({**ckpt, "method": "int3"}, folder / "checkpoint.pt")
+    ckpt = load_checkpoint(folder / "checkpoint.pt")
+    save_checkpoint({**ckpt, "method": "int3"}, folder / "checkpoint.pt")
     assert "unknown method 'int3'" in bad_input(run(EXPORT, "--run", folder))
 
 
@@ -154,7 +174,11 @@ def test_fused_export_writes_both_graphs_with_parity(runs, tmp_path):
     parity = json.loads((folder / "parity.json").read_text())
     fused = parity["fused"]
     assert fused["passed"] is True and fused["onnx_file"] == "model_int8_fused.onnx"
-    assert fused["onnx_bytes"] == (folder / "model_int8_fused.onnx").stat().st_size
+    payload = (folder / "model_int8_fused.onnx").read_bytes()
+    assert fused["onnx_bytes"] == len(payload)
+    assert fused["onnx_sha256"] == hashlib.sha256(payload).hexdigest() != parity["onnx_sha256"]
+    assert parity["onnx_sha256"] == hashlib.sha256(
+        (folder / "model_int8.onnx").read_bytes()).hexdigest()
     assert fused["ndcg@10"] == parity["ndcg@10"] and fused["hit@10"] == parity["hit@10"]
     model = onnx.load(str(folder / "model_int8_fused.onnx"))
     assert any(op.domain == "sasrec_qat.fused" for op in model.opset_import)

@@ -1,6 +1,8 @@
 """onnxruntime sessions, the scorer for qat.evaluate, ONNX file errors and the parity report."""
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import pytest
 import torch
@@ -17,6 +19,7 @@ from export import (
     make_session,
     save_onnx,
 )
+from export.onnx_file import file_sha256
 from export.parity import top_k_sets_agree
 from qat import evaluate
 
@@ -57,6 +60,19 @@ def test_load_onnx_round_trip_and_clear_errors(tmp_path):
     path.write_bytes(path.read_bytes()[:200])  # truncated
     with pytest.raises(ValueError, match="is not a readable ONNX model"):
         load_onnx(path)
+
+
+def test_file_sha256_hashes_the_whole_file_in_blocks(tmp_path):
+    """parity.json's onnx_sha256: the bytes' sha256 whatever the block size (several blocks,
+    a partial last one); one flipped bit, same size, gives another digest."""
+    path = tmp_path / "model.onnx"
+    size = save_onnx(build_sasrec_onnx(tiny_model("fp32")), path)
+    payload = path.read_bytes()
+    expected = hashlib.sha256(payload).hexdigest()
+    assert file_sha256(path) == file_sha256(path, block=1000) == expected
+    assert size % 1000 and size > 2000  # several blocks, a partial last one
+    path.write_bytes(payload[:-1] + bytes([payload[-1] ^ 1]))
+    assert path.stat().st_size == size and file_sha256(path) != expected
 
 
 @pytest.mark.parametrize("name", ["fp32", "dorefa"])

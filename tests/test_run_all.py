@@ -257,7 +257,7 @@ def test_a_failing_training_step_names_step_and_log(tmp_path):
     result = run_cli("--data", tmp_path / "nope.txt", "--out", out, "--quiet", "--no-progress")
     log = out / "logs" / "train_fp32.log"
     assert result.returncode == 2
-    assert f"step 'train fp32' failed (exit status 2: error: " in result.stderr
+    assert "step 'train fp32' failed (exit status 2: error: " in result.stderr
     assert f"its log is {log}" in result.stderr
     assert "nope.txt" in log.read_text() and "nope.txt" in result.stderr  # the cause, shown
     assert list(step_lines(result.stdout)) == ["train fp32"]
