@@ -1,8 +1,10 @@
 """ONNX ops for the layers of an FP32 SASRec (``qat.model.SASRec`` before quantization).
 
-``FloatLayers`` and ``export.int8_layers.Int8Layers`` offer the same methods, so
-``export.sasrec_graph`` writes the model's structure once and both exports stay comparable.
-Activations are plain float tensor names; the stubs of the quantized region are identities.
+``FloatLayers`` implements ``export.layer_emitter.LayerEmitter``, the interface the INT8
+emitters (``export.int8_emitters``) implement too, so ``export.sasrec_graph`` writes the model's
+structure once and both exports stay comparable. Activations are plain float tensor names; the
+stubs of the quantized region are identities (so the interface's default compositions,
+``linears_dequantized`` and ``add_linear``, are plain Linears and Adds here).
 """
 from __future__ import annotations
 
@@ -11,13 +13,14 @@ import torch
 from torch import nn
 
 from export.graph_builder import FLOAT, GraphBuilder
+from export.layer_emitter import LayerEmitter
 
 
 def _array(t: torch.Tensor) -> np.ndarray:
     return t.detach().cpu().float().numpy()
 
 
-class FloatLayers:
+class FloatLayers(LayerEmitter[str]):
     """Float32 MatMul/Add/LayerNormalization/Gather ops from ``nn.Linear``/``nn.LayerNorm``/
     ``nn.Embedding`` modules.
 
@@ -29,7 +32,7 @@ class FloatLayers:
     hidden_type = FLOAT
 
     def __init__(self, g: GraphBuilder) -> None:
-        self.g = g
+        super().__init__(g)
         self._tables: dict[int, str] = {}
 
     def _table(self, module: nn.Embedding, hint: str) -> str:
@@ -58,16 +61,6 @@ class FloatLayers:
             y = g.node("Add", [y, g.initializer(_array(module.bias), f"{hint}.bias")],
                        name=f"{hint}.bias_add")
         return g.node("Relu", [y], name=f"{hint}.relu") if relu else y
-
-    def linears_dequantized(self, x: str, modules: list[nn.Linear],
-                            hints: list[str]) -> list[str]:
-        """``[linear(x) for each module]`` (float already; the INT8 twin dequantizes here)."""
-        return [self.linear(x, m, h) for m, h in zip(modules, hints)]
-
-    def add_linear(self, residual: str, x: str, linear: nn.Linear, add: nn.Module,
-                   linear_hint: str, add_hint: str) -> str:
-        """``residual + linear(x)``."""
-        return self.add(residual, self.linear(x, linear, linear_hint), add, add_hint)
 
     def layer_norm(self, x: str, module: nn.LayerNorm, hint: str) -> str:
         """LayerNormalization over the last axis with the module's affine parameters."""

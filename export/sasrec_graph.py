@@ -27,10 +27,13 @@ full (the last block attends to all their outputs).
 ``Attn`` is softmax(Q K^T / sqrt(d_head), masked with -inf) V per head, in float, as torch's
 ``scaled_dot_product_attention`` with a boolean mask. The final LayerNorm is applied to the last
 column only (it is per position, so this equals torch's full-sequence LN followed by
-``[:, -1]``). The per-layer arithmetic comes from ``export.float_layers`` or
-``export.int8_layers`` (the INT8 requantizing ops are ONNX local functions from
-``export.torch_kernels`` that round exactly like torch, or with ``fused=True`` the same
-arithmetic as custom ops of ``export.native_ops``).
+``[:, -1]``). The per-layer arithmetic comes from a layer backend
+(``export.layer_emitter.LayerEmitter``): ``export.float_layers`` for FP32, for INT8 the emitter
+the flags select from the registry ``export.int8_emitters.EMITTERS`` (``"torch_exact"``: ONNX
+local functions from ``export.torch_kernels`` that round exactly like torch; ``"fused"``: the
+same arithmetic as custom ops of ``export.native_ops``; ``"plain"``: standard ONNX ops). The
+backend's ``graph_passes`` then rewrite the built model (the fused backend's pass folds each
+LayerNorm into the op that wrote its input, ``export.fusion``).
 
 Outputs: ``scores``; with ``top_k`` also ``top_k_items`` (B, k) int64 item ids (the padding item
 excluded, history not masked) and ``top_k_scores``; with ``hidden_output`` also ``hidden``,
@@ -39,7 +42,7 @@ the final LayerNorm output (uint8 for INT8), for parity checks.
 from __future__ import annotations
 
 import math
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import onnx
@@ -48,10 +51,11 @@ from torch.ao.nn import quantized as nnq
 
 from export.float_layers import FloatLayers
 from export.graph_builder import FLOAT, INT64, GraphBuilder
-from export.int8_layers import Int8Layers
+from export.int8_emitters import backend_name, get_emitter
+from export.layer_emitter import LayerEmitter
 from qat.model import SASRec
 
-Layers = Union[FloatLayers, Int8Layers]
+Layers = LayerEmitter[Any]
 INPUT = "item_seq"
 SCORES = "scores"
 TOP_K_ITEMS = "top_k_items"
@@ -86,20 +90,23 @@ def build_sasrec_onnx(model: SASRec, *, top_k: int | None = None, hidden_output:
         model: an FP32 ``SASRec`` or its converted INT8 twin (``qat.finetune.to_int8``).
         top_k: also output the ``top_k`` best item ids and their scores.
         hidden_output: also output the final hidden state (diagnostics, parity).
-        torch_exact: INT8 only: round exactly like torch's kernels (the ONNX functions of
-            ``export.torch_kernels``); False writes plain ``QuantizeLinear``/
-            ``LayerNormalization``/``DequantizeLinear`` ops (faster in onnxruntime, each within
-            one step of torch, but a flipped step propagates).
+        torch_exact: INT8 only: round exactly like torch's kernels (backend ``"torch_exact"``:
+            the ONNX functions of ``export.torch_kernels``); False writes plain
+            ``QuantizeLinear``/``LayerNormalization``/``DequantizeLinear`` ops (backend
+            ``"plain"``: faster in onnxruntime, each within one step of torch, but a flipped
+            step propagates).
         fused: INT8 only, with ``torch_exact``: each requantizing op is one custom-op node
-            (``export.native_ops``: the same uint8 results, much faster; the file then runs
-            only in a session with the library registered, as ``make_session`` does).
+            (backend ``"fused"``, ``export.native_ops``: the same uint8 results, much faster;
+            the file then runs only in a session with the library registered, as
+            ``make_session`` does).
         last_position_only: the serving graph: the last block computes only what the last
             position needs (see the module docstring). False computes every position, as
             ``SASRec.forward`` does.
         metadata: extra ``metadata_props`` (method, bits, ...); values are stringified.
 
     Raises:
-        ValueError: an unconverted QAT model, unsupported quantization or a bad ``top_k``.
+        ValueError: an unconverted QAT model, unsupported quantization, a bad ``top_k``, or
+            ``fused`` without ``torch_exact`` for an INT8 model.
     """
     config = model.config
     if top_k is not None and not 1 <= top_k <= config.num_items:
@@ -107,22 +114,13 @@ def build_sasrec_onnx(model: SASRec, *, top_k: int | None = None, hidden_output:
                          f"got {top_k}")
     kind = model_kind(model)
     g = GraphBuilder(f"sasrec_{kind}")
-    layers: Layers = (Int8Layers(g, torch_exact=torch_exact, fused=fused) if kind == "int8"
-                      else FloatLayers(g))
+    layers: Layers = (get_emitter(backend_name(torch_exact=torch_exact, fused=fused))(g)
+                      if kind == "int8" else FloatLayers(g))
     item_seq = g.add_input(INPUT, INT64, ["batch", "length"])
 
     positions, allowed = _positions_and_mask(g, item_seq, config.max_len)
-    if isinstance(layers, Int8Layers) and layers.fused:
-        x = layers.embed_quantized(item_seq, positions, model.item_emb, model.pos_emb,
-                                   model.emb_scale, model.quant_input, "quant_input")
-    else:
-        items = layers.embed(item_seq, model.item_emb, "item_emb")
-        items = g.node("Mul", [items, g.scalar(np.float32(model.emb_scale), np.float32,
-                                               "emb_scale")],
-                       name="item_emb.scaled")  # float32(sqrt(d)), as torch multiplies a float32
-        x = g.node("Add", [items, layers.embed(positions, model.pos_emb, "pos_emb")],
-                   name="embedding")
-        x = layers.quantize(x, model.quant_input, "quant_input")
+    x = layers.embed_quantized(item_seq, positions, model.item_emb, model.pos_emb,
+                               model.emb_scale, model.quant_input, "quant_input")
     head_dim = config.hidden // config.heads
     for i, block in enumerate(model.blocks):
         if last_position_only and i == len(model.blocks) - 1:
@@ -147,16 +145,18 @@ def build_sasrec_onnx(model: SASRec, *, top_k: int | None = None, hidden_output:
     if hidden_output:
         g.add_output(_rename(g, layers.hidden_value(hidden), HIDDEN), layers.hidden_type,
                      ["batch", config.hidden])
+    # INT8 adds sasrec_qat.max_abs_weight_int (> 64 can saturate u8 x s8 kernels on AVX2
+    # without VNNI), sasrec_qat.torch_exact and sasrec_qat.fused (Int8Emitter.metadata)
     props = {"sasrec_qat.kind": kind, "sasrec_qat.num_items": config.num_items,
              "sasrec_qat.max_len": config.max_len, "sasrec_qat.hidden": config.hidden,
              "sasrec_qat.blocks": config.blocks, "sasrec_qat.heads": config.heads,
-             "sasrec_qat.last_position_only": int(last_position_only), **(metadata or {})}
-    if isinstance(layers, Int8Layers):  # > 64 can saturate u8 x s8 kernels on AVX2 without VNNI
-        props["sasrec_qat.max_abs_weight_int"] = layers.max_abs_weight
-        props["sasrec_qat.torch_exact"] = int(torch_exact)
-        props["sasrec_qat.fused"] = int(fused)
-    return g.build(metadata={k: str(v) for k, v in props.items()},
-                   doc=f"SASRec ({kind}) next-item scores; see export/sasrec_graph.py")
+             "sasrec_qat.last_position_only": int(last_position_only), **(metadata or {}),
+             **layers.metadata()}
+    onnx_model = g.build(metadata={k: str(v) for k, v in props.items()},
+                         doc=f"SASRec ({kind}) next-item scores; see export/sasrec_graph.py")
+    for graph_pass in layers.graph_passes:
+        graph_pass(onnx_model)
+    return onnx_model
 
 
 def _rename(g: GraphBuilder, value: str, name: str) -> str:

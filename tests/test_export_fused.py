@@ -12,7 +12,9 @@ from test_export_models import one_torch_thread  # noqa: F401  (autouse fixture)
 from test_export_models import QAT_METHODS, batch, tiny_model
 
 from export import OnnxScorer, build_sasrec_onnx, make_session, native_ops
+from export.fusion import fold_layer_norms
 from export.graph_builder import FLOAT, INT32, UINT8, GraphBuilder
+from export.int8_emitters import FusedEmitter
 from export.runtime import uses_fused_ops
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*quantized tensor creation:UserWarning",
@@ -92,6 +94,101 @@ def test_fused_file_loads_by_path(tmp_path):
     expected = OnnxScorer(make_session(build_sasrec_onnx(model), threads=1))(x)
     np.testing.assert_array_equal(OnnxScorer(make_session(path, threads=1))(x).numpy(),
                                   expected.numpy())
+
+
+def _op_types(model: onnx.ModelProto) -> list[str]:
+    return [n.op_type for n in model.graph.node]
+
+
+@pytest.mark.parametrize("serving", [True, False])
+def test_fold_layer_norms_folds_each_norm_into_the_op_that_wrote_its_input(serving, monkeypatch):
+    """The fused emitter writes RequantizeAdd / EmbedQuantize and LayerNorm nodes; the graph
+    pass turns every producer + LayerNorm pair into the *Norm op, and the result is the graph
+    build_sasrec_onnx(fused=True) returns, byte for byte, with bit-identical outputs."""
+    model = tiny_model("lsq")
+    blocks = model.config.blocks
+    kwargs = dict(fused=True, hidden_output=True, last_position_only=serving)
+    folded = build_sasrec_onnx(model, **kwargs)
+    with monkeypatch.context() as patch:
+        patch.setattr(FusedEmitter, "graph_passes", ())
+        unfolded = build_sasrec_onnx(model, **kwargs)
+    ops = _op_types(unfolded)
+    # a norm after the embedding, after each residual add (2 per block), the final norm
+    assert ops.count("LayerNorm") == 2 * blocks + 1
+    assert ops.count("RequantizeAdd") == 2 * blocks and ops.count("EmbedQuantize") == 1
+    assert not {"RequantizeAddNorm", "EmbedQuantizeNorm"} & set(ops)
+    rewritten = onnx.ModelProto()
+    rewritten.CopyFrom(unfolded)
+    # the full-sequence graph's final norm reads a Gather (the last position): left alone
+    folds = 2 * blocks + 1 if serving else 2 * blocks
+    assert fold_layer_norms(rewritten) == folds
+    assert rewritten.SerializeToString() == folded.SerializeToString()
+    ops = _op_types(rewritten)
+    assert ops.count("EmbedQuantizeNorm") == 1 and ops.count("EmbedQuantize") == 0
+    assert ops.count("RequantizeAddNorm") == folds - 1
+    assert ops.count("RequantizeAdd") == 2 * blocks - (folds - 1)
+    assert ops.count("LayerNorm") == 2 * blocks + 1 - folds
+    assert len(rewritten.graph.node) == len(unfolded.graph.node) - folds
+    assert fold_layer_norms(rewritten) == 0  # nothing left to fold
+    onnx.checker.check_model(unfolded)
+    x = batch(15, size=64)
+    expected = OnnxScorer(make_session(unfolded, threads=1, optimization="disable")).run(
+        x, ["scores", "hidden"])
+    got = OnnxScorer(make_session(rewritten, threads=1, optimization="disable")).run(
+        x, ["scores", "hidden"])
+    assert np.array_equal(got[0], expected[0]) and np.array_equal(got[1], expected[1])
+
+
+def test_fold_layer_norms_rule_on_a_hand_written_graph():
+    """One LayerNorm per producer (the first of two is folded), gamma/beta must exist where the
+    producer runs, the other backends' nodes are not touched; outputs unchanged."""
+    rng = np.random.default_rng(3)
+    rows, width = 6, 40
+    g = GraphBuilder("fold")
+    acc = g.add_input("acc", INT32, [rows, width])
+    residual = g.add_input("residual", UINT8, [rows, width])
+    add_attrs = dict(s_a=0.04, z_a=120, s_b=0.03, z_b=131, inv_s=20.0, z=126)
+    norm_attrs = dict(s_x=0.05, z_x=126, eps="1e-05", inv_s=30.0, z=128)
+
+    def requantize_add(hint):
+        inputs = [acc, g.initializer(rng.standard_normal(width).astype(np.float32), "bias_acc"),
+                  g.initializer((rng.random(width) * 0.01).astype(np.float32), "multiplier"),
+                  residual]
+        return g.node("RequantizeAdd", inputs, name=hint, domain=native_ops.DOMAIN, **add_attrs)
+
+    def layer_norm(u, hint, gamma=None):
+        gamma = gamma or g.initializer((rng.random(width) + 0.5).astype(np.float32), "gamma")
+        beta = g.initializer(rng.standard_normal(width).astype(np.float32) * 0.1, "beta")
+        return g.node("LayerNorm", [u, gamma, beta], name=hint, domain=native_ops.DOMAIN,
+                      **norm_attrs)
+
+    first = requantize_add("first")
+    second = requantize_add("second")
+    late_gamma = g.node("Identity", [g.initializer(np.ones(width, np.float32), "g")], name="lg")
+    outputs = [first, layer_norm(first, "norm_a"), layer_norm(first, "norm_b"),
+               layer_norm(second, "norm_c", gamma=late_gamma)]  # gamma written after "second"
+    for name in outputs:
+        g.add_output(name, UINT8)
+    proto = g.build()
+    before = onnx.ModelProto()
+    before.CopyFrom(proto)
+    assert fold_layer_norms(proto) == 1
+    assert _op_types(proto) == ["RequantizeAddNorm", "RequantizeAdd", "Identity", "LayerNorm",
+                                "LayerNorm"]
+    fused = proto.graph.node[0]
+    assert list(fused.output) == [first, outputs[1]] and len(fused.input) == 6
+    assert [a.name for a in fused.attribute][-5:] == [
+        "norm_s_x", "norm_z_x", "norm_eps", "norm_inv_s", "norm_z"]
+    feed = {"acc": rng.integers(-3000, 3000, (rows, width)).astype(np.int32),
+            "residual": rng.integers(0, 256, (rows, width)).astype(np.uint8)}
+    expected = make_session(before, threads=1).run(None, feed)
+    got = make_session(proto, threads=1).run(None, feed)
+    for e, o in zip(expected, got):
+        np.testing.assert_array_equal(o, e)
+    # the torch-exact graph's LayerNorm functions (another domain) are not this pass's
+    exact = build_sasrec_onnx(tiny_model("lsq"))
+    data = exact.SerializeToString()
+    assert fold_layer_norms(exact) == 0 and exact.SerializeToString() == data
 
 
 def _one_op_model(op: str, inputs: list[tuple[str, int, list[int]]],

@@ -15,7 +15,19 @@ import pytest
 import torch
 from onnx import TensorProto, numpy_helper
 
-from export import build_sasrec_onnx, make_session, model_kind, save_onnx
+from export import build_sasrec_onnx, make_session, model_kind, native_ops, save_onnx, torch_kernels
+from export.float_layers import FloatLayers
+from export.graph_builder import GraphBuilder
+from export.int8_emitters import (
+    EMITTERS,
+    FusedEmitter,
+    Int8Emitter,
+    backend_name,
+    get_emitter,
+    register_emitter,
+)
+from export.int8_layers import Int8Layers
+from export.layer_emitter import LayerEmitter
 from qat import METHODS, SASRec, SASRecConfig, get_method
 from qat.finetune import prepare_for_method, qat_hooks, to_int8
 
@@ -181,3 +193,43 @@ def test_top_k_output_and_bad_top_k():
     for bad in (0, CONFIG.num_items + 1):
         with pytest.raises(ValueError, match="top_k must be in"):
             build_sasrec_onnx(model, top_k=bad)
+
+
+# the op domain that holds each INT8 backend's requantizing ops
+BACKEND_DOMAINS = {"plain": "", "torch_exact": torch_kernels.DOMAIN, "fused": native_ops.DOMAIN}
+
+
+def test_the_three_int8_backends_are_registered():
+    assert sorted(EMITTERS) == sorted(BACKEND_DOMAINS)
+    assert not FloatLayers.__abstractmethods__ and issubclass(FloatLayers, LayerEmitter)
+    with pytest.raises(ValueError, match=r"unknown INT8 backend 'qdq': choose one of \["):
+        get_emitter("qdq")
+    with pytest.raises(ValueError, match="fused=True needs torch_exact=True"):
+        backend_name(torch_exact=False, fused=True)
+    with pytest.raises(ValueError, match="'fused' is already registered"):
+        register_emitter("fused")(FusedEmitter)
+
+    class SameFlags(FusedEmitter):
+        pass
+    with pytest.raises(ValueError, match="declares the flags of backend 'fused'"):
+        register_emitter("fused_again")(SameFlags)
+    assert sorted(EMITTERS) == sorted(BACKEND_DOMAINS)  # nothing registered by the failures
+
+
+@pytest.mark.parametrize("name", sorted(EMITTERS))
+def test_each_int8_emitter_is_selected_by_its_flags_and_writes_its_own_ops(name):
+    """Registry entry -> flags -> the same class back (``build_sasrec_onnx``'s selection), a
+    complete interface, and a graph whose requantizing ops are that backend's only."""
+    cls = get_emitter(name)
+    assert cls.name == name and issubclass(cls, Int8Emitter) and not cls.__abstractmethods__
+    flags = dict(torch_exact=cls.torch_exact, fused=cls.fused)
+    assert backend_name(**flags) == name
+    assert type(Int8Layers(GraphBuilder("g"), **flags)) is cls
+    proto = build_sasrec_onnx(tiny_model("lsq"), **flags)
+    props = {p.key: p.value for p in proto.metadata_props}
+    assert (props["sasrec_qat.torch_exact"], props["sasrec_qat.fused"]) == \
+        (str(int(cls.torch_exact)), str(int(cls.fused)))
+    assert {n.domain for n in proto.graph.node} == {"", BACKEND_DOMAINS[name]}
+    ops = op_counts(proto)
+    assert ("QuantizeLinear" in ops) == (name == "plain")  # the others round their own way
+    assert bool(proto.functions) == (name == "torch_exact")

@@ -24,8 +24,9 @@ from test_export_models import (
 
 from export import OnnxScorer, build_sasrec_onnx, make_session
 from export.parity import top_k_sets_agree
+from export.fusion import fold_layer_norms
 from export.graph_builder import FLOAT, UINT8, GraphBuilder
-from export.int8_layers import Int8Layers, QTensor
+from export.int8_emitters import QTensor, backend_name, get_emitter
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*quantized tensor creation:UserWarning",
                                         "ignore:.*torch.ao.quantization is deprecated")
@@ -66,7 +67,7 @@ def captured_layers(model, x):
 def one_layer_graph(module, name, args, torch_exact, fused=False):
     """A graph holding only ``module``'s ONNX ops, fed torch's own inputs."""
     g = GraphBuilder("layer")
-    layers = Int8Layers(g, torch_exact=torch_exact, fused=fused)
+    layers = get_emitter(backend_name(torch_exact=torch_exact, fused=fused))(g)
     feed = {}
 
     def q_input(t, input_name):
@@ -345,7 +346,7 @@ def test_fused_linear_plus_residual_rounds_like_torch(threads):
     add.scale, add.zero_point = 0.0512, 126
     expected = add.add(residual, linear(x)).int_repr().numpy()
     builder = GraphBuilder("layer")
-    layers = Int8Layers(builder, fused=True)
+    layers = get_emitter("fused")(builder)
     inputs = {}
     for name, t in (("x", x), ("residual", residual)):
         builder.add_input(name, UINT8, list(t.shape))
@@ -354,10 +355,13 @@ def test_fused_linear_plus_residual_rounds_like_torch(threads):
                                builder.scalar(t.q_zero_point(), np.uint8, "z"))
     out = layers.add_linear(inputs["residual"], inputs["x"], linear, add, "fc2", "residual")
     norm = random_layer_norm(g, 50)
-    normed = layers.layer_norm(out, norm, "norm")  # RequantizeAddNorm: a second output
+    normed = layers.layer_norm(out, norm, "norm")
     builder.add_output(out.name, UINT8)
     builder.add_output(normed.name, UINT8)
     proto = builder.build()
+    ops = [n.op_type for n in proto.graph.node]
+    assert ops == ["MatMulInteger", "RequantizeAdd", "LayerNorm"]  # as the emitter writes them
+    assert fold_layer_norms(proto) == 1  # RequantizeAddNorm: the norm as a second output
     assert [n.op_type for n in proto.graph.node] == ["MatMulInteger", "RequantizeAddNorm"]
     feed = {"x": x.int_repr().numpy(), "residual": residual.int_repr().numpy()}
     got, got_normed = make_session(proto, threads=threads).run(None, feed)
