@@ -106,7 +106,7 @@ class DorefaActivationFakeQuantize(SteActivationFakeQuantize):
     While the observer is enabled, ``min_val``/``max_val`` track the running min/max of all
     observed batches; after ``calibration_steps`` observed batches the observer disables itself
     (``calibration_steps=None``: observe until ``disable_observer()``). Grid, qparams and forward
-    are STE's: ``(clamp(round(x/s) + z, 0, 255) - z) * s`` with ``(s, z)`` from the range
+    are STE's: ``(clamp(rint(fma(x, 1/s, z)), 0, 255) - z) * s`` with ``(s, z)`` from the range
     (widened to contain 0). Before any observed batch ``s = 1, z = 0``.
 
     Args:

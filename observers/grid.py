@@ -20,9 +20,19 @@ tables (``embedding=True``) report the same values as ``torch.quint8`` /
 
 Activations: unsigned, per tensor, affine, ``torch.quint8``, integer zero point::
 
-    x_q = (clamp(round(x / scale) + zp, 0, 255) - zp) * scale
+    x_q = (clamp(rint(fma(x, 1 / scale, zp)), 0, 255) - zp) * scale
 
-The clamp is the full dtype range, the same clamp the converted model's requantization applies.
+rounded exactly as ``torch.quantize_per_tensor`` (fbgemm) rounds: ``1 / scale`` in float32, one
+float32 fused multiply-add, the zero point added *before* rounding half to even
+(:func:`quantize_per_tensor_rint`). The clamp is the full dtype range, the same clamp the
+converted model's requantization applies. Where the converted model quantizes a float tensor
+(``nnq.Quantize``, the QuantStubs) the fake-quant output is therefore its dequantized output bit
+for bit. Its requantizing ops round their own integer arithmetic instead: ``quantized::linear``
+``rint(acc * M) + zp``, ``quantized::layer_norm``/``add`` ``rint(y * (1 / scale)) + zp`` in
+their vectorised part; the fake-quant sees the float value, not those, so there the two can
+differ by one step on near-ties, and with an odd ``zp`` at exact ties (``rint(k + 1/2 + zp)`` and
+``rint(k + 1/2) + zp`` are then different neighbours); tests/test_observers_convert.py checks
+both cases.
 
 Exactness contract (``convert`` ignores the fake-quant forward; it re-quantizes the raw float
 weight with round-to-nearest using ``calculate_qparams()``):
@@ -46,6 +56,7 @@ and is resized in place (Parameters keep their identity, so an optimizer built r
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -67,7 +78,10 @@ __all__ = [
     "channel_view",
     "check_bits",
     "fake_quant_affine",
+    "fake_quant_per_tensor",
+    "fma_float32_exact",
     "fold_weights_",
+    "quantize_per_tensor_rint",
     "round_ste",
     "straight_through",
     "weight_qmax",
@@ -174,7 +188,9 @@ def fake_quant_affine(
     Gradient w.r.t. ``x``: 1 where ``q_min <= round(x/s) + z <= q_max`` (inclusive, torch's
     fake-quantize STE mask), 0 outside; gradients also flow to ``scale`` / ``zero_point`` if they
     require grad (LSQ). ``ch_axis`` set: ``scale``/``zero_point`` are per-channel vectors.
-    ``zero_point`` must already be integer-valued.
+    ``zero_point`` must already be integer-valued. Rounds ``x / s`` (the weight grids; zero point
+    0); activations use :func:`fake_quant_per_tensor`, which rounds like
+    ``torch.quantize_per_tensor``.
 
     >>> fake_quant_affine(torch.tensor([-1.0, 0.26, 9.0]), torch.tensor([0.5]), 2.0, 0, 7)
     tensor([-1.0000,  0.5000,  2.5000])
@@ -185,6 +201,122 @@ def fake_quant_affine(
             zero_point = channel_view(zero_point, x, ch_axis)
     q = torch.clamp(round_ste(x / scale) + zero_point, quant_min, quant_max)
     return (q - zero_point) * scale
+
+
+_F64_ODD = 1  # lowest significand bit of a float64, as an int64 mask
+
+# float32 bit patterns (x, s) with x * f32(1/s) = 1/2 + 2**-17 + 2**-47 exactly: fma(x, 1/s, 128)
+# is just above the float32 midpoint 128.5 + 2**-17, so one rounding gives 128.5 + 2**-16 and
+# rint 129, while two roundings (float32 product then sum, or a float64 sum then the float32
+# cast) land on 128.5 and rint 128.
+_FMA_PROBE = (0x3D31B7B1, 0x3DB1B6FF)
+
+
+def fma_float32_exact(x: torch.Tensor, inv_s: torch.Tensor, z: float) -> torch.Tensor:
+    """float32 ``fma(x, inv_s, z)`` (one rounding) for float32 ``x`` and ``inv_s`` and an integer
+    ``z``, computed in float64 on any device.
+
+    The product of two float32 is exact in float64; the float64 sum with ``z`` can be rounded,
+    and the cast to float32 would then round twice. That can change ``rint`` of the result only
+    where the cast lands on a half-integer and ``z >= 16`` (a float64 sum is inexact only if
+    ``|x * inv_s| < |x * inv_s + z| / 32``), so those few elements are redone exactly: TwoSum
+    gives the sum's error, and rounding to odd in float64 makes the cast a single rounding.
+    Elsewhere the result can differ from the fma in the last bit but not in its ``rint``.
+    """
+    inv64 = inv_s.double().reshape(())
+    s = x.to(torch.float64, copy=True).mul_(inv64).add_(z)  # x * inv_s exact, + z rounds
+    y = s.float()
+    if z < 16 or x.numel() == 0:
+        return y
+    off = torch.sub(y, torch.round(y)).abs_()  # 0.5 where the cast gave a half-integer
+    if bool(off.max() == 0.5):
+        idx = off.eq_(0.5).reshape(-1).nonzero().squeeze(1)
+        p = x.reshape(-1)[idx].double() * inv64
+        s = s.reshape(-1)[idx]
+        b = s - p  # TwoSum: s + err == p + z exactly
+        err = (p - (s - b)) + (z - b)
+        even = (s.view(torch.int64) & _F64_ODD) == 0
+        towards = torch.copysign(torch.full_like(s, float("inf")), err)
+        s = torch.where((err != 0) & even, torch.nextafter(s, towards), s)  # round to odd
+        y.reshape(-1)[idx] = s.float()
+    return y
+
+
+@functools.lru_cache(maxsize=None)
+def _add_alpha_is_fma(device: str) -> bool:
+    """Whether ``torch.add(z, x, alpha=a)`` rounds ``z + a * x`` once on ``device`` (ATen's
+    vectorised add uses ``fmadd``; x86 CPUs with AVX2 and CUDA do). Probed on the vectorised
+    lanes, the scalar remainder and a strided tensor."""
+    x_bits, s_bits = _FMA_PROBE
+    x = torch.tensor([x_bits], dtype=torch.int32).view(torch.float32).to(device)
+    inv_s = torch.reciprocal(torch.tensor([s_bits], dtype=torch.int32).view(torch.float32))
+    z = torch.tensor(128.0, device=device)
+    for probe in (x.expand(37).contiguous(), x.expand(74).contiguous()[::2]):
+        if not bool((torch.round(torch.add(z, probe, alpha=inv_s.item())) == 129).all()):
+            return False
+    return True
+
+
+def quantize_per_tensor_rint(
+    x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | float
+) -> torch.Tensor:
+    """The integers ``torch.quantize_per_tensor`` (x86, fbgemm) computes, before saturation.
+
+    ``rint(fma(x, inv_s, z))`` with ``inv_s = float32(1 / s)``, a float32 fused multiply-add
+    (one rounding) and round half to even: the zero point is added *before* rounding (fbgemm's
+    ``Quantize``; torch's ``fake_quantize_per_tensor_affine`` and the old ``round(x / s) + z``
+    differ from it at exact ties when ``z`` is odd, and on near-ties because of ``x / s`` or
+    of the rounding of ``x / s`` before adding ``z``). Measured on torch 2.13 for every tensor
+    length and thread count (tests/test_observers_grid.py).
+
+    The fma is ``torch.add(z, x, alpha=inv_s)`` where that is one (probed once per device
+    type), else :func:`fma_float32_exact`. ``scale`` and ``zero_point`` are per tensor (one
+    element); returns float32 integers (no ``-0.0``), no grad; clamp them to ``[0, 255]`` for
+    the quantized value.
+
+    >>> quantize_per_tensor_rint(torch.tensor([0.25, 0.75, -0.25]), torch.tensor([0.5]), 3.0)
+    tensor([4., 4., 2.])
+    """
+    with torch.no_grad():
+        x = x.detach()
+        inv_s = torch.reciprocal(scale.detach().float()).reshape(())  # float32 1/s
+        z = float(zero_point)
+        if x.dtype == torch.float32 and _add_alpha_is_fma(x.device.type):
+            y = torch.add(torch.tensor(z, device=x.device), x, alpha=inv_s.item())
+        else:
+            y = fma_float32_exact(x.float(), inv_s, z)
+        return torch.round(y).add_(0.0)  # + 0.0: -0.0 -> 0.0, as the integer 0 dequantizes
+
+
+def fake_quant_per_tensor(
+    x: torch.Tensor,
+    scale: torch.Tensor,
+    zero_point: torch.Tensor | float,
+    quant_min: int = ACT_QUANT_MIN,
+    quant_max: int = ACT_QUANT_MAX,
+) -> torch.Tensor:
+    """Activation quantize-dequantize, rounded exactly as ``torch.quantize_per_tensor``.
+
+    .. math::
+        x_{out} = (\\mathrm{clamp}(q, q_{min}, q_{max}) - z) \\cdot s,\\qquad
+        q = \\mathrm{rint}(\\mathrm{fma}(x, 1/s, z))
+
+    (:func:`quantize_per_tensor_rint`), so the output equals
+    ``torch.quantize_per_tensor(x, s, z, torch.quint8).dequantize()`` bit for bit. Gradients are
+    those of :func:`fake_quant_affine` (straight-through rounding of ``x / s + z``): 1 w.r.t.
+    ``x`` where ``q_min <= q <= q_max``, 0 outside; ``scale`` / ``zero_point`` get theirs if they
+    require grad (LSQ). ``scale``/``zero_point``: one element, ``zero_point`` integer-valued.
+
+    >>> fake_quant_per_tensor(torch.tensor([0.25, 0.75, 9.0]), torch.tensor([0.5]), 3.0, 0, 7)
+    tensor([0.5000, 0.5000, 2.0000])
+    """
+    q = quantize_per_tensor_rint(x, scale, zero_point)
+    params = (x, scale, zero_point)
+    if torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad
+                                       for t in params):
+        q_exact = q
+        q = straight_through(x / scale + zero_point, lambda _: q_exact)
+    return (torch.clamp(q, quant_min, quant_max) - zero_point) * scale
 
 
 def absmax_scale(w: torch.Tensor, qmax: int, *, ch_axis: int = 0, eps: float = EPS) -> torch.Tensor:

@@ -15,6 +15,9 @@ positive integer) through the grad-scale trick, and the rounding is straight-thr
 
 (the paper's eq. 3, with ``z = 0`` for weights). The forward uses ``max(|s|, eps)`` so the step
 stays positive whatever the optimizer does; ``calculate_qparams`` returns the same value.
+Activations round ``x / s + z`` as ``torch.quantize_per_tensor`` does (``rint(fma(x, 1/s, z))``,
+:func:`observers.grid.fake_quant_per_tensor`); the rounded ``x/s`` plus ``z`` above is that
+integer.
 
 Activations here are signed (LayerNorm/Linear outputs), so the activation quantizer is affine
 with a learnable float zero point ``z`` (LSQ+, Bhalgat et al. 2020,
@@ -30,11 +33,11 @@ Initialisation (first forward with the observer enabled; afterwards the observer
   so at ``Q_p = 64`` the clip point ``64 s ~ 12.8 sigma`` while ``max|w| ~ 3-4 sigma``: only
   about +-18 of the +-64 integers are used (~5 of 8 bits). The paper targets 2-4 bits, trains
   from scratch-like schedules and lets ``s`` grow; fine-tuning an FP32 checkpoint at 8 bits
-  with a small learning rate on ``s`` (see DESIGN.md) would start, and likely stay, far from
-  the FP32 model. ``"max"``/``"minmax"`` start at the RTN/min-max grid instead: no clipping, all
-  integers used, zero initial change beyond rounding. For signed activations ``"paper"`` uses
-  ``z = 128`` and ``Q_p = 127`` (the symmetric analogue); ``z = 0``, ``Q_p = 255`` if the first
-  batch is non-negative.
+  with a small learning rate on ``s`` (docs/design.md, section 3) would start, and likely
+  stay, far from the FP32 model. ``"max"``/``"minmax"`` start at the RTN/min-max grid
+  instead: no clipping, all integers used, zero initial change beyond rounding. For signed
+  activations ``"paper"`` uses ``z = 128`` and ``Q_p = 127`` (the symmetric analogue);
+  ``z = 0``, ``Q_p = 255`` if the first batch is non-negative.
 
 Learning rate: the DESIGN notes that Adam at 1e-3 on LSQ scales wrecked accuracy; put
 ``scale``/``zero_point`` in their own param group with a small learning rate.
@@ -56,6 +59,7 @@ from observers.grid import (
     absmax_scale,
     affine_qparams,
     fake_quant_affine,
+    fake_quant_per_tensor,
     round_ste,
 )
 
@@ -131,13 +135,16 @@ def lsq_fake_quant(
 
     ``scale`` (and ``zero_point``, if not ``None``) are learnable tensors; the forward uses
     ``max(|scale|, eps)`` and ``round(clamp(zero_point, quant_min, quant_max))``, both with their
-    gradients multiplied by ``grad_factor``.
+    gradients multiplied by ``grad_factor``. With a zero point and no ``ch_axis`` (activations)
+    the rounding is ``torch.quantize_per_tensor``'s (:func:`observers.grid.fake_quant_per_tensor`).
     """
     s = torch.clamp(grad_scale(scale, grad_factor).abs(), min=eps)
     if zero_point is None:
         z: torch.Tensor | float = 0.0
     else:
         z = round_ste(torch.clamp(grad_scale(zero_point, grad_factor), quant_min, quant_max))
+        if ch_axis is None:
+            return fake_quant_per_tensor(x, s, z, quant_min, quant_max)
     return fake_quant_affine(x, s, z, quant_min, quant_max, ch_axis=ch_axis)
 
 
@@ -208,7 +215,7 @@ class LsqWeightFakeQuantize(WeightFakeQuantize):
 class LsqActivationFakeQuantize(ActivationFakeQuantize):
     """LSQ+ activation fake-quant: learnable step and zero point, per tensor, ``[0, 255]``.
 
-    Forward ``(clamp(round(x/s) + z, 0, 255) - z) * s`` with ``s = max(|scale|, eps)``,
+    Forward ``(clamp(rint(fma(x, 1/s, z)), 0, 255) - z) * s`` with ``s = max(|scale|, eps)``,
     ``z = round(clamp(zero_point, 0, 255))``; both gradients scaled by
     ``1 / sqrt(x.numel() * 255)`` (``N`` = elements of the batch, as torch's
     ``_LearnableFakeQuantize``).

@@ -25,8 +25,10 @@ Gradients (the paper's eq. 3, STE on the rounding, so the quantization residue i
     0 & \\text{otherwise} \\end{cases},\\qquad
     \\frac{\\partial y_q}{\\partial x} = 1 \\text{ strictly inside the clip range, else } 0.
 
-The output is computed as ``q * s`` with ``q`` the integer and ``s`` the same float32 scale
-``calculate_qparams`` returns. ``alpha`` is used as ``max(|alpha|, eps)``.
+The output is computed as ``(u - z) * s`` with ``u = rint(fma(y, 1/s, z))`` rounded as
+``torch.quantize_per_tensor`` rounds (:func:`observers.grid.fake_quant_per_tensor`; ``z`` = 128
+or 0) and ``s`` the same float32 scale ``calculate_qparams`` returns, so it equals the converted
+model's quantize bit for bit. ``alpha`` is used as ``max(|alpha|, eps)``.
 
 L2 regularisation of ``alpha``: the paper adds ``lambda_alpha * alpha^2`` to the loss (its
 CIFAR-10 runs use ``lambda_alpha = 0.0002``, the same value as the weight decay);
@@ -44,7 +46,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from observers.grid import EPS, ActivationFakeQuantize, round_ste
+from observers.grid import EPS, ActivationFakeQuantize, fake_quant_per_tensor
 
 __all__ = ["PactActivationFakeQuantize", "pact_fake_quant", "pact_regularization", "pact_scale"]
 
@@ -71,11 +73,10 @@ def pact_fake_quant(
     if signed:
         lo = a * (-128.0 / 127.0)
         y = torch.where(x <= lo, lo, y)
-        q = torch.clamp(round_ste(y / step), -128, 127)
     else:
         y = torch.where(x <= 0, torch.zeros_like(x), y)
-        q = torch.clamp(round_ste(y / step), 0, 255)
-    return q * step
+    zero_point = float(SIGNED_ZERO_POINT if signed else 0)
+    return fake_quant_per_tensor(y, step, zero_point, 0, 255)
 
 
 def pact_regularization(alpha: torch.Tensor, weight: float) -> torch.Tensor:

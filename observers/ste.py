@@ -12,10 +12,13 @@ weight, every step while the observer is enabled,
 
 Activations (:class:`SteActivationFakeQuantize`): exponential moving average of the batch
 min/max (averaging constant 0.01; the first batch initialises), affine ``quint8`` grid from
-:func:`observers.grid.affine_qparams`.
+:func:`observers.grid.affine_qparams`, rounded as ``torch.quantize_per_tensor`` rounds
+(:func:`observers.grid.fake_quant_per_tensor`: ``rint(fma(x, 1/s, z))``, zero point added
+before rounding).
 
-Gradient (both): identity where ``round(x/s) + z`` lies in ``[q_min, q_max]``, 0 outside (the
-STE mask of ``torch.fake_quantize_per_tensor_affine``).
+Gradient (both): identity where the rounded integer (``round(w/s)``; activations
+``rint(fma(x, 1/s, z))``) lies in ``[q_min, q_max]``, 0 outside (the STE mask of
+``torch.fake_quantize_per_tensor_affine``).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from observers.grid import (
     absmax_scale,
     affine_qparams,
     fake_quant_affine,
+    fake_quant_per_tensor,
 )
 
 __all__ = ["SteActivationFakeQuantize", "SteWeightFakeQuantize", "moving_average"]
@@ -104,7 +108,9 @@ class SteActivationFakeQuantize(ActivationFakeQuantize):
     Observer: ``min <- min + c (batch_min - min)``, same for max (the first observed batch sets
     them); ``(scale, zero_point)`` from :func:`observers.grid.affine_qparams` (range widened to
     contain 0, integer zero point in ``[0, 255]``). Forward:
-    ``(clamp(round(x/s) + z, 0, 255) - z) * s``. Before any observed batch: ``s = 1, z = 0``.
+    ``(clamp(rint(fma(x, 1/s, z)), 0, 255) - z) * s``, bit for bit
+    ``torch.quantize_per_tensor(x, s, z, quint8).dequantize()``. Before any observed batch:
+    ``s = 1, z = 0``.
 
     Args:
         averaging_constant: ``c`` in the moving average, in ``(0, 1]``.
@@ -165,6 +171,6 @@ class SteActivationFakeQuantize(ActivationFakeQuantize):
         return self.zero_point
 
     def _quantize(self, x: torch.Tensor) -> torch.Tensor:
-        return fake_quant_affine(
+        return fake_quant_per_tensor(
             x, self.scale, self.zero_point.float(), self.quant_min, self.quant_max
         )

@@ -5,7 +5,6 @@ import torch
 
 from observers.ste import SteActivationFakeQuantize, SteWeightFakeQuantize
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 EPS = torch.finfo(torch.float32).eps
 
@@ -115,7 +114,8 @@ def test_activation_backward_is_ste_mask():
 
 
 def test_activation_agrees_with_torch_fake_quantize_within_one_step():
-    # torch's kernel multiplies by 1/scale instead of dividing: ties may differ by one step.
+    # torch's fake_quantize kernel rounds x * (1/s) and adds z after rounding; ours rounds like
+    # quantize_per_tensor (z added before): ties and near-ties may differ by one step.
     torch.manual_seed(4)
     fq = SteActivationFakeQuantize()
     x = torch.randn(4096) * 2
