@@ -178,7 +178,7 @@ def machine_info() -> dict[str, Any]:
     """The CPU (model, logical cores, int8-relevant flags), library versions, date and load.
 
     ``flags`` maps each of ``CPU_FLAGS`` to True/False (None where ``/proc/cpuinfo`` is not
-    readable): VNNI decides whether u8 x s8 products saturate (see DESIGN.md).
+    readable): VNNI decides whether u8 x s8 products saturate (docs/design.md, section 3).
     """
     model, flags = _cpuinfo()
     try:

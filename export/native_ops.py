@@ -3,12 +3,13 @@
     path = library_path()                       # builds export/native/*.cc once per machine
     options.register_custom_ops_library(str(path))
 
-``export.int8_layers`` with ``fused=True`` writes the requantizing ops of a converted SASRec
-as nodes of the custom domain ``DOMAIN`` (the ops are listed in export/native/ort_ops.cc)
-instead of the ONNX local functions of ``export.torch_kernels``. The
-results are the same uint8 tensors, bit for bit (both reproduce torch's x86 kernels; tests
-check the fused kernels against torch on 10^6 values), but each op is one pass over its
-tensor instead of a dozen onnxruntime element-wise nodes with float64 intermediates.
+``export.int8_emitters.FusedEmitter`` (``build_sasrec_onnx(fused=True)``) writes the
+requantizing ops of a converted SASRec as nodes of the custom domain ``DOMAIN`` (the ops are
+listed in export/native/ort_ops.cc) instead of the ONNX local functions of
+``export.torch_kernels``. The results are the same uint8 tensors, bit for bit (both reproduce
+torch's x86 kernels; tests check the fused kernels against torch on 10^6 values), but each op
+is one pass over its tensor instead of a dozen onnxruntime element-wise nodes with float64
+intermediates.
 ``export.runtime.make_session`` registers the library whenever a model uses ``DOMAIN``.
 
 Build: ``g++`` (or ``$CXX``) compiles ``export/native/kernels.cc`` and ``ort_ops.cc`` with

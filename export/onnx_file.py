@@ -2,13 +2,13 @@
 content hash that ties a parity.json record to the very file it measured."""
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
 import onnx
 
 from qat.checkpoint import atomic_write
+from qat.records import file_sha256  # noqa: F401  (the hash parity.json records)
 
 
 def save_onnx(model: onnx.ModelProto, path: str | os.PathLike) -> int:
@@ -23,22 +23,6 @@ def save_onnx(model: onnx.ModelProto, path: str | os.PathLike) -> int:
     data = model.SerializeToString()
     atomic_write(path, lambda f: f.write(data))
     return len(data)
-
-
-def file_sha256(path: str | os.PathLike, *, block: int = 1 << 20) -> str:
-    """Hex sha256 of the file at ``path``, read in ``block``-byte chunks (1 MiB).
-
-    Two graphs of one architecture have the same size, so only the content hash tells whether a
-    record (parity.json's ``onnx_sha256``) describes this file.
-
-    Raises:
-        OSError: the file cannot be read.
-    """
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(block):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def load_onnx(path: str | os.PathLike) -> onnx.ModelProto:

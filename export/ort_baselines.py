@@ -21,7 +21,7 @@ model that runs:
 3. per-tensor weights, the scoring op's output left float.
 
 The scoring output is excluded from quantization because 8-bit scores tie: 256 levels for
-thousands of items, and ties rank the target pessimistically (DESIGN.md "Ranking ties"); the QAT
+thousands of items, and ties rank the target pessimistically (docs/design.md, section 2); the QAT
 models keep float scores too. Every attempt and its error are recorded in ``PTQResult.attempts``.
 The graph is not pre-processed (``quant_pre_process``): on this graph it changed no metric.
 """

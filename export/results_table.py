@@ -1,15 +1,15 @@
 """The results summary: one row per model from the run folders' parity.json and bench.json.
 
+    bench = BenchRecord.load_or_none("runs/all/bench.json")   # export.bench_record
     rows = summary_rows(runs, bench, batches=[1, 256], threads=2)
     write_summary_csv(rows, "runs/all/results_summary.csv", batches=[1, 256])
 
 A row holds the model's quality as torch and onnxruntime measured it (``parity.json``; the
-fused-kernel graphs' and the onnxruntime baselines' from bench.json ``"quality"``), whether
+fused-kernel graphs' and the onnxruntime baselines' from the bench record's ``quality``), whether
 parity passed, the ONNX file size, the median latency at each benchmarked batch size for one
 thread count, and the speedup over the FP32 ONNX model (FP32 median / model median, same batch
 and threads). A fused graph's or baseline's size (and a baseline's method and bits) come from
-bench.json ``"models"``. A value that is not known is ``None`` (an empty
-CSV cell).
+the bench record's ``models``. A value that is not known is ``None`` (an empty CSV cell).
 """
 from __future__ import annotations
 
@@ -19,10 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from export.bench_record import FP32_MODEL, FUSED_SUFFIX, BenchRecord, Quality
+from export.parity_record import ParityRecord
 from qat.checkpoint import atomic_write
 
-FP32_MODEL = "fp32"
-FUSED_SUFFIX = "_fused"  # bench.json name of a run's fused-kernel INT8 graph: <model>_fused
+
 # bench.json model name -> method shown in the summary (torch_eager_fp32 is left out: the
 # summary compares ONNX deployments)
 BASELINES = {"ort_quantize_dynamic": "quantize_dynamic", "ort_quantize_static": "quantize_static"}
@@ -44,7 +45,7 @@ class RunResult:
     model: str
     method: str
     bits: int
-    parity: dict[str, Any] | None
+    parity: ParityRecord | None
 
 
 def model_name(method: str, bits: int) -> str:
@@ -59,44 +60,38 @@ def summary_columns(batches: Sequence[int]) -> list[str]:
             + [f"latency_b{b}_ms" for b in batches] + [f"speedup_b{b}" for b in batches])
 
 
-def median_latency(bench: dict[str, Any] | None, model: str, batch: int,
+def median_latency(bench: BenchRecord | None, model: str, batch: int,
                    threads: int) -> float | None:
-    """``median_ms`` of ``model`` at ``batch`` and ``threads`` in bench.json, or None."""
-    for record in (bench or {}).get("records", []):
-        if (record.get("model") == model and record.get("batch") == batch
-                and record.get("threads") == threads):
-            return record.get("median_ms")
-    return None
+    """``median_ms`` of ``model`` at ``batch`` and ``threads`` in ``bench``, or None."""
+    return None if bench is None else bench.median_ms(model, batch, threads)
 
 
-def summary_rows(runs: Sequence[RunResult], bench: dict[str, Any] | None,
+def summary_rows(runs: Sequence[RunResult], bench: BenchRecord | None,
                  batches: Sequence[int], threads: int) -> list[dict[str, Any]]:
     """One row per run (in the given order; an INT8 run's fused-kernel graph in ``bench``,
-    ``<model>_fused``, right after it), then one per onnxruntime baseline in ``bench``."""
-    quality = {q.get("model"): q for q in (bench or {}).get("quality", [])}
-    models = {m.get("model"): m for m in (bench or {}).get("models", [])}
-    benchmarked = {r.get("model") for r in (bench or {}).get("records", [])}
+    ``<model>_fused``, right after it), then one per onnxruntime baseline in ``bench``.
+
+    ``bench`` is the bench record (None: not benchmarked, latency cells empty).
+    """
     rows = []
     for run in runs:
         rows.append(_run_row(run))
         fused = f"{run.model}{FUSED_SUFFIX}"
-        if fused in benchmarked or fused in quality:
-            measured = quality.get(fused, {})
+        if bench is not None and (bench.timed(fused) or bench.quality_of(fused) is not None):
+            measured, described = bench.quality_of(fused), bench.model(fused)
             row = {"model": fused, "method": run.method, "bits": run.bits,
-                   "parity_passed": measured.get("parity_passed"),
-                   "onnx_bytes": models.get(fused, {}).get("onnx_bytes")}
-            for metric in METRICS:
-                row[f"{metric}_onnxruntime"] = measured.get(metric)
+                   "parity_passed": None if measured is None else measured.parity_passed,
+                   "onnx_bytes": None if described is None else described.onnx_bytes}
+            row.update(_quality_cells(measured))
             rows.append(row)
     for name, method in BASELINES.items():
-        if name not in benchmarked and name not in quality:
+        if bench is None or (not bench.timed(name) and bench.quality_of(name) is None):
             continue
-        described = models.get(name, {})
-        row: dict[str, Any] = {"model": name, "method": described.get("method", method),
-                               "bits": described.get("bits", 8),
-                               "onnx_bytes": described.get("onnx_bytes")}
-        for metric in METRICS:
-            row[f"{metric}_onnxruntime"] = quality.get(name, {}).get(metric)
+        described = bench.model(name)
+        row = {"model": name, "method": method if described is None else described.method,
+               "bits": 8 if described is None else described.bits,
+               "onnx_bytes": None if described is None else described.onnx_bytes}
+        row.update(_quality_cells(bench.quality_of(name)))
         rows.append(row)
     for row in rows:
         for batch in batches:
@@ -106,6 +101,12 @@ def summary_rows(runs: Sequence[RunResult], bench: dict[str, Any] | None,
             row[f"speedup_b{batch}"] = fp32_ms / ms if ms and fp32_ms else None
     columns = summary_columns(batches)
     return [{column: row.get(column) for column in columns} for row in rows]
+
+
+def _quality_cells(measured: Quality | None) -> dict[str, float | None]:
+    """The onnxruntime nDCG@10 / Hit@10 cells of a model measured in the benchmark."""
+    return {"ndcg@10_onnxruntime": None if measured is None else measured.ndcg,
+            "hit@10_onnxruntime": None if measured is None else measured.hit}
 
 
 def write_summary_csv(rows: Sequence[dict[str, Any]], path: str | Path,
@@ -121,12 +122,12 @@ def write_summary_csv(rows: Sequence[dict[str, Any]], path: str | Path,
 
 def _run_row(run: RunResult) -> dict[str, Any]:
     row: dict[str, Any] = {"model": run.model, "method": run.method, "bits": run.bits}
-    parity = run.parity or {}
-    for metric in METRICS:
-        for engine in ENGINES:
-            row[f"{metric}_{engine}"] = parity.get(metric, {}).get(engine)
-    row["parity_passed"] = parity.get("passed")
-    row["onnx_bytes"] = parity.get("onnx_bytes")
+    graph = run.parity.graph if run.parity is not None else None
+    for engine in ENGINES:
+        row[f"ndcg@10_{engine}"] = None if graph is None else graph.ndcg.get(engine)
+        row[f"hit@10_{engine}"] = None if graph is None else graph.hit.get(engine)
+    row["parity_passed"] = None if graph is None else graph.passed
+    row["onnx_bytes"] = None if graph is None else graph.onnx_bytes
     return row
 
 

@@ -48,6 +48,11 @@ class RunModel:
     def onnx_path(self) -> Path:
         return self.run_dir / onnx_file_name(self.kind)
 
+    @property
+    def model_path(self) -> Path:
+        """The torch model file exported: ``model_int8.pt`` or ``checkpoint.pt``."""
+        return self.run_dir / (INT8_MODEL if self.kind == "int8" else CHECKPOINT)
+
 
 def onnx_file_name(kind: str) -> str:
     """Where export_int8.py writes a run's graph: ``model_int8.onnx`` or ``model_fp32.onnx``."""
@@ -132,6 +137,14 @@ def load_run_split(run_dir: str | Path, num_items: int, data: str | None = None,
     return str(data), leave_one_out(dataset)
 
 
+def recorded_fingerprint(run_dir: str | Path) -> str | None:
+    """The ``data_fingerprint`` in ``run_dir``'s config.json (None: absent or unreadable)."""
+    try:
+        return json.loads((Path(run_dir) / CONFIG).read_text()).get("data_fingerprint")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def check_run_data(run_dir: str | Path, fingerprint: str, data: str) -> None:
     """Refuse to evaluate a run on another dataset than the one it was trained on.
 
@@ -142,10 +155,7 @@ def check_run_data(run_dir: str | Path, fingerprint: str, data: str) -> None:
         ValueError: the fingerprints differ (e.g. the same items renumbered).
     """
     path = Path(run_dir) / CONFIG
-    try:
-        recorded = json.loads(path.read_text()).get("data_fingerprint")
-    except (OSError, ValueError, AttributeError):
-        return  # no readable config.json: nothing recorded to compare with
+    recorded = recorded_fingerprint(run_dir)
     if recorded is not None and recorded != fingerprint:
         raise ValueError(f"{run_dir} was trained on a dataset with fingerprint {recorded[:12]} "
                          f"({path}), but {data} has fingerprint {fingerprint[:12]}: the same "

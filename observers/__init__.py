@@ -5,7 +5,7 @@ Each class subclasses ``torch.ao.quantization.FakeQuantizeBase`` and is used thr
 exactness contract with ``convert`` and the ``fold`` step are described in
 :mod:`observers.grid`.
 
-Registries (name -> class), for the qconfig registry in ``qat/`` and for the tests:
+Registries (name -> class), for the ``--qconfig`` registry in ``qat/`` and for the tests:
 
 * :data:`WEIGHT_FAKE_QUANTS`: ``ste``, ``lsq``, ``dorefa``, ``adaround``, ``apot``. Keywords
   common to all: ``bits``, ``full_range``, ``embedding`` (``nn.Embedding`` tables),
@@ -13,8 +13,10 @@ Registries (name -> class), for the qconfig registry in ``qat/`` and for the tes
 * :data:`ACTIVATION_FAKE_QUANTS`: ``ste``, ``lsq``, ``pact``, ``dorefa`` (8-bit, per tensor,
   affine ``quint8``).
 * :data:`METHOD_FAKE_QUANTS`: method name -> ``(weight class, activation class)``, the pairing
-  each method is evaluated with (PACT: STE weights; AdaRound: STE activations; APoT: LSQ
-  activations).
+  each method is trained and evaluated with. It is the only place the pairing is written:
+  ``qat/methods.py`` builds one ``--qconfig`` entry per item (in this order), adding what
+  training knows (regularisers, learning rates, frozen weights, activation keywords), so a new
+  method is one entry here.
 """
 
 from observers.adaround import AdaRoundFakeQuantize, beta_schedule, regularization_weight
@@ -64,7 +66,7 @@ METHOD_FAKE_QUANTS: dict[str, tuple[type[WeightFakeQuantize], type[ActivationFak
     "ste": (SteWeightFakeQuantize, SteActivationFakeQuantize),
     "lsq": (LsqWeightFakeQuantize, LsqActivationFakeQuantize),
     "pact": (SteWeightFakeQuantize, PactActivationFakeQuantize),
-    "dorefa": (DorefaWeightFakeQuantize, DorefaActivationFakeQuantize),
     "adaround": (AdaRoundFakeQuantize, SteActivationFakeQuantize),
     "apot": (ApotWeightFakeQuantize, LsqActivationFakeQuantize),
+    "dorefa": (DorefaWeightFakeQuantize, DorefaActivationFakeQuantize),
 }

@@ -26,9 +26,8 @@ from qat.config import SASRecConfig, to_dict
 from qat.model import SASRec
 from qat.quantize import calibrate, convert_model, prepare_qat_model
 from qat.registry import QuantMethod, get_method
-from qat.train import CHECKPOINT, TrainHooks
-
-INT8_MODEL = "model_int8.pt"
+from qat.run_files import CHECKPOINT, INT8_MODEL
+from qat.train import TrainHooks
 
 
 def load_float_model(run_dir: str | Path) -> tuple[SASRec, dict[str, Any]]:
@@ -57,8 +56,8 @@ def qat_hooks(model: nn.Module, method: QuantMethod, *, lr: float, quant_lr: flo
     """Optimizer groups, regulariser and validation view for QAT with ``method``.
 
     Quantizer parameters (LSQ steps, PACT/APoT clips, AdaRound V) get their own learning rate
-    ``quant_lr`` and no weight decay: DESIGN.md measured Adam at 1e-3 on LSQ steps wrecking
-    Hit@10. For AdaRound the float weights of quantized layers are frozen.
+    ``quant_lr`` and no weight decay: Adam at 1e-3 on LSQ steps wrecked Hit@10 in a probe
+    (docs/design.md, section 3). For AdaRound the float weights of quantized layers are frozen.
     """
     quantizer_params = {id(p) for m in model.modules() if isinstance(m, FakeQuantizeBase)
                         for p in m.parameters()}

@@ -1,53 +1,37 @@
-"""The six QAT methods as registry entries: which fake-quant classes go where.
+"""The QAT methods as registry entries, built from ``observers.METHOD_FAKE_QUANTS``.
 
-Every method quantizes the same places (``qat.quantize.build_qconfig_mapping``); they differ in
-the quantizer classes from ``observers/`` and in what the training loop adds:
+Which fake-quant classes quantize a method's weights and activations is written once, in
+``observers.METHOD_FAKE_QUANTS``; every method quantizes the same places
+(``qat.quantize.build_qconfig_mapping``). This file adds only what training knows
+(:data:`TRAINING`):
 
-* ``ste``: weights per-row absmax with straight-through rounding; activations moving-average
-  min/max.
-* ``lsq``: learnable step sizes (LSQ) for weights; learnable step and zero point (LSQ+) for
-  activations.
-* ``pact``: STE weights; learnable clip alpha for activations, symmetric for signed tensors and
-  one-sided after the fused ReLU; the loop adds L2 on alpha.
-* ``adaround``: learnable rounding V of frozen float weights; STE activations; the loop adds the
+* ``pact``: the activation clip is symmetric for signed tensors and one-sided after the fused
+  ReLU; the loop adds L2 on alpha.
+* ``adaround``: the float weights are frozen (only the rounding V learns); the loop adds the
   rounding regulariser with beta annealed 20 -> 2.
-* ``apot``: additive powers-of-two weight levels with a learnable clip; LSQ activations.
-* ``dorefa``: tanh-normalised weights on the symmetric grid; activation range calibrated on the
-  first batches, then fixed.
+* ``dorefa``: the activation range is calibrated on the first batches, then fixed (in the class).
+* learning rates of the quantizer parameters (``quant_lr``), and the ``--help`` lines.
 
-Weight bits: ``--bits`` (8 by default: int8 storage with the saturation-safe integer range
-[-64, 64], see ``observers/grid.py``); activations are always 8-bit (uint8 [0, 255]).
+Weight bits: those the weight class supports (``supported_bits``; 8 by default: int8 storage
+with the saturation-safe integer range [-64, 64], see ``observers/grid.py``); activations are
+always 8-bit (uint8 [0, 255]).
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 from torch import nn
-from torch.ao.quantization import FakeQuantizeBase, QConfigMapping
+from torch.ao.quantization import FakeQuantizeBase
 
-from observers.adaround import (
+from observers import (
+    METHOD_FAKE_QUANTS,
     AdaRoundFakeQuantize,
+    PactActivationFakeQuantize,
     beta_schedule,
     regularization_weight,
 )
-from observers.apot import APOT_BITS, ApotWeightFakeQuantize
-from observers.dorefa import DorefaActivationFakeQuantize, DorefaWeightFakeQuantize
-from observers.grid import WEIGHT_BITS
-from observers.lsq import LsqActivationFakeQuantize, LsqWeightFakeQuantize
-from observers.pact import PactActivationFakeQuantize
-from observers.ste import SteActivationFakeQuantize, SteWeightFakeQuantize
-from qat.quantize import build_qconfig_mapping
-from qat.registry import QuantMethod, register_method
-
-
-def _mapping(weight_cls: type, activation: Any, *, bits: int,
-             relu_activation: Any | None = None, **weight_kwargs: Any) -> QConfigMapping:
-    return build_qconfig_mapping(
-        weight=weight_cls.with_args(bits=bits, **weight_kwargs),
-        embedding_weight=weight_cls.with_args(bits=bits, embedding=True, **weight_kwargs),
-        activation=activation,
-        relu_activation=relu_activation)
+from qat.registry import FakeQuants, QuantMethod, register_method
 
 
 def quantizers(model: nn.Module, cls: type) -> list[FakeQuantizeBase]:
@@ -82,31 +66,51 @@ def adaround_regularizer(model: nn.Module, progress: float) -> torch.Tensor:
     return lam * torch.stack([fq.regularization(beta) for fq in fqs]).sum() / total
 
 
-register_method(QuantMethod(
-    "ste", "STE: observer-driven min/max scales, straight-through rounding (Jacob et al. 2018)",
-    lambda bits: _mapping(SteWeightFakeQuantize, SteActivationFakeQuantize.with_args(), bits=bits),
-    WEIGHT_BITS))
-register_method(QuantMethod(
-    "lsq", "LSQ: learned step sizes (Esser et al. 2019), LSQ+ offsets for activations",
-    lambda bits: _mapping(LsqWeightFakeQuantize, LsqActivationFakeQuantize.with_args(), bits=bits),
-    WEIGHT_BITS))
-register_method(QuantMethod(
-    "pact", "PACT: learned activation clipping alpha (Choi et al. 2018), STE weights",
-    lambda bits: _mapping(
-        SteWeightFakeQuantize, PactActivationFakeQuantize.with_args(signed=True), bits=bits,
-        relu_activation=PactActivationFakeQuantize.with_args(signed=False)),
-    WEIGHT_BITS, regularizer=pact_regularizer, quant_lr=1e-3))
-register_method(QuantMethod(
-    "adaround", "AdaRound: learned up/down rounding of frozen weights (Nagel et al. 2020)",
-    lambda bits: _mapping(AdaRoundFakeQuantize, SteActivationFakeQuantize.with_args(), bits=bits),
-    WEIGHT_BITS, regularizer=adaround_regularizer, freeze_float_weights=True, quant_lr=1e-3))
-register_method(QuantMethod(
-    "apot", "APoT: additive powers-of-two weight levels (Li et al. 2020), LSQ activations",
-    lambda bits: _mapping(ApotWeightFakeQuantize, LsqActivationFakeQuantize.with_args(),
-                          bits=bits),
-    APOT_BITS, quant_lr=1e-4))
-register_method(QuantMethod(
-    "dorefa", "DoReFa: tanh-normalised weights (Zhou et al. 2016), calibrated activation range",
-    lambda bits: _mapping(DorefaWeightFakeQuantize, DorefaActivationFakeQuantize.with_args(),
-                          bits=bits),
-    WEIGHT_BITS))
+# What training adds to each pairing of observers.METHOD_FAKE_QUANTS: QuantMethod keywords
+# (description, activation_kwargs, relu_activation_kwargs, regularizer, freeze_float_weights,
+# quant_lr). A pairing without an entry trains with QuantMethod's defaults.
+TRAINING: dict[str, dict[str, Any]] = {
+    "ste": dict(
+        description="STE: observer-driven min/max scales, straight-through rounding "
+                    "(Jacob et al. 2018)"),
+    "lsq": dict(
+        description="LSQ: learned step sizes (Esser et al. 2019), LSQ+ offsets for activations"),
+    "pact": dict(
+        description="PACT: learned activation clipping alpha (Choi et al. 2018)",
+        activation_kwargs={"signed": True}, relu_activation_kwargs={"signed": False},
+        regularizer=pact_regularizer, quant_lr=1e-3),
+    "adaround": dict(
+        description="AdaRound: learned up/down rounding of frozen weights (Nagel et al. 2020)",
+        regularizer=adaround_regularizer, freeze_float_weights=True, quant_lr=1e-3),
+    "apot": dict(
+        description="APoT: additive powers-of-two weight levels (Li et al. 2020)",
+        quant_lr=1e-4),
+    "dorefa": dict(
+        description="DoReFa: tanh-normalised weights (Zhou et al. 2016), calibrated activation "
+                    "range"),
+}
+
+
+def build_methods(fake_quants: Mapping[str, FakeQuants],
+                  training: Mapping[str, Mapping[str, Any]]) -> list[QuantMethod]:
+    """One ``QuantMethod`` per ``fake_quants`` entry (in its order), with ``training[name]``.
+
+    The ``--help`` line ends with the classes, so it cannot disagree with them. Training
+    settings for a name without a pairing raise ``ValueError``.
+    """
+    orphans = [name for name in training if name not in fake_quants]
+    if orphans:
+        raise ValueError(f"training settings for {', '.join(orphans)} but no fake-quant pairing: "
+                         "add it to observers.METHOD_FAKE_QUANTS")
+    methods = []
+    for name, (weight_cls, activation_cls) in fake_quants.items():
+        settings = dict(training.get(name, {}))
+        description = settings.pop("description", name)
+        description += f" [{weight_cls.__name__} + {activation_cls.__name__}]"
+        methods.append(QuantMethod(name, description, fake_quants=(weight_cls, activation_cls),
+                                   **settings))
+    return methods
+
+
+for _method in build_methods(METHOD_FAKE_QUANTS, TRAINING):
+    register_method(_method)

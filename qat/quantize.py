@@ -5,7 +5,7 @@
     ... train qat_model ...
     int8_model = convert_model(qat_model)          # fold learned rounding, then convert
 
-What is quantized (see DESIGN.md for why):
+What is quantized (see docs/design.md, section 3, for why):
 
 * every ``nn.Linear`` (Q/K/V/O projections, FFN) -> ``nnq.Linear`` with per-row int8 weights and
   8-bit activations; FFN ``fc1``+ReLU are fused, so its output quantizer sees post-ReLU values;
@@ -20,7 +20,10 @@ What is quantized (see DESIGN.md for why):
 ``convert`` ignores the fake-quant forward and re-quantizes the raw weight with round-to-nearest
 from ``calculate_qparams()``; ``convert_model`` therefore folds every fake-quantized weight into
 the float weight first (``observers.grid.fold_weights_``) and disables observers, so the INT8
-weights are exactly the trained fake-quantized ones.
+weights are exactly the trained fake-quantized ones. Activation fake-quants round as
+``torch.quantize_per_tensor`` does, so the QuantStubs (``nnq.Quantize``) are bit-exact; the
+requantizing ``nnq.Linear``/``LayerNorm``/add round ``rint(t) + z`` from integer arithmetic and
+can differ by one step on near-ties, and at exact ties when ``z`` is odd (``observers.grid``).
 """
 from __future__ import annotations
 
@@ -55,15 +58,24 @@ from qat.model import AttentionCore, SASRec
 FLOAT_MODULE_TYPES = (AttentionCore, nn.Dropout)
 
 
-TORCH_QUANTIZATION_WARNINGS = (".*quantized tensor creation", "TypedStorage is deprecated",
-                               "torch.ao.quantization is deprecated")
+# torch 2.13's warnings about its own quantization internals, as (message regex, category):
+# the eager flow (deprecated, kept by the exact torch pin) on every prepare_qat/convert, the
+# quantized tensors of every converted model, and torch.load of those models. setup.cfg's
+# [tool:pytest] filterwarnings lists the same entries for the tests (tests/test_warning_filters.py).
+TORCH_QUANTIZATION_WARNINGS: tuple[tuple[str, type[Warning]], ...] = (
+    (r"torch\.ao\.quantization is deprecated", DeprecationWarning),
+    (r"torch\.quantize_per_tensor, torch\.quantize_per_channel and other quantized tensor "
+     r"creation functions", UserWarning),
+    (r"TypedStorage is deprecated", UserWarning),
+)
 
 
 def ignore_torch_quantization_warnings() -> None:
-    """Silence torch's deprecation warnings about its own quantization internals (scripts
-    call this; every converted-model operation would repeat them)."""
-    for message in TORCH_QUANTIZATION_WARNINGS:
-        warnings.filterwarnings("ignore", message=message)
+    """Silence :data:`TORCH_QUANTIZATION_WARNINGS` (scripts call this once; every
+    converted-model operation would repeat them). The only place library code filters
+    warnings."""
+    for message, category in TORCH_QUANTIZATION_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category)
 
 
 def qat_module_mappings() -> dict[type, type]:

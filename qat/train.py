@@ -32,10 +32,10 @@ from qat.checkpoint import load_checkpoint, save_checkpoint, save_json
 from qat.config import SASRecConfig, TrainConfig, to_dict
 from qat.evaluate import evaluate
 from qat.losses import sampled_bce, softmax_ce
+from qat.metrics_record import MetricsRecord
+from qat.records import file_sha256
+from qat.run_files import CHECKPOINT, CONFIG, METRICS
 
-CHECKPOINT = "checkpoint.pt"
-CONFIG = "config.json"
-METRICS = "metrics.json"
 SELECTION_METRIC = "ndcg@10"
 
 
@@ -118,7 +118,7 @@ class Trainer:
         self.rng = np.random.default_rng(train_config.seed)
 
     # -- public -----------------------------------------------------------------------------
-    def fit(self, *, resume: bool = False) -> dict[str, Any]:
+    def fit(self, *, resume: bool = False) -> MetricsRecord:
         """Train until early stopping or ``epochs``; return (and write) ``metrics.json``.
 
         Nothing is written before every check has passed: a refused resume leaves the folder as
@@ -323,26 +323,27 @@ class Trainer:
                 "finished": ckpt["finished"],
                 "stopped_early": ckpt.get("stopped_early", False)}
 
-    def _finish(self, run: dict[str, Any]) -> dict[str, Any]:
+    def _finish(self, run: dict[str, Any]) -> MetricsRecord:
         self.model.load_state_dict(run["best_model"])
         valid = self.evaluate("valid")
         test = self.evaluate("test")
         epoch_seconds = [r["train_seconds"] for r in run["history"]]
         to_best = [r["train_seconds"] for r in run["history"] if r["epoch"] <= run["best_epoch"]]
-        metrics = {
-            "method": self.method,
-            "valid": valid,
-            "test": test,
-            "best_epoch": run["best_epoch"],
-            "epochs_run": run["epoch"],
-            "seconds_per_epoch": statistics.median(epoch_seconds) if epoch_seconds else None,
-            "train_seconds_to_best": sum(to_best),
-            "train_seconds": sum(epoch_seconds),
-            "eval_seconds_all_users": valid["seconds"] + test["seconds"],
-            "peak_rss_mb": peak_rss_mb(),
-            "threads": torch.get_num_threads(),
-        }
-        save_json(metrics, self.out_dir / METRICS)
+        metrics = MetricsRecord(
+            method=self.method,
+            valid=valid,
+            test=test,
+            best_epoch=run["best_epoch"],
+            epochs_run=run["epoch"],
+            seconds_per_epoch=statistics.median(epoch_seconds) if epoch_seconds else None,
+            train_seconds_to_best=sum(to_best),
+            train_seconds=sum(epoch_seconds),
+            eval_seconds_all_users=valid["seconds"] + test["seconds"],
+            peak_rss_mb=peak_rss_mb(),
+            threads=torch.get_num_threads(),
+            checkpoint_sha256=file_sha256(self.out_dir / CHECKPOINT),
+        )
+        metrics.save(self.out_dir / METRICS)
         return metrics
 
     def _log(self, record: dict[str, Any], run: dict[str, Any]) -> None:

@@ -22,10 +22,10 @@ import torch
 
 from data import TrainBatcher, leave_one_out, load_dataset
 from qat import METHODS, SASRec, SASRecConfig, Trainer, TrainConfig, evaluate, get_method
-from qat.checkpoint import save_json
 from qat.cli import ArgumentParser, run_cli
 from qat.finetune import load_float_model, prepare_for_method, qat_hooks, save_int8_model
-from qat.train import METRICS
+from qat.records import file_sha256
+from qat.run_files import INT8_MODEL, METRICS
 
 ARCHITECTURE_DEFAULTS = {"max_len": 200, "hidden": 50, "blocks": 2, "heads": 1, "dropout": 0.2}
 # (from scratch, QAT fine-tuning from an FP32 run)
@@ -183,14 +183,16 @@ def train(argv: list[str] | None = None) -> int:
     metrics = trainer.fit(resume=args.resume)
     if method.is_quantized:
         int8 = save_int8_model(trainer.model, method, bits, args.out)
-        metrics["int8"] = {
+        metrics.int8 = {
             which: evaluate(int8.score_last, split, which, max_len=model_config.max_len,
                             batch_size=train_config.eval_batch_size)
             for which in ("valid", "test")}
-        save_json(metrics, args.out / METRICS)
+        metrics.int8_model_sha256 = file_sha256(args.out / INT8_MODEL)
+        metrics.save(args.out / METRICS)
     shown = ("valid", "test", "int8", "best_epoch", "epochs_run", "seconds_per_epoch",
              "peak_rss_mb")
-    print(json.dumps({k: metrics[k] for k in shown if k in metrics}, indent=2))
+    record = metrics.to_json()
+    print(json.dumps({k: record[k] for k in shown if record.get(k) is not None}, indent=2))
     return 0
 
 

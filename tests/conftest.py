@@ -1,7 +1,10 @@
 """Shared fixtures: tiny synthetic datasets with a learnable structure; loading the scripts."""
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
+import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -47,6 +50,20 @@ def load_script(name: str) -> ModuleType:
     sys.modules[spec.name] = module  # dataclasses look their module up while it loads
     spec.loader.exec_module(module)
     return module
+
+
+def run_in_process(name: str, *args: object) -> subprocess.CompletedProcess:
+    """``scripts/<name>.py args`` called in this process (``main``), as a subprocess result:
+    exit status, stdout, stderr. Saves the seconds a new Python process spends importing torch;
+    tests that must see a real process use ``subprocess`` themselves."""
+    argv = [str(a) for a in args]
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            status = load_script(name).main(argv)
+        except SystemExit as exit_:  # argparse
+            status = exit_.code if isinstance(exit_.code, int) else 2
+    return subprocess.CompletedProcess([name, *argv], status, out.getvalue(), err.getvalue())
 
 
 # train_qat.py flags of a tiny model that trains in about a second (max length first)

@@ -4,10 +4,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+from conftest import run_in_process
+
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "train_qat.py"
 
 
-def run(*args):
+def run(*args, new_process=False):
+    """train_qat.py's result: in this process (fast), or with ``new_process`` as a user runs
+    it (one test per behaviour that needs a real process)."""
+    if not new_process:
+        return run_in_process("train_qat", *args)
     return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], capture_output=True,
                           text=True, timeout=300)
 
@@ -31,11 +38,12 @@ def test_missing_data_file_is_a_clear_error(tmp_path):
     assert result.returncode == 2 and "nope.txt" in result.stderr
 
 
+@pytest.mark.slow  # the first run in a new Python process, as a user starts it
 def test_tiny_run_writes_checkpoint_config_and_metrics(cyclic_file, tmp_path):
     out = tmp_path / "run"
     common = ["--data", cyclic_file, "--out", out, "--max-len", 10, "--hidden", 8, "--blocks", 1,
               "--batch-size", 8, "--threads", 1, "--no-progress"]
-    result = run(*common, "--epochs", 2)
+    result = run(*common, "--epochs", 2, new_process=True)
     assert result.returncode == 0, result.stderr
     metrics = json.loads((out / "metrics.json").read_text())
     for split in ("valid", "test"):

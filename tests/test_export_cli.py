@@ -11,9 +11,11 @@ from pathlib import Path
 
 import onnx
 import pytest
-from conftest import cyclic_dataset, load_script
+from conftest import cyclic_dataset, load_script, run_in_process
 
 from data import write_sasrec_text
+from export import export_run
+from export.parity_record import ParityRecord
 from qat.checkpoint import load_checkpoint, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,7 +25,10 @@ TINY = ["--max-len", 10, "--hidden", 8, "--blocks", 1, "--batch-size", 8, "--thr
         "--no-progress", "--epochs", 1]
 
 
-def run(script, *args):
+def run(script, *args, new_process=False):
+    """The script's result: in this process (fast), or with ``new_process`` as a user runs it."""
+    if not new_process:
+        return run_in_process(script.stem, *args)
     # the repository root first: an editable install made before export/ existed lacks it
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT),
                                                         os.environ.get("PYTHONPATH", "")])}
@@ -55,24 +60,32 @@ def copy_run(src: Path, dst: Path) -> Path:
 def test_export_writes_onnx_and_parity_and_passes(kind, runs, tmp_path):
     data, fp32, lsq = runs
     folder = copy_run(fp32 if kind == "fp32" else lsq, tmp_path / "run")
-    result = run(EXPORT, "--run", folder, "--threads", 1, "--top-k", 5)
+    result = run(EXPORT, "--run", folder, "--threads", 1, "--top-k", 5,
+                 new_process=kind == "int8")
     assert result.returncode == 0, result.stderr
     assert "parity: PASSED" in result.stdout and "nDCG@10" in result.stdout
     model = onnx.load(str(folder / f"model_{kind}.onnx"))
     onnx.checker.check_model(model)
     assert [o.name for o in model.graph.output] == ["scores", "top_k_scores", "top_k_items"]
-    parity = json.loads((folder / "parity.json").read_text())
-    assert parity["passed"] is True and parity["kind"] == kind
-    assert parity["method"] == ("fp32" if kind == "fp32" else "lsq")
-    assert parity["dataset"] == str(data)  # taken from config.json
-    for metric in ("ndcg@10", "hit@10"):
-        assert set(parity[metric]) == {"torch", "onnxruntime"}
-        assert abs(parity[metric]["torch"] - parity[metric]["onnxruntime"]) <= 0.002
-    assert parity["top10_agreement"] >= 0.99
+    on_disk = json.loads((folder / "parity.json").read_text())
+    assert on_disk["record"] == "parity" and on_disk["schema"] == 1
+    parity = ParityRecord.load(folder / "parity.json")
+    assert parity.passed and parity.kind == kind
+    assert parity.method == ("fp32" if kind == "fp32" else "lsq")
+    assert parity.dataset == str(data)  # taken from config.json
+    graph = parity.graph
+    for pair in (graph.ndcg, graph.hit):
+        assert set(pair) == {"torch", "onnxruntime"}
+        assert abs(pair["torch"] - pair["onnxruntime"]) <= 0.002
+    assert graph.top10_agreement >= 0.99
     payload = (folder / f"model_{kind}.onnx").read_bytes()
-    assert parity["onnx_bytes"] == len(payload)
-    assert parity["onnx_sha256"] == hashlib.sha256(payload).hexdigest()  # what benchmark matches
-    assert parity["max_abs_score_diff"] < 1e-3
+    assert graph.onnx_bytes == len(payload)
+    assert graph.onnx_sha256 == hashlib.sha256(payload).hexdigest()  # what benchmark matches
+    model_file = folder / ("checkpoint.pt" if kind == "fp32" else "model_int8.pt")
+    assert parity.model_file == model_file.name
+    assert parity.model_sha256 == hashlib.sha256(model_file.read_bytes()).hexdigest()
+    assert parity.is_current(folder)
+    assert graph.max_abs_score_diff < 1e-3
     assert not [p for p in folder.iterdir() if p.name.endswith(".tmp")]
 
 
@@ -154,11 +167,12 @@ def test_failed_parity_exits_1_and_still_writes_the_record(runs, tmp_path, monke
 
     def strict(*args, **kwargs):
         return check_parity(*args, **kwargs, thresholds=ParityThresholds(min_top10_agreement=1.01))
-    monkeypatch.setattr(script, "check_parity", strict)
+    monkeypatch.setattr(export_run, "check_parity", strict)
     folder = copy_run(runs[1], tmp_path / "run")
     assert script.main(["--run", str(folder), "--threads", "1"]) == 1
-    parity = json.loads((folder / "parity.json").read_text())
-    assert parity["passed"] is False and parity["failures"] == ["top-10 agreement 1.0000 < 1.01"]
+    parity = ParityRecord.load(folder / "parity.json")
+    assert not parity.passed
+    assert parity.graph.failures == ["top-10 agreement 1.0000 < 1.01"]
     assert (folder / "model_fp32.onnx").is_file()
 
 
@@ -171,15 +185,18 @@ def test_fused_export_writes_both_graphs_with_parity(runs, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "model_int8_fused.onnx: fused kernels" in result.stdout
     assert result.stdout.count("parity: PASSED") == 2
-    parity = json.loads((folder / "parity.json").read_text())
-    fused = parity["fused"]
-    assert fused["passed"] is True and fused["onnx_file"] == "model_int8_fused.onnx"
+    parity = ParityRecord.load(folder / "parity.json")
+    fused = parity.fused
+    assert fused.passed and fused.onnx_file == "model_int8_fused.onnx"
     payload = (folder / "model_int8_fused.onnx").read_bytes()
-    assert fused["onnx_bytes"] == len(payload)
-    assert fused["onnx_sha256"] == hashlib.sha256(payload).hexdigest() != parity["onnx_sha256"]
-    assert parity["onnx_sha256"] == hashlib.sha256(
+    assert fused.onnx_bytes == len(payload)
+    assert fused.onnx_sha256 == hashlib.sha256(payload).hexdigest() != parity.graph.onnx_sha256
+    assert parity.graph.onnx_sha256 == hashlib.sha256(
         (folder / "model_int8.onnx").read_bytes()).hexdigest()
-    assert fused["ndcg@10"] == parity["ndcg@10"] and fused["hit@10"] == parity["hit@10"]
+    assert fused.ndcg == parity.graph.ndcg and fused.hit == parity.graph.hit
+    assert parity.is_current(folder)
+    (folder / "model_int8_fused.onnx").write_bytes(payload[:-1] + b"\0")  # edited: stale
+    assert not parity.is_current(folder)
     model = onnx.load(str(folder / "model_int8_fused.onnx"))
     assert any(op.domain == "sasrec_qat.fused" for op in model.opset_import)
     # an FP32 run has no fused graph: a clear error, nothing written

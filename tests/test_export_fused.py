@@ -17,9 +17,6 @@ from export.graph_builder import FLOAT, INT32, UINT8, GraphBuilder
 from export.int8_emitters import FusedEmitter
 from export.runtime import uses_fused_ops
 
-pytestmark = pytest.mark.filterwarnings("ignore:.*quantized tensor creation:UserWarning",
-                                        "ignore:.*torch.ao.quantization is deprecated")
-
 
 @pytest.mark.parametrize("name", QAT_METHODS)
 def test_fused_graph_equals_the_function_graph(name):
@@ -249,6 +246,7 @@ def test_requantize_kernel_by_hand():
     np.testing.assert_array_equal(got, [[10, 12, 12, 12], [0, 16, 255, 0]])
 
 
+@pytest.mark.slow  # compiles the library
 def test_library_is_built_once_and_reused(tmp_path, monkeypatch):
     monkeypatch.setenv("SASREC_QAT_CACHE", str(tmp_path))
     native_ops.library_path.cache_clear()
@@ -323,6 +321,7 @@ def test_per_column_inputs_fed_at_run_time():
     np.testing.assert_array_equal(expected, np.clip(np.rint(steps) + 7, 0, 255))
 
 
+@pytest.mark.slow  # compiles the library
 def test_unwritable_cache_builds_in_the_temporary_directory(tmp_path, monkeypatch):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")

@@ -31,8 +31,6 @@ from export.layer_emitter import LayerEmitter
 from qat import METHODS, SASRec, SASRecConfig, get_method
 from qat.finetune import prepare_for_method, qat_hooks, to_int8
 
-pytestmark = pytest.mark.filterwarnings("ignore:.*quantized tensor creation:UserWarning",
-                                        "ignore:.*torch.ao.quantization is deprecated")
 
 QAT_METHODS = [name for name, method in METHODS.items() if method.is_quantized]
 EXPORT_METHODS = ["fp32", *QAT_METHODS]

@@ -28,8 +28,6 @@ from export.fusion import fold_layer_norms
 from export.graph_builder import FLOAT, UINT8, GraphBuilder
 from export.int8_emitters import QTensor, backend_name, get_emitter
 
-pytestmark = pytest.mark.filterwarnings("ignore:.*quantized tensor creation:UserWarning",
-                                        "ignore:.*torch.ao.quantization is deprecated")
 LEVELS = ["disable", "all"]
 
 

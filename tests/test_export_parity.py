@@ -23,9 +23,6 @@ from export.onnx_file import file_sha256
 from export.parity import top_k_sets_agree
 from qat import evaluate
 
-pytestmark = pytest.mark.filterwarnings("ignore:.*quantized tensor creation:UserWarning",
-                                        "ignore:.*torch.ao.quantization is deprecated")
-
 
 @pytest.fixture(scope="module")
 def split():

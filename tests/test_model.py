@@ -23,7 +23,8 @@ def test_shapes_and_tied_scores():
 
 
 def test_no_multihead_attention_module():
-    # nn.MultiheadAttention breaks prepare_qat (DESIGN.md): the model must use explicit Linears
+    # nn.MultiheadAttention breaks prepare_qat (docs/design.md, section 2): the model must use
+    # explicit Linears
     assert not any(isinstance(m, nn.MultiheadAttention) for m in tiny().modules())
     names = {n for n, m in tiny().named_modules() if isinstance(m, nn.Linear)}
     assert {"blocks.0.attn.q_proj", "blocks.0.attn.k_proj", "blocks.0.attn.v_proj",

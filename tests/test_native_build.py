@@ -24,8 +24,6 @@ from test_export_models import batch, tiny_model
 
 from export import OnnxScorer, build_sasrec_onnx, make_session, native_ops
 
-pytestmark = pytest.mark.filterwarnings("ignore:.*quantized tensor creation:UserWarning",
-                                        "ignore:.*torch.ao.quantization is deprecated")
 
 LIBRARY = native_ops.LIBRARY_NAME
 CHECKSUM = LIBRARY + ".sha256"  # the sidecar holding its hex sha256

@@ -10,7 +10,6 @@ from observers.adaround import (
     regularization_weight,
 )
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 EPS = torch.finfo(torch.float32).eps
 ZETA, GAMMA = 1.1, -0.1

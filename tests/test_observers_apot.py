@@ -7,7 +7,6 @@ import torch
 
 from observers.apot import ApotWeightFakeQuantize, apot_levels
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 EPS = torch.finfo(torch.float32).eps
 

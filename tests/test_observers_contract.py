@@ -16,12 +16,12 @@ from observers import (
     ACTIVATION_FAKE_QUANTS,
     METHOD_FAKE_QUANTS,
     WEIGHT_FAKE_QUANTS,
+    LsqActivationFakeQuantize,
     PactActivationFakeQuantize,
     SteActivationFakeQuantize,
     SteWeightFakeQuantize,
 )
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 WEIGHT_CASES = [
     pytest.param(name, embedding, id=f"{name}-{'embedding' if embedding else 'linear'}")
@@ -146,6 +146,49 @@ def test_activation_qparams_and_attributes_as_convert_expects(name):
     x = act_data(4)
     expected = (torch.clamp(torch.round(x / scale) + zp, 0, 255) - zp) * scale
     torch.testing.assert_close(fq(x), expected, atol=0, rtol=0)
+
+
+def freeze_activation_grid(fq, scale, zero_point):
+    """Put an activation quantizer on ``(scale, zero_point)`` and freeze it (PACT: ``alpha`` is
+    ``127 * scale`` or ``255 * scale``, its zero point stays 128 / 0)."""
+    with torch.no_grad():
+        if isinstance(fq, PactActivationFakeQuantize):
+            fq.alpha.fill_(scale * (127.0 if fq.signed else 255.0))
+        elif isinstance(fq, (SteActivationFakeQuantize, LsqActivationFakeQuantize)):
+            fq.scale.fill_(scale)
+            fq.zero_point.fill_(zero_point)
+        else:  # pragma: no cover - a new class must say how to set its grid
+            raise AssertionError(f"no grid setter for {type(fq).__name__}")
+    fq.initialized.fill_(1)
+    fq.disable_observer()
+    return fq
+
+
+def half_steps(scale, zero_point):
+    """``(k + 1/2) * s`` over the grid and past both ends, and their float32 neighbours."""
+    k = torch.arange(-zero_point - 3, 256 - zero_point + 3, dtype=torch.float64)
+    ties = ((k + 0.5) * float(scale)).float()
+    up = torch.nextafter(ties, torch.tensor(float("inf")))
+    down = torch.nextafter(ties, torch.tensor(float("-inf")))
+    return torch.cat([ties, up, down, torch.tensor([0.0, -0.0])])
+
+
+@pytest.mark.parametrize("scale", [2.0**-5, 0.0371])
+@pytest.mark.parametrize("zero_point", [3, 128])
+@pytest.mark.parametrize("name", ACT_NAMES)
+def test_activation_forward_rounds_like_quantize_per_tensor_at_ties(name, zero_point, scale):
+    # The forward is what the converted model's quantize computes, bit for bit, also at exact
+    # half steps with an odd zero point (round(x / s) + z picks the other neighbour there).
+    fq = freeze_activation_grid(ACTIVATION_FAKE_QUANTS[name](), scale, zero_point)
+    s, z = fq.calculate_qparams()
+    x = half_steps(s.item(), int(z))
+    expected = torch.quantize_per_tensor(x, s.item(), int(z), torch.quint8).dequantize()
+    assert torch.equal(fq(x).view(torch.int32), expected.view(torch.int32))
+    x.requires_grad_()
+    y = fq(x)
+    assert torch.equal(y.detach().view(torch.int32), expected.view(torch.int32))
+    y.sum().backward()  # and with autograd recording
+    assert x.grad is not None
 
 
 # --- state_dict round trip -------------------------------------------------------------------

@@ -9,7 +9,12 @@ For every method (so every weight and every activation class) and bits 8 and 4:
 * the embedding variant: ``nnq.Embedding``'s dequantized table and its lookups equal the
   fake-quant table / lookups exactly. torch 2.13's default mappings have no
   ``nn.Embedding -> nnqat.Embedding`` (prepare_qat) nor ``nnqat.Embedding -> nnq.Embedding``
-  (convert) entry: both must be passed explicitly.
+  (convert) entry: both must be passed explicitly;
+* activations at exact half steps, odd and even zero points: a QuantStub (``nnq.Quantize``,
+  ``torch.quantize_per_tensor``) reproduces every activation fake-quant bit for bit; the
+  requantizing ops (``quantized::linear``, ``layer_norm``, ``add``) round ``rint(t) + z`` in
+  their vectorised part and differ from the fake-quant's ``rint(t + z)`` exactly at the ties
+  with an odd ``z``, by one step, nowhere else (inputs built so both sides see the same ``t``).
 """
 
 import pytest
@@ -17,6 +22,7 @@ import torch
 import torch.ao.nn.qat as nnqat
 import torch.ao.nn.quantized as nnq
 from torch import nn
+from torch.ao.nn.quantized import FloatFunctional
 from torch.ao.quantization import (
     DeQuantStub,
     NoopObserver,
@@ -31,12 +37,17 @@ from torch.ao.quantization.quantization_mappings import (
     get_default_static_quant_module_mappings,
 )
 
-from observers import METHOD_FAKE_QUANTS, WEIGHT_FAKE_QUANTS, fold_weights_
+from observers import (
+    ACTIVATION_FAKE_QUANTS,
+    METHOD_FAKE_QUANTS,
+    WEIGHT_FAKE_QUANTS,
+    LsqActivationFakeQuantize,
+    PactActivationFakeQuantize,
+    SteActivationFakeQuantize,
+    SteWeightFakeQuantize,
+    fold_weights_,
+)
 
-pytestmark = [
-    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
-    pytest.mark.filterwarnings("ignore::UserWarning"),
-]
 
 ENGINE = next(
     e for e in ("x86", "fbgemm", "qnnpack") if e in torch.backends.quantized.supported_engines
@@ -186,7 +197,8 @@ def test_embedding_convert_reproduces_fake_quant_table(name, bits):
 
 
 def test_without_fold_adaround_and_dorefa_weights_change_in_convert():
-    """Why fold exists: convert re-rounds the raw weight (DESIGN.md's measurement, in small)."""
+    """Why fold exists: convert re-rounds the raw weight (docs/design.md, section 3: the
+    measurement, in small)."""
     for name in ("adaround", "dorefa"):
         torch.manual_seed(2)
         model = nn.Sequential(QuantStub(), nn.Linear(32, 32), DeQuantStub())
@@ -208,3 +220,142 @@ def test_without_fold_adaround_and_dorefa_weights_change_in_convert():
         int8 = convert(qat.eval())
         changed = (int8[1].weight().dequantize() != w_fq).float().mean().item()
         assert changed > 0.05, name
+
+
+# --- activations at exact ties: bit-exact quantize, one step at requantizing ops ------------
+
+
+def freeze_grid(fq, scale, zero_point):
+    """Put an activation quantizer on ``(scale, zero_point)``, observer off (PACT: alpha)."""
+    with torch.no_grad():
+        if isinstance(fq, PactActivationFakeQuantize):
+            fq.alpha.fill_(scale * (127.0 if fq.signed else 255.0))
+        else:
+            assert isinstance(fq, (SteActivationFakeQuantize, LsqActivationFakeQuantize))
+            fq.scale.fill_(scale)
+            fq.zero_point.fill_(zero_point)
+    fq.initialized.fill_(1)
+    fq.disable_observer()
+
+
+def half_steps(scale, zero_point):
+    """``(k + 1/2) * s`` over the grid and past both ends, and their float32 neighbours."""
+    k = torch.arange(-zero_point - 3, 256 - zero_point + 3, dtype=torch.float64)
+    ties = ((k + 0.5) * float(scale)).float()
+    up = torch.nextafter(ties, torch.tensor(float("inf")))
+    down = torch.nextafter(ties, torch.tensor(float("-inf")))
+    return torch.cat([ties, up, down])
+
+
+ACTIVATION_CASES = [
+    pytest.param(ACTIVATION_FAKE_QUANTS[name].with_args(), id=name)
+    for name in ACTIVATION_FAKE_QUANTS
+] + [pytest.param(PactActivationFakeQuantize.with_args(signed=False), id="pact-one-sided")]
+
+
+@pytest.mark.parametrize("scale", [2.0**-5, 0.0371])
+@pytest.mark.parametrize("zero_point", [3, 128])
+@pytest.mark.parametrize("activation", ACTIVATION_CASES)
+def test_quant_stub_convert_is_bit_exact_at_ties(activation, zero_point, scale):
+    model = nn.Sequential(QuantStub(), DeQuantStub())
+    model.qconfig = QConfig(activation=activation, weight=SteWeightFakeQuantize.with_args())
+    qat = prepare_qat(model.train())
+    freeze_grid(qat[0].activation_post_process, scale, zero_point)
+    s, z = qat[0].activation_post_process.calculate_qparams()
+    x = half_steps(s.item(), int(z))
+    y_fq = qat.eval()(x)
+    int8 = convert(qat)
+    assert isinstance(int8[0], nnq.Quantize)
+    assert torch.equal(y_fq.view(torch.int32), int8(x).view(torch.int32))
+
+
+def requantize_case(op, activation, zero_point):
+    """A QAT model and its INT8 conversion fed so that both sides quantize the same value ``t``
+    (in steps of the output grid): integer data, power-of-two scales, exact float arithmetic.
+    Returns (fake-quant output / s, INT8 output / s, t, mask of torch's vectorised elements)."""
+    torch.manual_seed(7)
+    qconfig = QConfig(activation=activation, weight=SteWeightFakeQuantize.with_args())
+    if op == "linear":  # acc * M with M = 1 * 1 / 2: half-integers wherever acc is odd
+        model = nn.Sequential(QuantStub(), nn.Linear(40, 24), DeQuantStub())
+        with torch.no_grad():
+            weight = torch.randint(-2, 3, (24, 40)).float()
+            weight[:, 0] = 64.0  # weight scale max|w| / 64 = 1; input column 0 is 0
+            model[1].weight.copy_(weight)
+            model[1].bias.zero_()
+        x = torch.randint(0, 4, (50, 40)).float()
+        x[:, 0] = 0.0
+        grids = [(1.0, 0), (2.0, zero_point)]
+        t = (x @ weight.t()) / 2.0
+        vector = torch.ones_like(t, dtype=torch.bool)
+        inputs = (x,)
+    elif op == "layer_norm":  # gamma = 0: both sides output beta = (k + 1/2) * s exactly
+        model = nn.Sequential(QuantStub(), nn.LayerNorm(50), DeQuantStub())
+        k = torch.randint(-100, 100, (50,)).float()
+        with torch.no_grad():
+            model[1].weight.zero_()
+            model[1].bias.copy_((k + 0.5) * 0.5)
+        inputs = (torch.randn(20, 50),)
+        grids = [(0.05, 128), (0.5, zero_point)]
+        t = (k + 0.5).expand(20, 50)
+        vector = torch.zeros_like(t, dtype=torch.bool)
+        vector[:, :32] = True  # x86 kernel: 32-column vector chunks, scalar remainder
+    else:  # add: c = 0.5 (a - 3) + 0.25 (b - 128), output scale 1: quarter steps
+        class Add(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.quant_a, self.quant_b = QuantStub(), QuantStub()
+                self.add = FloatFunctional()
+                self.dequant = DeQuantStub()
+
+            def forward(self, a, b):
+                return self.dequant(self.add.add(self.quant_a(a), self.quant_b(b)))
+
+        model = Add()
+        a, b = torch.randint(0, 256, (100,)).float(), torch.randint(0, 256, (100,)).float()
+        inputs = ((a - 3) * 0.5, (b - 128) * 0.25)
+        grids = [(0.5, 3), (0.25, 128), (1.0, zero_point)]
+        t = inputs[0] + inputs[1]
+        vector = torch.zeros_like(t, dtype=torch.bool)
+        vector[:64] = True  # x86 kernel: 64-element vector chunks, scalar remainder
+    model.qconfig = qconfig
+    qat = prepare_qat(model.train())
+    fqs = [m for m in qat.modules() if isinstance(m, tuple(ACTIVATION_FAKE_QUANTS.values()))]
+    assert len(fqs) == len(grids)  # in forward order: inputs first, output last
+    for fq, (scale, z) in zip(fqs, grids):
+        freeze_grid(fq, scale, z)
+    qat(*inputs)  # the weight quantizer observes: scale 1
+    qat.apply(disable_observer)
+    qat.eval()
+    y_fq = qat(*inputs).detach()
+    fold_weights_(qat)
+    y_int8 = convert(qat)(*inputs)
+    out_scale = grids[-1][0]
+    return y_fq / out_scale, y_int8 / out_scale, t, vector
+
+
+@pytest.mark.parametrize("zero_point", [3, 127, 128])
+@pytest.mark.parametrize("op", ["linear", "layer_norm", "add"])
+@pytest.mark.parametrize("name", ["ste", "lsq", "dorefa"])
+def test_requantizing_ops_differ_from_fake_quant_only_at_exact_ties_by_one_step(
+    name, op, zero_point
+):
+    fq_steps, int8_steps, t, vector = requantize_case(
+        op, ACTIVATION_FAKE_QUANTS[name].with_args(), zero_point
+    )
+    z = float(zero_point)
+    # Both sides see the same t: the fake-quant (and torch.quantize_per_tensor) rounds
+    # rint(t + z); the requantizing kernels round rint(t) + z in their vectorised part.
+    fq_expected = torch.clamp(torch.round(t + z), 0, 255) - z
+    torch.testing.assert_close(fq_steps, fq_expected, atol=0, rtol=0)
+    diff = fq_steps - int8_steps
+    ties = (t - torch.floor(t)) == 0.5
+    assert ties.sum() > 10
+    assert torch.all(diff[~ties] == 0)  # off the ties: identical
+    assert torch.all(diff.abs() <= 1)  # at most one step
+    if zero_point % 2 == 0:
+        assert torch.all(diff == 0)  # even zero point: rint(t + z) == rint(t) + z
+    elif ENGINE in ("x86", "fbgemm"):
+        expected = fq_expected - (torch.clamp(torch.round(t) + z, 0, 255) - z)
+        assert (expected[ties & vector] != 0).any()
+        torch.testing.assert_close(diff[vector], expected[vector], atol=0, rtol=0)
+        assert torch.all(diff[~vector] == 0)  # the scalar remainder rounds rint(t + z) too

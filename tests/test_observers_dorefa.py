@@ -5,7 +5,6 @@ import torch
 
 from observers.dorefa import DorefaActivationFakeQuantize, DorefaWeightFakeQuantize
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 EPS = torch.finfo(torch.float32).eps
 

@@ -7,7 +7,6 @@ import torch
 
 from observers.lsq import LsqActivationFakeQuantize, LsqWeightFakeQuantize
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 EPS = torch.finfo(torch.float32).eps
 

@@ -5,8 +5,6 @@ import torch
 
 from observers.pact import PactActivationFakeQuantize
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-
 
 def ref_affine(x, scale, zp):
     """What the converted model computes: requantize on [0, 255] with (scale, zp)."""

@@ -13,9 +13,12 @@ from typing import Any
 import pytest
 from conftest import cyclic_dataset, load_script
 
+from export import pipeline
+from export.bench_record import BenchRecord, BenchSetup, TimedModel, Timing
+from export.parity_record import ParityRecord
+
 from data import write_sasrec_text
-from export.results_plot import plot_comparison
-from export.results_table import RunResult, summary_columns, summary_rows, write_summary_csv
+from export.results_table import summary_columns
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_ALL = ROOT / "scripts" / "run_all.py"
@@ -49,64 +52,11 @@ def step_lines(stdout: str) -> dict[str, list[str]]:
     return out
 
 
-# -- summary table and figure -------------------------------------------------------------------
-def parity(method: str, bits: int, ndcg: float, passed: bool = True) -> dict[str, Any]:
-    return {"method": method, "bits": bits, "passed": passed, "onnx_bytes": 1000 + bits,
-            "ndcg@10": {"torch": ndcg, "onnxruntime": ndcg + 1e-4},
-            "hit@10": {"torch": 2 * ndcg, "onnxruntime": 2 * ndcg}}
-
-
-def record(model: str, batch: int, threads: int, median: float) -> dict[str, Any]:
-    return {"model": model, "kind": "x", "run": None, "method": None, "bits": None,
-            "batch": batch, "threads": threads, "median_ms": median, "p90_ms": median * 1.1,
-            "repeats": 3}
-
-
-def test_summary_rows_csv_and_figure(tmp_path):
-    runs = [RunResult("fp32", "fp32", 32, parity("fp32", 32, 0.15)),
-            RunResult("ste_w8", "ste", 8, parity("ste", 8, 0.14, passed=False)),
-            RunResult("lsq_w4", "lsq", 4, None)]  # not exported: empty cells, no crash
-    records = [record("fp32", 1, 1, 9.0), record("fp32", 1, 2, 4.0), record("fp32", 256, 2, 80.0),
-               record("ste_w8", 1, 2, 2.0), record("ste_w8", 256, 2, 20.0),
-               record("ort_quantize_dynamic", 1, 2, 8.0),
-               record("torch_eager_fp32", 1, 2, 16.0)]  # not an ONNX deployment: no row
-    bench = {"records": records, "quality": [
-        {"model": "ort_quantize_dynamic", "ndcg@10": 0.12, "hit@10": 0.25}],
-        "models": [{"model": "ort_quantize_dynamic", "onnx_bytes": 600}]}
-    rows = summary_rows(runs, bench, batches=[1, 256], threads=2)
-    assert [r["model"] for r in rows] == ["fp32", "ste_w8", "lsq_w4", "ort_quantize_dynamic"]
-    fp32, ste, lsq, dynamic = rows
-    assert ste["method"] == "ste" and ste["bits"] == 8 and ste["parity_passed"] is False
-    assert ste["ndcg@10_onnxruntime"] == pytest.approx(0.1401) and ste["onnx_bytes"] == 1008
-    assert (fp32["latency_b1_ms"], fp32["latency_b256_ms"]) == (4.0, 80.0)  # the 2-thread ones
-    assert (ste["speedup_b1"], ste["speedup_b256"]) == (2.0, 4.0)
-    assert fp32["speedup_b1"] == 1.0
-    assert lsq["ndcg@10_torch"] is None and lsq["latency_b1_ms"] is None
-    assert lsq["speedup_b1"] is None
-    assert dynamic["method"] == "quantize_dynamic" and dynamic["ndcg@10_onnxruntime"] == 0.12
-    assert dynamic["ndcg@10_torch"] is None and dynamic["speedup_b1"] == 0.5
-    assert dynamic["onnx_bytes"] == 600
-    assert dynamic["latency_b256_ms"] is None and dynamic["speedup_b256"] is None
-
-    path = tmp_path / "summary.csv"
-    write_summary_csv(rows, path, batches=[1, 256])
-    columns, table = read_csv(path)
-    assert columns == summary_columns([1, 256]) == [
-        "model", "method", "bits", "ndcg@10_torch", "hit@10_torch", "ndcg@10_onnxruntime",
-        "hit@10_onnxruntime", "parity_passed", "onnx_bytes", "latency_b1_ms", "latency_b256_ms",
-        "speedup_b1", "speedup_b256"]
-    assert table[1]["parity_passed"] == "False" and table[1]["speedup_b256"] == "4"
-    assert table[2]["ndcg@10_torch"] == "" and table[3]["parity_passed"] == ""
-
-    png = tmp_path / "figure.png"
-    plot_comparison(rows, png, batches=[1, 256], threads=2)
-    assert png.read_bytes().startswith(PNG_SIGNATURE)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["figure.png", "summary.csv"]  # no .tmp
-
-
 # -- the step logic, on stand-in scripts ----------------------------------------------------------
 FAKE = r'''
-import json, pathlib, sys
+import hashlib, json, pathlib, sys
+def sha256(path):  # the records' file hash (qat.records.file_sha256), without importing torch
+    return hashlib.sha256(pathlib.Path(path).read_bytes()).hexdigest()
 role, statuses, calls = {role!r}, {statuses!r}, pathlib.Path({calls!r})
 args = sys.argv[1:]
 with calls.open("a") as f:
@@ -117,10 +67,16 @@ if role == "train_qat":
     out = pathlib.Path(value("--out"))
     out.mkdir(parents=True, exist_ok=True)
     (out / "checkpoint.pt").write_text("checkpoint")
-    metrics = {{"test": {{"ndcg@10": 0.5, "hit@10": 0.9}}}}
+    q = {{"ndcg@10": 0.5, "hit@10": 0.9, "users": 40, "seconds": 0.1}}
+    metrics = {{"record": "metrics", "schema": 1, "method": value("--qconfig"), "valid": q,
+               "test": q, "best_epoch": 1, "epochs_run": 1, "seconds_per_epoch": 1.0,
+               "train_seconds_to_best": 1.0, "train_seconds": 1.0,
+               "eval_seconds_all_users": 0.1, "peak_rss_mb": 100.0, "threads": 1,
+               "checkpoint_sha256": sha256(out / "checkpoint.pt")}}
     if value("--qconfig") != "fp32":
         (out / "model_int8.pt").write_text("int8")
-        metrics["int8"] = {{"test": {{"ndcg@10": 0.5}}}}
+        metrics["int8"] = {{"valid": q, "test": q}}
+        metrics["int8_model_sha256"] = sha256(out / "model_int8.pt")
     (out / "metrics.json").write_text(json.dumps(metrics))
 elif role == "export_int8":
     run = pathlib.Path(value("--run"))
@@ -129,20 +85,63 @@ elif role == "export_int8":
         print("error: something is broken")
         sys.exit(2)
     kind = "int8" if (run / "model_int8.pt").exists() else "fp32"
-    (run / f"model_{{kind}}.onnx").write_text("onnx")
+    model = run / ("model_int8.pt" if kind == "int8" else "checkpoint.pt")
+    onnx_file = run / f"model_{{kind}}.onnx"
+    onnx_file.write_text("onnx")
     q = {{"torch": 0.5, "onnxruntime": 0.5}}
+    graph = {{"record": "graph_parity", "schema": 1, "onnx_file": onnx_file.name,
+             "onnx_bytes": 4, "onnx_sha256": sha256(onnx_file), "ndcg": q, "hit": q,
+             "ndcg_delta": 0.0, "hit_delta": 0.0, "top10_agreement": 1.0,
+             "top10_mean_overlap": 1.0, "max_abs_score_diff": 0.0, "users": 40, "seconds": {{}},
+             "thresholds": {{}}, "passed": status == 0, "failures": [] if status == 0 else ["x"]}}
     (run / "parity.json").write_text(json.dumps({{
-        "passed": status == 0, "ndcg@10": q, "hit@10": q, "onnx_bytes": 4}}))
+        "record": "parity", "schema": 1, "method": "m", "bits": 8, "kind": kind,
+        "model_file": model.name, "model_sha256": sha256(model), "dataset": "data",
+        "data_fingerprint": None, "split": "test", "optimization": "all", "threads": 1,
+        "max_abs_weight_int": None, "graph": graph}}))
     print("parity: " + ("PASSED" if status == 0 else "FAILED"))
     sys.exit(status)
 else:
-    i = args.index("--batches")
-    batches = [int(b) for b in args[i + 1:args.index("--threads")]]
-    threads = [int(t) for t in args[args.index("--threads") + 1:args.index("--repeats")]]
-    records = [{{"model": pathlib.Path(r).name, "batch": b, "threads": t, "median_ms": 1.0}}
-               for r in args[1:args.index("--out")] for b in batches for t in threads]
-    pathlib.Path(value("--out")).write_text(json.dumps({{"records": records, "quality": []}}))
+    def ints(flag, stop):
+        return [int(v) for v in args[args.index(flag) + 1:args.index(stop)]]
+    batches, threads = ints("--batches", "--threads"), ints("--threads", "--repeats")
+    sweep = args[args.index("--sweep-hidden") + 1:] if "--sweep-hidden" in args else []
+    bench = json.loads({bench!r})  # a valid BenchRecord made by the test, filled in here
+    bench["settings"].update(
+        repeats=int(value("--repeats")), baselines="--no-baselines" not in args,
+        int8_fast="--int8-fast" in args, torch_int8="--torch-int8" in args,
+        sweep_hidden=[int(d) for d in sweep], batches=batches, threads=threads)
+    model_entry, timing = bench.pop("models")[0], bench.pop("records")[0]
+    bench["models"], bench["records"] = [], []
+    for folder in map(pathlib.Path, args[1:args.index("--out")]):
+        int8 = (folder / "model_int8.pt").exists()
+        model, onnx = (("model_int8.pt", "model_int8.onnx") if int8
+                       else ("checkpoint.pt", "model_fp32.onnx"))
+        bench["models"].append({{**model_entry, "model": folder.name, "run": str(folder),
+                                "model_file": model, "model_sha256": sha256(folder / model),
+                                "onnx_file": onnx, "onnx_sha256": sha256(folder / onnx)}})
+        bench["records"] += [{{**timing, "model": folder.name, "batch": b, "threads": t}}
+                             for b in batches for t in threads]
+    pathlib.Path(value("--out")).write_text(json.dumps(bench))
 '''
+
+
+def bench_template() -> BenchRecord:
+    """A valid bench.json with one model and one timing, for the stand-in benchmark to copy."""
+    setup = BenchSetup(
+        runs=[], data="d.txt", split="test", test_users=40, num_items=20, max_len=10,
+        batches=[1], threads=[1], repeats=1, warmup=0, baselines=False, baseline_source=None,
+        calibration_users=16, sweep_hidden=[], fused=False, int8_fast=False, torch_int8=False,
+        onnxruntime={}, inputs="", schedule="", timer="", torch_eager="",
+        sweep_quantization="")
+    model = TimedModel(model="m", kind="onnx_int8", run=None, method="m", bits=8, source="",
+                       onnx_bytes=4, onnx_sha256=None, onnx_file=None, model_file=None,
+                       model_sha256=None)
+    timing = Timing(model="m", kind="onnx_int8", run=None, method="m", bits=8, batch=1,
+                    threads=1, median_ms=1.0, p90_ms=1.0, min_ms=1.0, repeats=1,
+                    ratio_to_fp32=None)
+    return BenchRecord(machine={}, settings=setup, models=[model], baselines=[],
+                       records=[timing], quality=[], sweep=[], notes=[])
 
 
 @pytest.fixture
@@ -154,10 +153,11 @@ def fake_pipeline(tmp_path, monkeypatch):
     calls = tmp_path / "calls.jsonl"
 
     def run(capsys, statuses: dict[str, int], *extra: str) -> tuple[int, str, str]:
-        for role in module.SCRIPTS:
+        for role in pipeline.SCRIPTS:
             script = tmp_path / f"fake_{role}.py"
-            script.write_text(FAKE.format(role=role, statuses=statuses, calls=str(calls)))
-            monkeypatch.setitem(module.SCRIPTS, role, script)
+            script.write_text(FAKE.format(role=role, statuses=statuses, calls=str(calls),
+                                          bench=json.dumps(bench_template().to_json())))
+            monkeypatch.setitem(pipeline.SCRIPTS, role, script)
         argv = ["--data", "d.txt", "--out", str(tmp_path / "all"), "--methods", "ste", "pact",
                 "--bench-batches", "1", "8", "--bench-threads", "1", "--no-progress", *extra]
         status = module.main(argv)
@@ -242,6 +242,7 @@ def test_usage_errors(capsys):
     assert "apot supports --bits 4, 8, not 6" in err and "--summary-threads 4" in err
 
 
+@pytest.mark.slow  # a new Python process
 def test_help_documents_every_flag():
     out = run_cli("--help").stdout
     for flag in ["--data", "--out", "--methods", "--bits", "--max-len", "--hidden", "--blocks",
@@ -252,6 +253,7 @@ def test_help_documents_every_flag():
     assert "python scripts/run_all.py --data ml-1m" in out  # the reproduce command
 
 
+@pytest.mark.slow  # new Python processes
 def test_a_failing_training_step_names_step_and_log(tmp_path):
     out = tmp_path / "all"
     result = run_cli("--data", tmp_path / "nope.txt", "--out", out, "--quiet", "--no-progress")
@@ -287,6 +289,8 @@ def test_pipeline_end_to_end_rerun_and_resume(tmp_path):
         label.replace(" ", "_") + ".log" for label in labels[:-1])
 
     bench = json.loads((out / "bench.json").read_text())
+    assert BenchRecord.load(out / "bench.json").missing(
+        [(out / n, n) for n in names], batches=[1, 4], threads=[1], repeats=3) is None
     columns, rows = read_csv(out / "results_summary.csv")
     assert columns == summary_columns([1, 4])
     baselines = ["ort_quantize_dynamic", "ort_quantize_static"]
@@ -297,15 +301,15 @@ def test_pipeline_end_to_end_rerun_and_resume(tmp_path):
     fp32_ms = {}
     for name in names:
         row = by_model[name]
-        report = json.loads((out / name / "parity.json").read_text())
-        assert row["method"] == report["method"] and int(row["bits"]) == report["bits"]
-        for metric in ("ndcg@10", "hit@10"):
+        report = ParityRecord.load(out / name / "parity.json")
+        assert row["method"] == report.method and int(row["bits"]) == report.bits
+        for metric, pair in (("ndcg@10", report.graph.ndcg), ("hit@10", report.graph.hit)):
             for engine in ("torch", "onnxruntime"):
                 assert float(row[f"{metric}_{engine}"]) == pytest.approx(
-                    report[metric][engine], rel=1e-5, abs=1e-9)
-        assert row["parity_passed"] == str(report["passed"]) == "True"
-        onnx_file = out / name / report["onnx_file"]
-        assert int(row["onnx_bytes"]) == report["onnx_bytes"] == onnx_file.stat().st_size
+                    pair[engine], rel=1e-5, abs=1e-9)
+        assert row["parity_passed"] == str(report.passed) == "True"
+        onnx_file = out / name / report.graph.onnx_file
+        assert int(row["onnx_bytes"]) == report.graph.onnx_bytes == onnx_file.stat().st_size
         for batch in (1, 4):
             median = [r["median_ms"] for r in bench["records"]
                       if (r["model"], r["batch"], r["threads"]) == (name, batch, 1)]
@@ -325,8 +329,8 @@ def test_pipeline_end_to_end_rerun_and_resume(tmp_path):
         else:
             assert row["method"] == row["model"].removeprefix("ort_") == model["method"]
             assert row["parity_passed"] == ""
-        assert float(row["ndcg@10_onnxruntime"]) == pytest.approx(quality["ndcg@10"], rel=1e-5)
-        assert float(row["hit@10_onnxruntime"]) == pytest.approx(quality["hit@10"], rel=1e-5)
+        assert float(row["ndcg@10_onnxruntime"]) == pytest.approx(quality["ndcg"], rel=1e-5)
+        assert float(row["hit@10_onnxruntime"]) == pytest.approx(quality["hit"], rel=1e-5)
         assert row["ndcg@10_torch"] == ""
         assert int(row["onnx_bytes"]) == model["onnx_bytes"]
         for batch in (1, 4):
@@ -346,13 +350,17 @@ def test_pipeline_end_to_end_rerun_and_resume(tmp_path):
     assert steps["summary"][-1].startswith("done in")
     assert stamps() == before
 
+    int8_before = (out / "lsq_w8" / "model_int8.pt").read_bytes()
     (out / "lsq_w8" / "metrics.json").unlink()  # a crash after the last checkpoint
     third = run_cli(*argv)
     assert third.returncode == 0, third.stdout + third.stderr
     steps = step_lines(third.stdout)
     ran = [label for label in labels if not steps[label][0].startswith("skipped")]
-    # the resumed run rewrites model_int8.pt, so its export and the benchmark are redone too
-    assert ran == ["train lsq_w8", "export lsq_w8", "benchmark", "summary"]
+    # the resumed run rewrites model_int8.pt with the same bytes (conversion is deterministic):
+    # parity.json and bench.json still describe it (sha256), so export and benchmark are not
+    # redone, although the file is newer than both
+    assert ran == ["train lsq_w8", "summary"]
+    assert (out / "lsq_w8" / "model_int8.pt").read_bytes() == int8_before
     assert steps["train lsq_w8"][0] == "started (resuming from checkpoint.pt)"
     commands = [line for line in (out / "logs" / "train_lsq_w8.log").read_text().splitlines()
                 if line.startswith("=== ") and " $ " in line]
@@ -362,3 +370,13 @@ def test_pipeline_end_to_end_rerun_and_resume(tmp_path):
                and p.name != "bench.json")
     assert after[out / "lsq_w8" / "checkpoint.pt"] == before[out / "lsq_w8" / "checkpoint.pt"]
     assert json.loads((out / "lsq_w8" / "metrics.json").read_text())["epochs_run"] == 1
+
+    graph = out / "ste_w8" / "model_int8.onnx"
+    exported = graph.read_bytes()
+    graph.write_bytes(exported[:-8] + b"\0" * 8)  # same size, other content: parity is stale
+    fourth = run_cli(*argv)
+    assert fourth.returncode == 0, fourth.stdout + fourth.stderr
+    steps = step_lines(fourth.stdout)
+    ran = [label for label in labels if not steps[label][0].startswith("skipped")]
+    assert ran == ["export ste_w8", "summary"]  # re-exported: the same bytes bench.json timed
+    assert graph.read_bytes() == exported

@@ -6,6 +6,8 @@ import torch
 
 from qat import NonFiniteError, SASRec, SASRecConfig, Trainer, TrainConfig, TrainHooks
 from qat.checkpoint import load_checkpoint
+from qat.metrics_record import MetricsRecord
+from qat.records import file_sha256
 
 MODEL = dict(num_items=20, max_len=10, hidden=16, blocks=1, heads=1, dropout=0.1)
 
@@ -22,11 +24,16 @@ def make_trainer(split, out, **train_kw):
 def test_learns_a_deterministic_sequence(cyclic_split, tmp_path, loss):
     metrics = make_trainer(cyclic_split, tmp_path, epochs=30, loss=loss).fit()
     # chance level is Hit@10 ~ 10/17 of unseen items only by luck; the cycle is fully learnable
-    assert metrics["test"]["hit@10"] == 1.0
-    assert metrics["test"]["ndcg@10"] > 0.8
+    assert metrics.test["hit@10"] == 1.0
+    assert metrics.test["ndcg@10"] > 0.8
     on_disk = json.loads((tmp_path / "metrics.json").read_text())
+    assert on_disk["record"] == "metrics" and on_disk["schema"] == 1
     assert set(on_disk["valid"]) >= {"ndcg@10", "hit@10"}
-    assert on_disk["test"]["ndcg@10"] == metrics["test"]["ndcg@10"]
+    assert on_disk["test"]["ndcg@10"] == metrics.test["ndcg@10"]
+    assert MetricsRecord.load(tmp_path / "metrics.json") == metrics
+    assert metrics.checkpoint_sha256 == file_sha256(tmp_path / "checkpoint.pt")
+    assert metrics.is_current(tmp_path, quantized=False)
+    assert not metrics.is_current(tmp_path, quantized=True)  # no INT8 model measured
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["model"]["hidden"] == 16 and config["train"]["loss"] == loss
 
@@ -64,7 +71,7 @@ def test_early_stopping_stops_and_keeps_best(cyclic_split, tmp_path):
     trainer = make_trainer(cyclic_split, tmp_path, epochs=50, lr=0.0 + 1e-12, patience=2)
     metrics = trainer.fit()
     # with a negligible learning rate nothing improves after the first evaluation
-    assert metrics["epochs_run"] == 3 and metrics["best_epoch"] == 1
+    assert metrics.epochs_run == 3 and metrics.best_epoch == 1
 
 
 def test_nan_loss_stops_with_location_and_keeps_last_good_checkpoint(cyclic_split, tmp_path):

@@ -25,7 +25,7 @@ Embeddings (weight-only ``nnq.Embedding``, ``per_channel_affine_float_qparams`` 
 ``(u - 128) * scale``.
 
 Scoring: ``Cast(MatMulInteger(h_u8, Transpose(table_s8), z_h)) * (s_h * row_scale)``: full
-precision float scores, never requantized (DESIGN.md, "Ranking ties").
+precision float scores, never requantized (docs/design.md, section 2).
 
 What differs between backends (``_write_quantize``, ``_write_linear``, ``_write_layer_norm``,
 ``_write_add``) is in ``plain.py``, ``torch_exact.py`` and ``fused.py`` next to this file.

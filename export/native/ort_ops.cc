@@ -25,7 +25,7 @@
 //
 // The formulas are those of the ONNX functions in export/torch_kernels.py (Requantize's
 // per-column float32 constants bias_acc = b / (s_x s_w), multiplier = s_x s_w / s are computed
-// at export, export/int8_layers.py).
+// at export, export/int8_emitters/fused.py).
 // Large tensors are split by rows over onnxruntime's
 // intra-op threads (KernelContext_ParallelFor); rounding does not depend on the split.
 #include <algorithm>

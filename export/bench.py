@@ -1,0 +1,250 @@
+"""The latency benchmark: exported SASRec models (INT8 vs FP32) in onnxruntime on the CPU, with
+PTQ baselines, as one call.
+
+    settings = BenchSettings(runs=["runs/fp32", "runs/lsq_w8"], batches=[1, 256], threads=[1])
+    record = run_benchmark(settings)          # export.bench_record.BenchRecord
+    print_tables(record)
+    benchmark_to_file(settings, "bench.json")  # what scripts/benchmark.py does
+
+What is timed, and how (``scripts/benchmark.py --help`` says the same for the command line):
+every run folder's ONNX model (its exported file, or built in memory when there is none), each
+INT8 run's fused-kernel graph (``fused``), its plain-op graph (``int8_fast``) and its torch
+model (``torch_int8``), and with an FP32 run among ``runs`` the baselines (torch eager FP32,
+onnxruntime ``quantize_dynamic`` / ``quantize_static``), all interleaved on the same batches of
+real test users at every batch size and thread count; then, apart, random models of the
+``sweep_hidden`` widths. The pieces: ``export.bench_candidates`` (what is timed),
+``export.bench_quality`` (their test nDCG@10), ``export.bench_timing`` (the timing loop),
+``export.bench_record`` (bench.json).
+"""
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from export import native_ops
+from export.bench_candidates import (
+    SWEEP_BITS,
+    SWEEP_CALIBRATION,
+    SWEEP_METHOD,
+    baseline_candidates,
+    fast_candidates,
+    fused_candidates,
+    load_runs,
+    run_candidates,
+    sweep_candidates,
+    torch_int8_candidates,
+)
+from export.bench_quality import WHICH, quality
+from export.bench_record import Baseline, BenchRecord, BenchSetup, Timing
+from export.bench_timing import add_ratios, time_cases
+from export.latency import eval_inputs, machine_info
+from export.ort_baselines import PTQResult
+from export.run_folder import load_run_split
+
+DEFAULT_BATCHES = (1, 256)
+DEFAULT_THREADS = (1, 2)
+DEFAULT_REPEATS = 100
+DEFAULT_WARMUP = 10
+DEFAULT_CALIBRATION_USERS = 512
+
+
+@dataclass(frozen=True, kw_only=True)
+class BenchSettings:
+    """What to benchmark; checked when made (``ValueError`` naming the command-line flag).
+
+    Attributes:
+        runs: ``scripts/train_qat.py`` run folders (``--runs``), exported or not.
+        batches, threads: batch sizes and intra-op thread counts to time (``--batches``,
+            ``--threads``; duplicates dropped, order kept).
+        repeats, warmup: timed and untimed calls per model and case.
+        data: dataset (default: the one in the first run's config.json); ``mirror``,
+            ``cache_dir``: how to download a named one.
+        baselines: time torch eager FP32 and onnxruntime's PTQ of the FP32 run.
+        calibration_users: training sequences calibrating ``quantize_static``.
+        fused: time each INT8 run's fused-kernel graph (skipped with a note without a compiler).
+        int8_fast: time each INT8 run's plain-op graph and measure its parity.
+        torch_int8: time each INT8 run's converted torch model.
+        sweep_hidden: also time random FP32/INT8 models of these widths.
+        ort_spinning: let onnxruntime's worker threads spin between runs.
+    """
+
+    runs: tuple[Path, ...]
+    batches: tuple[int, ...] = DEFAULT_BATCHES
+    threads: tuple[int, ...] = DEFAULT_THREADS
+    repeats: int = DEFAULT_REPEATS
+    warmup: int = DEFAULT_WARMUP
+    data: str | None = None
+    mirror: str | None = None
+    cache_dir: Path | None = None
+    baselines: bool = True
+    calibration_users: int = DEFAULT_CALIBRATION_USERS
+    fused: bool = True
+    int8_fast: bool = False
+    torch_int8: bool = False
+    sweep_hidden: tuple[int, ...] = ()
+    ort_spinning: bool = False
+
+    def __post_init__(self) -> None:
+        """Normalise sequences to tuples (duplicates dropped) and refuse impossible numbers."""
+        runs = (self.runs,) if isinstance(self.runs, (str, os.PathLike)) else self.runs
+        object.__setattr__(self, "runs", tuple(Path(r) for r in runs))
+        if not self.runs:
+            raise ValueError("--runs needs at least one run folder")
+        if self.cache_dir is not None:
+            object.__setattr__(self, "cache_dir", Path(self.cache_dir))
+        for flag, name, low in (("--batches", "batches", 1), ("--threads", "threads", 1),
+                                ("--sweep-hidden", "sweep_hidden", 1)):
+            values = tuple(dict.fromkeys(getattr(self, name)))
+            bad = [v for v in values if v < low]
+            if bad:
+                raise ValueError(f"{flag} values must be >= {low}, got {bad[0]}")
+            object.__setattr__(self, name, values)
+        if not self.batches or not self.threads:
+            raise ValueError("--batches and --threads need at least one value each")
+        for flag, value, low in (("--repeats", self.repeats, 1), ("--warmup", self.warmup, 0),
+                                 ("--calibration-users", self.calibration_users, 1)):
+            if value < low:
+                raise ValueError(f"{flag} must be >= {low}, got {value}")
+
+
+def run_benchmark(settings: BenchSettings) -> BenchRecord:
+    """Time everything ``settings`` asks for and measure its quality; writes nothing.
+
+    Progress and notes go to stderr.
+
+    Raises:
+        FileNotFoundError, ValueError: an unusable run folder, model or ONNX file (the message
+            names the file), runs of different dimensions, a sweep width the heads do not
+            divide, an unusable or mismatched dataset.
+        DownloadError: a named dataset that cannot be downloaded.
+    """
+    runs = load_runs(settings.runs)
+    first = runs[0].run.model.config
+    bad = [d for d in settings.sweep_hidden if d % first.heads]
+    if bad:
+        raise ValueError(f"--sweep-hidden {bad[0]} is not divisible by the first run's "
+                         f"{first.heads} heads")
+    data, split = load_run_split(runs[0].run.run_dir, first.num_items, settings.data,
+                                 cache_dir=settings.cache_dir, mirror=settings.mirror,
+                                 shared=True, also=[r.run.run_dir for r in runs[1:]])
+    notes: list[str] = []
+    candidates = run_candidates(runs, notes)
+    fused = settings.fused
+    if fused:
+        try:
+            candidates += fused_candidates(runs)
+        except native_ops.NativeBuildError as err:
+            fused = False
+            notes.append(f"fused INT8 graphs skipped: {err.reason}")
+    if settings.int8_fast:
+        candidates += fast_candidates(runs)
+    if settings.torch_int8:
+        candidates += torch_int8_candidates(runs)
+    baselines: list[PTQResult] = []
+    fp32_index = next((i for i, r in enumerate(runs) if r.run.kind == "fp32"), None)
+    if settings.baselines and fp32_index is None:
+        notes.append("no FP32 run among --runs: baselines skipped")
+    if settings.baselines and fp32_index is not None:
+        extra, baselines = baseline_candidates(runs[fp32_index], candidates[fp32_index], split,
+                                               settings.calibration_users)
+        candidates += extra
+        for result in baselines:
+            if result.model is None:
+                notes.append(f"ort {result.name} failed, not timed: {result.error}")
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    print(f"quality of {len(candidates)} models on {data} ({WHICH})", file=sys.stderr)
+    scores = quality(candidates, runs, data, split)
+    inputs = eval_inputs(split, WHICH, max_len=first.max_len)
+    cases = dict(batches=settings.batches, threads=settings.threads, warmup=settings.warmup,
+                 repeats=settings.repeats, allow_spinning=settings.ort_spinning)
+    records = time_cases(candidates, inputs, what="runs", **cases)
+    add_ratios(records, {None: None if fp32_index is None else candidates[fp32_index].name})
+    sweep: list[Timing] = []
+    for hidden in settings.sweep_hidden:
+        models = sweep_candidates(hidden, first, fused=fused)
+        sweep += time_cases(models, inputs, what=f"sweep hidden {hidden}", **cases)
+    add_ratios(sweep, {d: f"sweep_fp32_d{d}" for d in settings.sweep_hidden})
+    setup = BenchSetup(
+        runs=[str(r.run.run_dir) for r in runs], data=data, split=WHICH,
+        test_users=int(len(inputs)), num_items=first.num_items, max_len=first.max_len,
+        batches=list(settings.batches), threads=list(settings.threads),
+        repeats=settings.repeats, warmup=settings.warmup,
+        baselines=bool(settings.baselines and fp32_index is not None),
+        baseline_source=None if fp32_index is None else str(runs[fp32_index].run.run_dir),
+        calibration_users=settings.calibration_users, sweep_hidden=list(settings.sweep_hidden),
+        fused=fused, int8_fast=settings.int8_fast, torch_int8=settings.torch_int8,
+        onnxruntime={"graph_optimization": "all", "inter_op_threads": 1,
+                     "execution_mode": "sequential", "allow_spinning": settings.ort_spinning},
+        inputs="test users' last max_len history items, left-padded (as eval_batches), "
+               "shuffled; batch b of a case holds the next B users cyclically",
+        schedule="interleaved: each round times one call of every model on the same batch, "
+                 "in a rotated order (balanced Latin square, export.latency.round_order)",
+        timer="time.perf_counter_ns around one session.run / score_last call",
+        torch_eager="model.score_last under torch.inference_mode, "
+                    "torch.set_num_threads(threads)",
+        sweep_quantization=f"{SWEEP_METHOD}, {SWEEP_BITS}-bit weights, "
+                           f"{SWEEP_CALIBRATION} random calibration sequences")
+    return BenchRecord(machine=machine_info(), settings=setup,
+                       models=[c.describe() for c in candidates],
+                       baselines=[_baseline(r) for r in baselines], records=records,
+                       quality=scores, sweep=sweep, notes=notes)
+
+
+def _baseline(result: PTQResult) -> Baseline:
+    """The record of how one onnxruntime PTQ baseline was built (no model bytes)."""
+    return Baseline(name=result.name, ok=result.model is not None, options=result.options,
+                    attempts=list(result.attempts), error=result.error)
+
+
+def benchmark_to_file(settings: BenchSettings, out: str | Path) -> BenchRecord:
+    """``run_benchmark``, then write ``out`` atomically and print the tables on stdout.
+
+    Raises:
+        ValueError: ``out`` is a folder (before anything is timed), and whatever
+            ``run_benchmark`` raises (nothing is written then).
+        OSError: ``out`` cannot be written.
+    """
+    out = Path(out)
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a folder; give a file name")
+    record = run_benchmark(settings)
+    try:
+        record.save(out)
+    except OSError as err:
+        raise OSError(f"cannot write {out}: {err}") from err
+    print_tables(record)
+    print(f"wrote {out}", file=sys.stderr)
+    return record
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def print_tables(bench: BenchRecord) -> None:
+    """Latency per model and case, the sweep's INT8/FP32 ratios, and quality, on stdout."""
+    print(f"{'model':26s}{'batch':>6s}{'threads':>8s}{'median ms':>11s}{'p90 ms':>10s}"
+          f"{'vs fp32':>9s}")
+    for r in sorted(bench.records, key=lambda r: (r.threads, r.batch)):
+        print(f"{r.model:26s}{r.batch:6d}{r.threads:8d}{r.median_ms:11.3f}"
+              f"{r.p90_ms:10.3f}{_ratio(r.ratio_to_fp32):>9s}")
+    ints = [r for r in bench.sweep if r.kind in ("onnx_int8", "onnx_int8_fused")]
+    if ints:
+        fp = {(r.sweep_hidden, r.batch, r.threads): r for r in bench.sweep
+              if r.kind == "onnx_fp32"}
+        print(f"\nsweep (random weights){'model':>22s}{'batch':>6s}{'threads':>8s}"
+              f"{'fp32 ms':>10s}{'int8 ms':>10s}{'int8/fp32':>11s}")
+        for r in sorted(ints, key=lambda r: (r.sweep_hidden or 0, r.threads, r.batch, r.model)):
+            f = fp[(r.sweep_hidden, r.batch, r.threads)]
+            print(f"{'':22s}{r.model:>22s}{r.batch:6d}{r.threads:8d}"
+                  f"{f.median_ms:10.3f}{r.median_ms:10.3f}"
+                  f"{_ratio(r.ratio_to_fp32):>11s}")
+    if bench.quality:
+        print(f"\n{'model':26s}{'nDCG@10':>9s}{'Hit@10':>9s}  source")
+        for q in bench.quality:
+            agreement = (f", top-10 agreement {q.top10_agreement:.4f}"
+                         if q.top10_agreement is not None else "")
+            print(f"{q.model:26s}{q.ndcg:9.4f}{q.hit:9.4f}  {q.source}{agreement}")

@@ -1,0 +1,129 @@
+"""``parity.json``: how an exported ONNX graph scored against the torch model it came from.
+
+Written by ``scripts/export_int8.py`` next to the graph(s); read by the benchmark (to reuse the
+quality of the very file it times), the results table and the pipeline (is the export of this
+run current?). The record names the model file it exported (``model_int8.pt`` or
+``checkpoint.pt``) and each ONNX file by sha256: a retrained model or an edited graph makes it
+stale, whatever the sizes and modification times say.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from export.parity import ParityReport
+from qat.records import Record, sha256_or_none
+
+
+@dataclass
+class GraphParity(Record):
+    """One ONNX file and its parity with the torch model (``export.parity.ParityReport``).
+
+    Attributes:
+        onnx_file: the file's name in the run folder.
+        onnx_bytes, onnx_sha256: its size and content hash.
+        ndcg, hit: ``{"torch": .., "onnxruntime": ..}`` nDCG@10 / Hit@10 on ``split``.
+        ndcg_delta, hit_delta: their absolute differences.
+        top10_agreement: fraction of users whose top-10 sets are identical.
+        top10_mean_overlap: mean fraction of shared top-10 items.
+        max_abs_score_diff: largest |score difference| over every user and item.
+        users: evaluated users.
+        seconds: scoring time of each side.
+        hidden_steps: INT8 only, how far the final hidden state differs in output steps.
+        thresholds: the gate's limits; passed / failures: its verdict.
+    """
+
+    KIND = "graph_parity"
+    SCHEMA = 1
+
+    onnx_file: str
+    onnx_bytes: int
+    onnx_sha256: str
+    ndcg: dict[str, float]
+    hit: dict[str, float]
+    ndcg_delta: float
+    hit_delta: float
+    top10_agreement: float
+    top10_mean_overlap: float
+    max_abs_score_diff: float
+    users: int
+    seconds: dict[str, float]
+    thresholds: dict[str, float]
+    passed: bool
+    failures: list[str]
+    hidden_steps: dict[str, float] | None = None
+
+    @classmethod
+    def of(cls, report: ParityReport, *, onnx_file: str, onnx_bytes: int,
+           onnx_sha256: str) -> GraphParity:
+        """The record of ``report`` measured on the file ``onnx_file``."""
+        return cls(onnx_file=onnx_file, onnx_bytes=onnx_bytes, onnx_sha256=onnx_sha256,
+                   ndcg=dict(report.ndcg), hit=dict(report.hit), ndcg_delta=report.ndcg_delta,
+                   hit_delta=report.hit_delta, top10_agreement=report.top10_agreement,
+                   top10_mean_overlap=report.top10_mean_overlap,
+                   max_abs_score_diff=report.max_abs_score_diff, users=report.users,
+                   seconds=dict(report.seconds), thresholds=asdict(report.thresholds),
+                   passed=report.passed, failures=list(report.failures),
+                   hidden_steps=report.hidden_steps)
+
+    def describes(self, path: str | Path) -> bool:
+        """True when ``path`` is the file this record measured (same sha256)."""
+        return sha256_or_none(path) == self.onnx_sha256
+
+
+@dataclass
+class ParityRecord(Record):
+    """What export_int8.py checked for one run folder.
+
+    Attributes:
+        method, bits, kind: the run's ``--qconfig``, weight bits (32 for FP32), ``"int8"`` or
+            ``"fp32"``.
+        model_file, model_sha256: the torch model file exported (``model_int8.pt`` or
+            ``checkpoint.pt``) and its content hash.
+        dataset, data_fingerprint: the data the parity was measured on.
+        split: ``"test"``.
+        optimization, threads: the onnxruntime session settings of the parity run.
+        max_abs_weight_int: INT8 only, the largest |integer weight| (saturation check).
+        graph: the portable graph (``model_int8.onnx`` / ``model_fp32.onnx``).
+        fused: the fused-kernel graph (``model_int8_fused.onnx``), when exported.
+    """
+
+    KIND = "parity"
+    SCHEMA = 1
+
+    method: str
+    bits: int
+    kind: str
+    model_file: str
+    model_sha256: str
+    dataset: str
+    data_fingerprint: str | None
+    split: str
+    optimization: str
+    threads: int
+    max_abs_weight_int: int | None
+    graph: GraphParity
+    fused: GraphParity | None = None
+
+    @classmethod
+    def from_json(cls, obj: Any, *, source: str = "record") -> ParityRecord:
+        if isinstance(obj, dict):
+            obj = dict(obj)
+            for key in ("graph", "fused"):
+                if isinstance(obj.get(key), dict):
+                    obj[key] = GraphParity.from_json(obj[key], source=f"{source} [{key}]")
+        return super().from_json(obj, source=source)
+
+    @property
+    def passed(self) -> bool:
+        """Every exported graph passed its gate."""
+        return self.graph.passed and (self.fused is None or self.fused.passed)
+
+    def is_current(self, run_dir: str | Path) -> bool:
+        """True when the model file and every ONNX file named here are in ``run_dir`` with the
+        recorded content."""
+        run_dir = Path(run_dir)
+        graphs = [g for g in (self.graph, self.fused) if g is not None]
+        return (sha256_or_none(run_dir / self.model_file) == self.model_sha256
+                and all(g.describes(run_dir / g.onnx_file) for g in graphs))
