@@ -30,7 +30,6 @@ rerun the same command to resume); 130 interrupted.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from pathlib import Path
 
@@ -116,8 +115,7 @@ def _main(argv: list[str] | None) -> int:
 
 def settings_from_args(args: argparse.Namespace) -> PipelineSettings:
     """The flags as ``PipelineSettings`` (which validates them: ``ValueError``, exit 2)."""
-    names = {f.name for f in dataclasses.fields(PipelineSettings)}
-    return PipelineSettings(**{k: v for k, v in vars(args).items() if k in names})
+    return PipelineSettings(**vars(args))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,178 @@
+"""One training run, as ``scripts/train_qat.py`` runs it: FP32 from scratch, or QAT fine-tuning
+of an FP32 run followed by conversion to INT8.
+
+    metrics = train_run(TrainRunOptions(data="ml-1m", out=Path("runs/fp32")))
+    metrics = train_run(TrainRunOptions(data="ml-1m", out=Path("runs/lsq"), qconfig="lsq",
+                                        init_from=Path("runs/fp32")))
+
+Every check (method and bits, the --init-from run and its dataset fingerprint, the architecture,
+the training settings) runs before anything is written; ``Trainer.fit`` adds the resume checks.
+A QAT run ends by folding, converting and saving ``model_int8.pt`` and its INT8 metrics in
+``metrics.json``.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from data import TrainBatcher, leave_one_out, load_dataset
+from qat.config import SASRecConfig, TrainConfig
+from qat.evaluate import evaluate
+from qat.finetune import load_float_model, prepare_for_method, qat_hooks, save_int8_model
+from qat.metrics_record import MetricsRecord
+from qat.model import SASRec
+from qat.records import file_sha256
+from qat.registry import get_method
+from qat.run_files import INT8_MODEL, METRICS
+from qat.train import Trainer
+
+ARCHITECTURE_DEFAULTS = {"max_len": 200, "hidden": 50, "blocks": 2, "heads": 1, "dropout": 0.2}
+# (from scratch, QAT fine-tuning from an FP32 run)
+SCHEDULE_DEFAULTS = {"epochs": (200, 30), "patience": (20, 5), "lr": (1e-3, 1e-4)}
+
+
+@dataclass(frozen=True)
+class TrainRunOptions:
+    """What ``scripts/train_qat.py`` was asked for (its flags; None: the default, which may
+    depend on ``init_from``: see ``ARCHITECTURE_DEFAULTS`` and ``SCHEDULE_DEFAULTS``).
+
+    Validation happens in ``train_run`` (it needs the method registry and the data), with a
+    ``ValueError`` that names the flag.
+    """
+
+    data: str
+    out: Path
+    qconfig: str = "fp32"
+    bits: int | None = None
+    init_from: Path | None = None
+    cache_dir: Path | None = None
+    mirror: str | None = None
+    resume: bool = False
+    epochs: int | None = None
+    patience: int | None = None
+    eval_every: int = 1
+    max_len: int | None = None
+    hidden: int | None = None
+    blocks: int | None = None
+    heads: int | None = None
+    dropout: float | None = None
+    batch_size: int = 128
+    lr: float | None = None
+    quant_lr: float | None = None
+    loss: str = "ce"
+    seed: int = 42
+    threads: int = 0
+    bucket: bool = False
+    progress: bool = True
+
+
+def resolve_architecture(options: TrainRunOptions, num_items: int,
+                         init_config: SASRecConfig | None) -> SASRecConfig:
+    """Flags given explicitly win; otherwise the --init-from run's value, else the default.
+
+    Raises ValueError when an explicit flag contradicts the --init-from run.
+    """
+    values: dict[str, Any] = {}
+    for name, default in ARCHITECTURE_DEFAULTS.items():
+        given = getattr(options, name)
+        if init_config is not None:
+            expected = getattr(init_config, name)
+            if given is not None and given != expected and name != "dropout":
+                raise ValueError(f"--init-from {options.init_from} has {name}={expected}, but "
+                                 f"--{name.replace('_', '-')} {given} was given; drop the flag "
+                                 "or pick a run of that architecture")
+            values[name] = expected if given is None else given
+        else:
+            values[name] = default if given is None else given
+    if init_config is not None and init_config.num_items != num_items:
+        raise ValueError(f"--init-from {options.init_from} was trained on {init_config.num_items} "
+                         f"items, --data has {num_items}: use the same dataset")
+    return SASRecConfig(num_items=num_items, **values)
+
+
+def check_same_dataset(init_from: Path, init_info: dict[str, Any], fingerprint: str) -> None:
+    """Refuse to fine-tune a model on another dataset than the one it was trained on.
+
+    Compares dataset fingerprints (``SequenceDataset.fingerprint``): a copy of the data with
+    permuted item ids has the same item count but another fingerprint. Runs written before
+    fingerprints were recorded are checked by item count only (``resolve_architecture``).
+    """
+    recorded = init_info.get("data_fingerprint")
+    if recorded is not None and recorded != fingerprint:
+        raise ValueError(f"--init-from {init_from} was trained on {init_info.get('data')} "
+                         f"(dataset fingerprint {recorded[:12]}), but --data has fingerprint "
+                         f"{fingerprint[:12]}: the same item ids must mean the same items; use "
+                         "that run's dataset")
+
+
+def train_run(options: TrainRunOptions) -> MetricsRecord:
+    """Train (and for a QAT method convert) one run into ``options.out``; returns its metrics.
+
+    Raises:
+        ValueError, OSError, data.DownloadError: bad options, data or run folders (nothing
+            written); qat.train.NonFiniteError: training diverged.
+    """
+    method = get_method(options.qconfig)
+    if not method.is_quantized and options.bits is not None:
+        raise ValueError(f"--bits applies to QAT methods; --qconfig {method.name} keeps 32-bit "
+                         "float weights: drop --bits")
+    bits = 8 if options.bits is None else options.bits
+    if method.is_quantized:
+        method.mapping(bits)  # validates --bits for this method
+    init_model, init_config, init_info = None, None, {}
+    if options.init_from is not None:
+        init_model, init_ckpt = load_float_model(options.init_from)
+        init_config, init_info = init_model.config, init_ckpt.get("run_info") or {}
+    finetune = method.is_quantized and init_model is not None
+    schedule = {k: getattr(options, k) if getattr(options, k) is not None else v[int(finetune)]
+                for k, v in SCHEDULE_DEFAULTS.items()}
+    train_config = TrainConfig(
+        epochs=schedule["epochs"], batch_size=options.batch_size, lr=schedule["lr"],
+        loss=options.loss, patience=schedule["patience"], eval_every=options.eval_every,
+        seed=options.seed, threads=options.threads, bucket=options.bucket,
+        progress=options.progress)
+    if options.threads:
+        torch.set_num_threads(options.threads)
+    dataset = load_dataset(options.data, cache_dir=options.cache_dir, mirror=options.mirror)
+    fingerprint = dataset.fingerprint()
+    if init_model is not None:
+        check_same_dataset(options.init_from, init_info, fingerprint)
+    split = leave_one_out(dataset)
+    model_config = resolve_architecture(options, dataset.num_items, init_config)
+
+    torch.manual_seed(options.seed)
+    model = SASRec(model_config)
+    if init_model is not None:
+        model.load_state_dict(init_model.state_dict())
+    hooks = None
+    quant_lr = options.quant_lr if options.quant_lr is not None else method.quant_lr
+    if method.is_quantized:
+        batcher = TrainBatcher(split, max_len=model_config.max_len, batch_size=options.batch_size)
+        calibration = next(iter(batcher.epoch(np.random.default_rng(options.seed))))
+        model = prepare_for_method(model, method, bits, calibration.inputs)
+        hooks = qat_hooks(model, method, lr=train_config.lr, quant_lr=quant_lr)
+    print(f"{dataset.source}: {dataset.num_users} users, {dataset.num_items} items; "
+          f"method {method.name}" + (f" ({bits}-bit weights)" if method.is_quantized else "")
+          + (f", from {options.init_from}" if init_model is not None else "")
+          + f"; {torch.get_num_threads()} thread(s)", file=sys.stderr)
+    run_info = {"data": str(dataset.source), "data_fingerprint": fingerprint,
+                "bits": bits if method.is_quantized else 32,
+                "init_from": str(options.init_from) if options.init_from else None,
+                "quant_lr": quant_lr if method.is_quantized else None}
+    trainer = Trainer(model, split, model_config, train_config, options.out, method=method.name,
+                      hooks=hooks, run_info=run_info)
+    metrics = trainer.fit(resume=options.resume)
+    if method.is_quantized:
+        int8 = save_int8_model(trainer.model, method, bits, options.out)
+        metrics.int8 = {
+            which: evaluate(int8.score_last, split, which, max_len=model_config.max_len,
+                            batch_size=train_config.eval_batch_size)
+            for which in ("valid", "test")}
+        metrics.int8_model_sha256 = file_sha256(options.out / INT8_MODEL)
+        metrics.save(options.out / METRICS)
+    return metrics
