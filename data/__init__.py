@@ -20,6 +20,7 @@ from data.download import (
     file_md5,
 )
 from data.errors import ChecksumMismatchError, DataFormatError, DownloadError
+from data.item_ids import ITEM_IDS, ItemIds, UnknownItemError
 from data.loading import load_dataset
 from data.movielens import load_movielens_raw, preprocess_ratings, read_ratings
 from data.sequences import SequenceDataset, read_sasrec_text, write_sasrec_text
@@ -30,6 +31,9 @@ __all__ = [
     "ChecksumMismatchError",
     "DataFormatError",
     "DownloadError",
+    "ITEM_IDS",
+    "ItemIds",
+    "UnknownItemError",
     "EvalBatch",
     "LeaveOneOutSplit",
     "RemoteDataset",
