@@ -1,5 +1,8 @@
 """Data pipeline: load or download interactions, split leave-one-out, build tensor batches.
 
+Sources: named datasets (``ml-1m``, ``ml-20m``), raw MovieLens files, interaction logs (CSV, TSV,
+Parquet) and SASRec text files; ``load_dataset`` picks the reader.
+
 Imports no other project package.
 """
 
@@ -20,6 +23,12 @@ from data.download import (
     file_md5,
 )
 from data.errors import ChecksumMismatchError, DataFormatError, DownloadError
+from data.interactions import (
+    Interactions,
+    load_interactions,
+    preprocess_interactions,
+    read_interactions,
+)
 from data.item_ids import ITEM_IDS, ItemIds, UnknownItemError
 from data.loading import load_dataset
 from data.movielens import load_movielens_raw, preprocess_ratings, read_ratings
@@ -32,6 +41,7 @@ __all__ = [
     "DataFormatError",
     "DownloadError",
     "ITEM_IDS",
+    "Interactions",
     "ItemIds",
     "UnknownItemError",
     "EvalBatch",
@@ -48,9 +58,12 @@ __all__ = [
     "file_md5",
     "leave_one_out",
     "load_dataset",
+    "load_interactions",
     "load_movielens_raw",
     "num_eval_users",
+    "preprocess_interactions",
     "preprocess_ratings",
+    "read_interactions",
     "read_ratings",
     "read_sasrec_text",
     "sample_negatives_for_eval",

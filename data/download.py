@@ -1,7 +1,10 @@
-"""Download and cache public datasets (GroupLens MovieLens-1M).
+"""Download and cache public datasets (GroupLens MovieLens-1M and MovieLens-20M).
 
-Files live in ``default_cache_dir()/<name>/``: the archive as published and the preprocessed
-SASRec text file ``<name>.txt``. Once the text file exists no network access happens.
+Files live in ``default_cache_dir()/<name>/``: the archive as published, the item id map
+``item_ids.json`` (raw movie ids and titles, ``data.item_ids``) and the preprocessed SASRec text
+file ``<name>.txt``. Both are written atomically, the map first: a text file never lacks its
+map. Once both exist no network access happens; a cache from before the map existed (text, no
+map) is rebuilt from the cached archive, or downloaded again if the archive is gone.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from data.errors import ChecksumMismatchError, DownloadError
+from data.item_ids import ITEM_IDS, ItemIds
 from data.movielens import load_movielens_raw
 from data.sequences import write_sasrec_text
 
@@ -42,10 +46,19 @@ class RemoteDataset:
 
 
 DATASETS: dict[str, RemoteDataset] = {
+    # 1,000,209 ratings; 6,040 users; 3,706 rated movies (3,416 with >= 5 ratings).
     "ml-1m": RemoteDataset(
         "https://files.grouplens.org/datasets/movielens/ml-1m.zip",
         "c4d9eecfca2ab87c1945afe126590906",
         "ml-1m.zip",
+    ),
+    # 198,702,078 bytes; ratings.csv holds 20,000,263 ratings by 138,493 users of 26,744 movies.
+    # md5 as GroupLens' ml-20m.zip.md5 sidecar, quoted by several public projects (not fetched
+    # here).
+    "ml-20m": RemoteDataset(
+        "https://files.grouplens.org/datasets/movielens/ml-20m.zip",
+        "cd245b17a1ae2cc31bb14903e1204af3",
+        "ml-20m.zip",
     ),
 }
 
@@ -129,10 +142,11 @@ def fetch_dataset(
 ) -> Path:
     """Path of the preprocessed SASRec text file of dataset ``name``, downloading if needed.
 
-    Order: reuse ``<cache>/<name>/<name>.txt`` if it exists (no network); else reuse the cached
-    archive if its md5 matches (a mismatching one is deleted); else download it. Then
-    preprocess it with ``load_movielens_raw`` and write the text file with
-    ``write_sasrec_text``.
+    Order: reuse ``<cache>/<name>/<name>.txt`` if it and a readable ``item_ids.json`` beside it
+    exist (no network); else reuse the cached archive if its md5 matches (a mismatching one is
+    deleted); else download it. Then preprocess it with ``load_movielens_raw`` and write
+    ``item_ids.json`` (``ItemIds.save``), then the text file (``write_sasrec_text``), each
+    atomically. ``read_sasrec_text`` of the returned path loads the map.
 
     Args:
         name: a key of ``DATASETS``.
@@ -142,7 +156,7 @@ def fetch_dataset(
         progress: show a download progress bar.
 
     Returns:
-        ``<cache>/<name>/<name>.txt``.
+        ``<cache>/<name>/<name>.txt``, with ``<cache>/<name>/item_ids.json`` beside it.
 
     Raises:
         ValueError: for an unknown ``name`` (the message lists the known names).
@@ -156,8 +170,12 @@ def fetch_dataset(
     md5 = (md5 if md5 is not None else remote.md5).lower()
     directory = Path(cache_dir if cache_dir is not None else default_cache_dir()) / name
     text_path = directory / f"{name}.txt"
+    ids_path = directory / ITEM_IDS
     if text_path.is_file():
-        return text_path
+        if _readable_map(ids_path):
+            return text_path
+        logger.warning("%s has no readable %s beside it (an older cache); rebuilding it",
+                       text_path, ITEM_IDS)
     archive = directory / remote.filename
     if archive.is_file() and file_md5(archive) != md5:
         logger.warning("cached %s has the wrong md5; downloading it again", archive)
@@ -173,8 +191,21 @@ def fetch_dataset(
                 "or download from a mirror (--mirror URL on the command line, url= in Python)"
             ) from err
     dataset = load_movielens_raw(archive, source=name)
+    assert dataset.item_ids is not None  # load_movielens_raw always keeps the raw ids
+    dataset.item_ids.save(ids_path)  # first: a crash leaves no text file without its map
     write_sasrec_text(dataset, text_path)
     return text_path
+
+
+def _readable_map(path: Path) -> bool:
+    if not path.is_file():
+        return False
+    try:
+        ItemIds.load(path)
+    except (OSError, ValueError) as err:
+        logger.warning("%s", err)
+        return False
+    return True
 
 
 def _stream(url: str, part: Path, *, timeout: float, progress: bool, desc: str) -> str:

@@ -1,11 +1,14 @@
-"""One entry point for every data source: a dataset name, a SASRec text file, raw MovieLens."""
+"""One entry point for every data source: a dataset name, a SASRec text file, raw MovieLens, an
+interaction log (CSV, TSV, Parquet)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+from data._preprocess import drop_short_users
 from data.download import DATASETS, fetch_dataset
+from data.interactions import SUFFIXES, Columns, load_interactions
 from data.movielens import load_movielens_raw
 from data.sequences import SequenceDataset, read_sasrec_text
 
@@ -17,32 +20,66 @@ def load_dataset(
     cache_dir: str | os.PathLike[str] | None = None,
     *,
     mirror: str | None = None,
+    columns: Columns = None,
+    min_user_interactions: int = 1,
 ) -> SequenceDataset:
     """Load sequences from a dataset name or a file.
 
     Dispatch:
 
-    * a string that is a key of ``DATASETS`` (``"ml-1m"``): ``fetch_dataset`` (download and
-      preprocess once, then cached) and ``read_sasrec_text``;
+    * a string that is a key of ``DATASETS`` (``"ml-1m"``, ``"ml-20m"``): ``fetch_dataset``
+      (download and preprocess once, then cached) and ``read_sasrec_text``; ``item_ids`` holds
+      the raw movie ids and titles;
+    * a file ending in ``.csv``, ``.tsv`` or ``.parquet`` (any case): an interaction log, read
+      by ``load_interactions`` (``data.interactions``: string or integer ids, timestamps as
+      numbers or ISO-8601 dates, the ML-1M preprocessing rules); ``item_ids`` holds the raw item
+      ids;
     * a file ending in ``.zip``, named ``ratings.dat``, or whose first non-empty line contains
-      ``::``: raw MovieLens via ``load_movielens_raw``;
-    * any other file: ``read_sasrec_text``.
+      ``::``: raw MovieLens via ``load_movielens_raw`` (``ml-1m.zip``, ``ml-20m.zip``,
+      ``ratings.dat``); ``item_ids`` holds raw movie ids and titles;
+    * any other file: ``read_sasrec_text`` (ids already dense, ``item_ids`` None).
+
+    Every raw source drops items with fewer than 5 interactions, keeps every row as an
+    interaction, sorts each user's items by time (stable: ties keep file order) and renumbers
+    users and items from 1.
 
     Args:
         path_or_name: dataset name or path.
         cache_dir: cache root for named datasets; default ``default_cache_dir()``.
         mirror: download a named dataset from this URL instead of its registered one (the md5
             is still checked); ignored for paths.
+        columns: for ``.csv``/``.tsv``/``.parquet`` only: the user, item and timestamp columns
+            as header names or 0-based positions (``"user_id,sku,ts"``, ``"0,1,2"`` or a
+            sequence). Default: the header names ``user``, ``item``, ``timestamp`` if the first
+            row holds them, else positions 0, 1, 2 (a first row whose timestamp field is not a
+            timestamp is then a header).
+        min_user_interactions: drop users with fewer interactions, counted after the item
+            filter (one pass). Default 1: no user is dropped, as the SASRec ML-1M data; users
+            with 1 or 2 interactions then only train (the leave-one-out split evaluates users
+            with at least 3). Applies to named datasets and raw files; a SASRec text file is
+            already preprocessed and takes only the default.
 
     Returns:
         The dataset.
 
     Raises:
-        ValueError: if ``path_or_name`` is neither a known name nor an existing file.
+        ValueError: if ``path_or_name`` is neither a known name nor an existing file,
+            ``columns`` is given for another kind of source, ``min_user_interactions`` is
+            negative or given for a SASRec text file, or a Parquet file is given without
+            pyarrow installed.
         DataFormatError, DownloadError: from the readers and the downloader.
     """
-    if isinstance(path_or_name, str) and path_or_name in DATASETS:
-        return read_sasrec_text(fetch_dataset(path_or_name, cache_dir, url=mirror))
+    if min_user_interactions < 0:
+        raise ValueError(f"min_user_interactions must be >= 0, got {min_user_interactions}")
+    is_log = Path(path_or_name).suffix.lower() in SUFFIXES
+    is_name = isinstance(path_or_name, str) and path_or_name in DATASETS
+    if columns is not None and (is_name or not is_log):
+        raise ValueError(
+            f"{path_or_name}: columns= applies to {', '.join(SUFFIXES)} interaction logs only"
+        )
+    if is_name:
+        dataset = read_sasrec_text(fetch_dataset(path_or_name, cache_dir, url=mirror))
+        return drop_short_users(dataset, min_user_interactions)
     path = Path(path_or_name)
     if not path.exists():
         raise ValueError(
@@ -51,10 +88,19 @@ def load_dataset(
         )
     if not path.is_file():
         raise ValueError(
-            f"{path}: is a directory; pass a SASRec 'user item' text file, ratings.dat or ml-1m.zip"
+            f"{path}: is a directory; pass a SASRec 'user item' text file, ratings.dat, "
+            "ml-1m.zip or an interaction log (.csv, .tsv, .parquet)"
         )
+    if is_log:
+        return load_interactions(path, columns=columns,
+                                 min_user_interactions=min_user_interactions)
     if _is_movielens_raw(path):
-        return load_movielens_raw(path)
+        return load_movielens_raw(path, min_user_interactions=min_user_interactions)
+    if min_user_interactions > 1:
+        raise ValueError(
+            f"{path}: min_user_interactions applies to raw logs; a SASRec text file is already "
+            "preprocessed (filter it before writing it, or load the raw log)"
+        )
     return read_sasrec_text(path)
 
 

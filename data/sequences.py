@@ -8,6 +8,10 @@ The format, as written by the SASRec reference code (kang205/SASRec, pmixer/SASR
 
 Ids are positive integers (item 0 is the padding id). A user's lines are in time order; they
 need not be contiguous (later lines of a user are appended in file order).
+
+A cached named dataset (``<cache>/<name>/<name>.txt``, see ``data.download``) has its item id
+map ``item_ids.json`` beside it; ``read_sasrec_text`` loads it into ``SequenceDataset.item_ids``.
+Any other text file holds ids that are already dense and gets ``item_ids=None``.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import numpy as np
 
 from data._parse import parse_int_table, strip_utf8_bom
 from data.errors import DataFormatError
+from data.item_ids import ITEM_IDS, ItemIds
 
 _INT_RE = re.compile(rb"[+-]?[0-9]+")
 
@@ -35,18 +40,27 @@ class SequenceDataset:
         num_users: largest user id.
         num_items: largest item id; items are ``1..num_items`` and 0 is padding.
         source: where the data came from (a path or a dataset name), for messages and logs.
+        item_ids: the raw id (and title, where the source has titles) of every internal item
+            ``1..num_items``, or None when the ids are already the source's ids (a SASRec text
+            file: use ``ItemIds.identity(num_items)``). Not part of ``fingerprint()``.
 
     Raises:
-        ValueError: if a user id exceeds ``num_users`` or an item id is outside
-            ``1..num_items``.
+        ValueError: if a user id exceeds ``num_users``, an item id is outside
+            ``1..num_items``, or ``item_ids`` holds another number of items.
     """
 
     sequences: dict[int, list[int]]
     num_users: int
     num_items: int
     source: str
+    item_ids: ItemIds | None = None
 
     def __post_init__(self) -> None:
+        if self.item_ids is not None and self.item_ids.num_items != self.num_items:
+            raise ValueError(
+                f"{self.source}: item_ids maps {self.item_ids.num_items} items but the dataset "
+                f"has num_items={self.num_items}"
+            )
         if self.sequences and max(self.sequences) > self.num_users:
             raise ValueError(
                 f"{self.source}: user id {max(self.sequences)} exceeds num_users="
@@ -73,7 +87,8 @@ class SequenceDataset:
         Two datasets with the same fingerprint give a model the same inputs and targets, whatever
         file they were read from; a copy with permuted item ids, a dropped interaction or another
         order of a user's items gets another one. Stored in a run's ``config.json`` and checked
-        wherever a model meets a dataset (``--init-from``, ``--resume``, export).
+        wherever a model meets a dataset (``--init-from``, ``--resume``, export). ``item_ids``
+        and ``source`` are not part of it.
         """
         digest = hashlib.sha256(f"sasrec-qat dataset v1 items={self.num_items}\n".encode())
         for user in sorted(self.sequences):
@@ -95,12 +110,16 @@ def read_sasrec_text(path: str | os.PathLike[str]) -> SequenceDataset:
 
     Returns:
         The dataset; ``num_users``/``num_items`` are the largest ids seen, ``source`` the path.
+        ``item_ids`` is loaded from ``item_ids.json`` beside a cached named dataset (the layout
+        ``<dir>/<dir>.txt``, as ``fetch_dataset`` writes it) and is None for any other file.
 
     Raises:
         FileNotFoundError: if ``path`` is not a file.
         DataFormatError: ``path:line_no: ...`` for an empty file, a line without exactly two
             whitespace-separated fields (including a blank line before the end), a field that is
             not an integer, or an id < 1.
+        ValueError: the cached ``item_ids.json`` is unreadable or maps another number of items
+            than the text file holds (delete the cache directory to rebuild it).
     """
     path = Path(path)
     if not path.is_file():
@@ -119,12 +138,29 @@ def read_sasrec_text(path: str | os.PathLike[str]) -> SequenceDataset:
             "ids start at 1 (0 is the padding item)"
         )
     sequences = _group_by_user(pairs[:, 0], pairs[:, 1])
+    num_items = int(pairs[:, 1].max())
+    item_ids = _cached_item_ids(path, num_items)
     return SequenceDataset(
         sequences=sequences,
         num_users=int(pairs[:, 0].max()),
-        num_items=int(pairs[:, 1].max()),
+        num_items=num_items,
         source=str(path),
+        item_ids=item_ids,
     )
+
+
+def _cached_item_ids(path: Path, num_items: int) -> ItemIds | None:
+    """The map beside a cached named dataset ``<dir>/<dir>.txt``, else None."""
+    map_path = path.parent / ITEM_IDS
+    if path.name != f"{path.parent.name}.txt" or not map_path.is_file():
+        return None
+    item_ids = ItemIds.load(map_path)
+    if item_ids.num_items != num_items:
+        raise ValueError(
+            f"{map_path}: maps {item_ids.num_items} items but {path} has {num_items}; the cache "
+            f"is inconsistent: delete {path.parent} to rebuild it"
+        )
+    return item_ids
 
 
 def write_sasrec_text(dataset: SequenceDataset, path: str | os.PathLike[str]) -> None:
@@ -151,6 +187,8 @@ def write_sasrec_text(dataset: SequenceDataset, path: str | os.PathLike[str]) ->
     try:
         with open(tmp, "w", encoding="ascii", newline="\n") as f:
             f.write("".join(chunks))
+            f.flush()
+            os.fsync(f.fileno())  # on disk before the rename makes it visible
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -9,19 +9,33 @@ an FP32 run folder gives ``model_fp32.onnx``. Each graph scores the test users (
 and is compared with the torch model (``export.parity.check_parity``); ``parity.json``
 (``ParityRecord``) names the exported model file and each ONNX file by sha256.
 
+Every graph carries the run's item id map (``data.ItemIds``: internal id -> raw id and title) in
+its metadata property ``data.item_ids.METADATA_KEY``, so a model file alone can turn its scores
+into the raw ids of the user's log (``export.recommend``). The map is the run folder's
+``item_ids.json``; a run folder without one (trained before the map existed, or on a SASRec text
+file whose ids are already dense) gets ``ItemIds.identity(num_items)``. ``parity.json`` records
+which (``item_ids_source``) and the sha256 of the embedded JSON (``item_ids_sha256``).
+
+With ``eval_negatives`` each graph is also scored by the paper's sampled protocol (the target
+against N sampled unseen items, ``qat.evaluate.evaluate(sampled_negatives=N, seed=...)``) on the
+torch and the onnxruntime side; both go into ``GraphParity.sampled`` (reported, not gated).
+
 Everything is computed in memory first: bad input raises before any file is written, and the
 ONNX files and parity.json are written together (an ONNX file never lies there without the
 record that describes it).
 """
 from __future__ import annotations
 
+import hashlib
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import onnx
 
-from data import LeaveOneOutSplit
+from data import ITEM_IDS, ItemIds, LeaveOneOutSplit
+from data.item_ids import METADATA_KEY
 from export import native_ops
 from export.onnx_file import save_onnx
 from export.parity import ParityReport, check_parity
@@ -34,13 +48,16 @@ from export.run_folder import (
     onnx_file_name,
     recorded_fingerprint,
 )
-from export.runtime import make_session
+from export.runtime import OnnxScorer, make_session
 from export.sasrec_graph import build_sasrec_onnx
+from qat.evaluate import evaluate
 from qat.records import file_sha256
 
 WHICH = "test"
 FUSED_KIND = "int8_fused"  # model_int8_fused.onnx
 SATURATION_SAFE = 64  # 2 * 255 * 64 <= 32767: exact in vpmaddubsw's int16 pairs
+K = 10  # the cut-off of the sampled metrics (as the full-ranking ones, export.parity.K)
+IDENTITY = "identity"  # item_ids_source of a run folder without item_ids.json
 
 
 @dataclass
@@ -53,11 +70,33 @@ class ExportResult:
     fused_report: ParityReport | None = None
 
 
+def run_item_ids(run_dir: str | Path, num_items: int) -> tuple[ItemIds, str]:
+    """``(item id map, source)`` of a run folder: its ``item_ids.json`` (source
+    ``"item_ids.json"``) or, when it has none, ``ItemIds.identity(num_items)`` (``"identity"``).
+
+    Raises:
+        ValueError: an unreadable ``item_ids.json``, or one that maps another number of items
+            than the model scores (the message names the file).
+    """
+    path = Path(run_dir) / ITEM_IDS
+    if not path.exists():
+        return ItemIds.identity(num_items), IDENTITY
+    ids = ItemIds.load(path)
+    if ids.num_items != num_items:
+        raise ValueError(f"{path} maps {ids.num_items} items but the model scores {num_items}: "
+                         "it is not this run's item id map")
+    return ids, ITEM_IDS
+
+
 def _export_one(run: RunModel, split: LeaveOneOutSplit, *, fused: bool, top_k: int | None,
-                threads: int, batch_size: int,
-                optimization: str) -> tuple[onnx.ModelProto, ParityReport]:
-    """Build one graph of ``run`` (exact or fused) and compare it with the torch model."""
-    meta = {"sasrec_qat.method": run.method, "sasrec_qat.bits": run.bits}
+                threads: int, batch_size: int, optimization: str, item_ids: ItemIds,
+                eval_negatives: int, eval_seed: int, torch_sampled: dict[str, Any] | None
+                ) -> tuple[onnx.ModelProto, ParityReport, dict[str, Any] | None]:
+    """Build one graph of ``run`` (exact or fused) and compare it with the torch model; with
+    ``eval_negatives`` also its sampled metrics (``GraphParity.sampled``; ``torch_sampled``:
+    the torch side's, computed once for every graph)."""
+    meta = {"sasrec_qat.method": run.method, "sasrec_qat.bits": run.bits,
+            METADATA_KEY: item_ids.dumps()}
     onnx_model = build_sasrec_onnx(run.model, top_k=top_k, metadata=meta, fused=fused)
     session = make_session(onnx_model.SerializeToString(), threads=threads,
                            optimization=optimization)
@@ -68,13 +107,40 @@ def _export_one(run: RunModel, split: LeaveOneOutSplit, *, fused: bool, top_k: i
             threads=threads, optimization=optimization)
     report = check_parity(run.model, session, split, WHICH, batch_size=batch_size,
                           hidden_session=hidden_session)
-    return onnx_model, report
+    sampled = None
+    if eval_negatives:
+        sampled = sampled_metrics(run, session, split, negatives=eval_negatives,
+                                  seed=eval_seed, batch_size=batch_size,
+                                  reference=torch_sampled)
+    return onnx_model, report, sampled
+
+
+def sampled_metrics(run: RunModel, session: Any, split: LeaveOneOutSplit, *, negatives: int,
+                    seed: int, batch_size: int,
+                    reference: dict[str, Any] | None = None) -> dict[str, Any]:
+    """nDCG@10 / Hit@10 of the torch model and of ``session`` by the sampled protocol.
+
+    Both sides rank each test target against the same ``negatives`` sampled unseen items
+    (``qat.evaluate.evaluate(sampled_negatives=negatives, seed=seed)``: one generator seeded
+    alike, so the same negatives). ``reference``: the torch side's ``evaluate`` result if
+    already computed with these settings. Returns the ``GraphParity.sampled`` layout:
+    ``{"negatives", "seed", "ndcg": {"torch", "onnxruntime"}, "hit": {...}, "users"}``.
+    """
+    common = dict(max_len=run.model.config.max_len, batch_size=batch_size, k=K,
+                  sampled_negatives=negatives, seed=seed)
+    ref = reference or evaluate(run.model.score_last, split, WHICH, **common)
+    got = evaluate(OnnxScorer(session), split, WHICH, **common)
+    return {"negatives": negatives, "seed": seed,
+            "ndcg": {"torch": ref[f"ndcg@{K}"], "onnxruntime": got[f"ndcg@{K}"]},
+            "hit": {"torch": ref[f"hit@{K}"], "onnxruntime": got[f"hit@{K}"]},
+            "users": ref["users"]}
 
 
 def export_run(run_dir: str | Path, *, data: str | None = None, cache_dir: Path | None = None,
                mirror: str | None = None, threads: int = 0, batch_size: int = 256,
                top_k: int | None = None, fused: bool = False,
-               optimization: str = "all") -> ExportResult:
+               optimization: str = "all", eval_negatives: int = 0,
+               eval_seed: int = 0) -> ExportResult:
     """Export ``run_dir``'s model, check its parity, write the ONNX file(s) and parity.json.
 
     Args:
@@ -87,15 +153,22 @@ def export_run(run_dir: str | Path, *, data: str | None = None, cache_dir: Path 
         top_k: also output the ``top_k`` best item ids and scores.
         fused: INT8 runs: also write and check the fused-kernel graph.
         optimization: onnxruntime graph optimisation level of the parity sessions.
+        eval_negatives: also score each graph and the torch model by the sampled protocol
+            (target + this many sampled negatives; 0 = off).
+        eval_seed: seed of the sampled negatives.
 
     Raises:
-        FileNotFoundError, ValueError: unusable run folder or data (nothing is written).
+        FileNotFoundError, ValueError: unusable run folder, data or ``item_ids.json``, or a
+            negative ``eval_negatives`` (nothing is written).
         export.native_ops.NativeBuildError: ``fused`` without a working C++ compiler.
         OSError: the folder cannot be written (no ONNX file is left without its record).
     """
     if threads < 0 or batch_size < 1:
         raise ValueError("--threads must be >= 0 and --batch-size >= 1")
+    if eval_negatives < 0:
+        raise ValueError(f"--eval-negatives must be >= 0 (0 = off), got {eval_negatives}")
     run = load_run(run_dir)
+    item_ids, item_ids_source = run_item_ids(run.run_dir, run.model.config.num_items)
     if fused and run.kind != "int8":
         raise ValueError(f"--fused applies to INT8 runs; {run_dir} is an FP32 run")
     if fused:
@@ -103,7 +176,12 @@ def export_run(run_dir: str | Path, *, data: str | None = None, cache_dir: Path 
     dataset, split = load_run_split(run_dir, run.model.config.num_items, data,
                                     cache_dir=cache_dir, mirror=mirror)
     settings = dict(top_k=top_k, threads=threads, batch_size=batch_size,
-                    optimization=optimization)
+                    optimization=optimization, item_ids=item_ids,
+                    eval_negatives=eval_negatives, eval_seed=eval_seed, torch_sampled=None)
+    if eval_negatives:  # the torch side once, for every graph
+        settings["torch_sampled"] = evaluate(
+            run.model.score_last, split, WHICH, max_len=run.model.config.max_len,
+            batch_size=batch_size, k=K, sampled_negatives=eval_negatives, seed=eval_seed)
     graphs = [(run.onnx_path, *_export_one(run, split, fused=False, **settings))]
     if fused:
         graphs.append((run.run_dir / onnx_file_name(FUSED_KIND),
@@ -117,26 +195,30 @@ def export_run(run_dir: str | Path, *, data: str | None = None, cache_dir: Path 
         data_fingerprint=recorded_fingerprint(run.run_dir), split=WHICH,
         optimization=optimization, threads=threads,
         max_abs_weight_int=None if max_weight is None else int(max_weight),
-        graph=records[0], fused=records[1] if fused else None)
+        graph=records[0], fused=records[1] if fused else None,
+        item_ids_source=item_ids_source,
+        item_ids_sha256=hashlib.sha256(item_ids.dumps().encode("utf-8")).hexdigest())
     try:
         record.save(run.run_dir / PARITY)
     except BaseException:
-        for path, _, _ in graphs:  # no ONNX file without its parity record
+        for path, *_ in graphs:  # no ONNX file without its parity record
             path.unlink(missing_ok=True)
         raise
     return ExportResult(run, record, graphs[0][2], graphs[1][2] if fused else None)
 
 
-def _write(graphs: list[tuple[Path, onnx.ModelProto, ParityReport]]) -> list[GraphParity]:
+def _write(graphs: list[tuple[Path, onnx.ModelProto, ParityReport, dict[str, Any] | None]]
+           ) -> list[GraphParity]:
     """Write each graph; its record holds the sha256 of the bytes on disk."""
     records = []
     try:
-        for path, model, report in graphs:
+        for path, model, report, sampled in graphs:
             size = save_onnx(model, path)
-            records.append(GraphParity.of(report, onnx_file=path.name, onnx_bytes=size,
-                                          onnx_sha256=file_sha256(path)))
+            records.append(replace(GraphParity.of(report, onnx_file=path.name, onnx_bytes=size,
+                                                  onnx_sha256=file_sha256(path)),
+                                   sampled=sampled))
     except BaseException:
-        for path, _, _ in graphs:
+        for path, *_ in graphs:
             path.unlink(missing_ok=True)
         raise
     return records
@@ -147,19 +229,23 @@ def print_parity(result: ExportResult) -> None:
     record = result.record
     print(f"{record.graph.onnx_file}: {record.method}, {record.bits}-bit weights, "
           f"{record.graph.onnx_bytes:,} bytes; {result.report.users} {WHICH} users")
-    _print_report(result.report)
+    _print_report(result.report, record.graph.sampled)
     if record.fused is not None and result.fused_report is not None:
         print(f"\n{record.fused.onnx_file}: fused kernels, {record.fused.onnx_bytes:,} bytes")
-        _print_report(result.fused_report)
+        _print_report(result.fused_report, record.fused.sampled)
     if (record.max_abs_weight_int or 0) > SATURATION_SAFE:
         print(f"note: integer weights reach {record.max_abs_weight_int} > {SATURATION_SAFE}; "
               "u8 x s8 kernels can saturate on AVX2 CPUs without VNNI", file=sys.stderr)
 
 
-def _print_report(report: ParityReport) -> None:
+def _print_report(report: ParityReport, sampled: dict[str, Any] | None = None) -> None:
     print(f"{'':18s}{'torch':>10s}{'onnxruntime':>13s}{'|delta|':>10s}")
-    for name, pair, delta in (("nDCG@10", report.ndcg, report.ndcg_delta),
-                              ("Hit@10", report.hit, report.hit_delta)):
+    rows = [("nDCG@10", report.ndcg), ("Hit@10", report.hit)]
+    if sampled is not None:  # beside the full-ranking rows: target + N sampled negatives
+        n = sampled["negatives"]
+        rows += [(f"nDCG@10 ({n} neg)", sampled["ndcg"]), (f"Hit@10 ({n} neg)", sampled["hit"])]
+    for name, pair in rows:
+        delta = abs(pair["torch"] - pair["onnxruntime"])
         print(f"{name:18s}{pair['torch']:10.4f}{pair['onnxruntime']:13.4f}{delta:10.4f}")
     print(f"top-10 agreement  {report.top10_agreement:.4f} (mean overlap "
           f"{report.top10_mean_overlap:.4f}); max |score diff| {report.max_abs_score_diff:.3g}")

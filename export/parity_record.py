@@ -8,10 +8,12 @@ stale, whatever the sizes and modification times say.
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from data.item_ids import ITEM_IDS, ItemIds
 from export.parity import ParityReport
 from qat.records import Record, sha256_or_none
 
@@ -32,6 +34,9 @@ class GraphParity(Record):
         seconds: scoring time of each side.
         hidden_steps: INT8 only, how far the final hidden state differs in output steps.
         thresholds: the gate's limits; passed / failures: its verdict.
+        sampled: with ``--eval-negatives N``, the paper's sampled metrics (the target against
+            N sampled unseen items): ``{"negatives": N, "seed": .., "ndcg": {"torch": ..,
+            "onnxruntime": ..}, "hit": {..}, "users": ..}``; reported, not gated. None: off.
     """
 
     KIND = "graph_parity"
@@ -53,6 +58,7 @@ class GraphParity(Record):
     passed: bool
     failures: list[str]
     hidden_steps: dict[str, float] | None = None
+    sampled: dict[str, Any] | None = None
 
     @classmethod
     def of(cls, report: ParityReport, *, onnx_file: str, onnx_bytes: int,
@@ -87,6 +93,11 @@ class ParityRecord(Record):
         max_abs_weight_int: INT8 only, the largest |integer weight| (saturation check).
         graph: the portable graph (``model_int8.onnx`` / ``model_fp32.onnx``).
         fused: the fused-kernel graph (``model_int8_fused.onnx``), when exported.
+        item_ids_source: the item id map embedded in every graph's metadata
+            (``data.item_ids.METADATA_KEY``): ``"item_ids.json"`` (the run folder's) or
+            ``"identity"`` (none there: raw id = internal id). None: exported before the map
+            was embedded.
+        item_ids_sha256: sha256 of the embedded JSON string (``ItemIds.dumps()``, UTF-8).
     """
 
     KIND = "parity"
@@ -105,6 +116,8 @@ class ParityRecord(Record):
     max_abs_weight_int: int | None
     graph: GraphParity
     fused: GraphParity | None = None
+    item_ids_source: str | None = None
+    item_ids_sha256: str | None = None
 
     @classmethod
     def from_json(cls, obj: Any, *, source: str = "record") -> ParityRecord:
@@ -122,8 +135,20 @@ class ParityRecord(Record):
 
     def is_current(self, run_dir: str | Path) -> bool:
         """True when the model file and every ONNX file named here are in ``run_dir`` with the
-        recorded content."""
+        recorded content, and the graphs embed the run's item id map as it is now (its
+        ``item_ids.json``, or identity ids when it has none)."""
         run_dir = Path(run_dir)
         graphs = [g for g in (self.graph, self.fused) if g is not None]
         return (sha256_or_none(run_dir / self.model_file) == self.model_sha256
-                and all(g.describes(run_dir / g.onnx_file) for g in graphs))
+                and all(g.describes(run_dir / g.onnx_file) for g in graphs)
+                and self._embeds_current_item_ids(run_dir))
+
+    def _embeds_current_item_ids(self, run_dir: Path) -> bool:
+        path = run_dir / ITEM_IDS
+        if not path.exists():
+            return self.item_ids_source in (None, "identity")
+        try:
+            embedded = ItemIds.load(path).dumps().encode("utf-8")
+        except (OSError, ValueError):
+            return False
+        return hashlib.sha256(embedded).hexdigest() == self.item_ids_sha256

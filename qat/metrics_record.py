@@ -31,6 +31,9 @@ class MetricsRecord(Record):
         checkpoint_sha256: sha256 of the ``checkpoint.pt`` these numbers come from.
         int8: QAT only, ``{"valid": {...}, "test": {...}}`` of the converted INT8 model.
         int8_model_sha256: QAT only, sha256 of the ``model_int8.pt`` ``int8`` was measured on.
+        sampled: with ``--eval-negatives N``, the paper's sampled protocol (target + N sampled
+            unseen items): ``{"negatives", "seed", "valid": {...}, "test": {...}}`` of the best
+            model (for QAT: the fake-quant model as it will be converted).
     """
 
     KIND = "metrics"
@@ -50,6 +53,7 @@ class MetricsRecord(Record):
     checkpoint_sha256: str
     int8: dict[str, dict[str, Any]] | None = None
     int8_model_sha256: str | None = None
+    sampled: dict[str, Any] | None = None
 
     def is_current(self, run_dir: str | Path, *, quantized: bool) -> bool:
         """True when these metrics describe the model files now in ``run_dir``: the checkpoint

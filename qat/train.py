@@ -27,12 +27,13 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from data import LeaveOneOutSplit, TrainBatcher
+from data import ITEM_IDS, ItemIds, LeaveOneOutSplit, TrainBatcher
 from qat.checkpoint import load_checkpoint, save_checkpoint, save_json
 from qat.config import SASRecConfig, TrainConfig, to_dict
 from qat.evaluate import evaluate
-from qat.losses import sampled_bce, softmax_ce
+from qat.losses import sampled_bce, sampled_softmax_ce, softmax_ce
 from qat.metrics_record import MetricsRecord
+from qat.negative_sampling import NegativeSampler
 from qat.records import file_sha256
 from qat.run_files import CHECKPOINT, CONFIG, METRICS
 
@@ -95,7 +96,8 @@ class Trainer:
 
     def __init__(self, model: nn.Module, split: LeaveOneOutSplit, model_config: SASRecConfig,
                  train_config: TrainConfig, out_dir: str | Path, *, method: str = "fp32",
-                 hooks: TrainHooks | None = None, run_info: dict[str, Any] | None = None) -> None:
+                 hooks: TrainHooks | None = None, run_info: dict[str, Any] | None = None,
+                 item_ids: ItemIds | None = None) -> None:
         self.model = model
         self.split = split
         self.model_config = model_config
@@ -103,6 +105,7 @@ class Trainer:
         self.out_dir = Path(out_dir)
         self.method = method
         self.hooks = hooks or TrainHooks()
+        self.item_ids = item_ids
         self.run_info = run_info or {}
         self.batcher = TrainBatcher(
             split, max_len=model_config.max_len, batch_size=train_config.batch_size,
@@ -116,6 +119,13 @@ class Trainer:
         self.optimizer = torch.optim.Adam(groups, lr=train_config.lr, betas=(0.9, 0.98),
                                           weight_decay=train_config.weight_decay)
         self.rng = np.random.default_rng(train_config.seed)
+        # sampled-ce: N negatives per batch from the sampler's own torch.Generator, checkpointed
+        # with the other RNG states (state "sampler_rng") so a resume draws the same negatives
+        self.sampler: NegativeSampler | None = None
+        if train_config.loss == "sampled-ce":
+            self.sampler = NegativeSampler.from_sequences(
+                split.train.values(), split.num_items, train_config.negatives,
+                train_config.negative_sampling, seed=train_config.seed)
 
     # -- public -----------------------------------------------------------------------------
     def fit(self, *, resume: bool = False) -> MetricsRecord:
@@ -141,6 +151,8 @@ class Trainer:
             self._check_resumable(ckpt)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         save_json(self._config_record(), self.out_dir / CONFIG)
+        if self.item_ids is not None:  # the run folder speaks the raw ids of its data
+            self.item_ids.save(self.out_dir / ITEM_IDS)
         if self.config.threads:
             torch.set_num_threads(self.config.threads)
 
@@ -228,6 +240,11 @@ class Trainer:
         table = self.model.item_table()
         if self.config.loss == "ce":
             loss = softmax_ce(hidden, batch.targets, table, self._normalizer)
+        elif self.config.loss == "sampled-ce":
+            negatives = self.sampler.sample().to(table.device)
+            log_q = None if self.sampler.log_q is None else self.sampler.log_q.to(table.device)
+            loss = sampled_softmax_ce(hidden, batch.targets, table, negatives, log_q,
+                                      self._normalizer)
         else:
             loss = sampled_bce(hidden, batch.targets, batch.negatives, table, self._normalizer)
         if self.hooks.regularizer is not None:
@@ -261,6 +278,7 @@ class Trainer:
                 "optimizer": self.optimizer.state_dict(),
                 "numpy_rng": self.rng.bit_generator.state,
                 "torch_rng": torch.get_rng_state(),
+                "sampler_rng": None if self.sampler is None else self.sampler.get_state(),
                 "extra": {name: get() for name, (get, _) in self.hooks.extra_state.items()},
             },
         }, self.out_dir / CHECKPOINT)
@@ -315,6 +333,8 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.rng.bit_generator.state = state["numpy_rng"]
         torch.set_rng_state(state["torch_rng"])
+        if self.sampler is not None:
+            self.sampler.set_state(state["sampler_rng"])
         for name, (_, set_state) in self.hooks.extra_state.items():
             set_state(state["extra"][name])
         return {"epoch": state["epoch"], "best_epoch": ckpt["best_epoch"],

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from data import TrainBatcher, leave_one_out, load_dataset
+from data import ItemIds, TrainBatcher, leave_one_out, load_dataset
 from qat.config import SASRecConfig, TrainConfig
 from qat.evaluate import evaluate
 from qat.finetune import load_float_model, prepare_for_method, qat_hooks, save_int8_model
@@ -32,6 +32,7 @@ from qat.run_files import INT8_MODEL, METRICS
 from qat.train import Trainer
 
 ARCHITECTURE_DEFAULTS = {"max_len": 200, "hidden": 50, "blocks": 2, "heads": 1, "dropout": 0.2}
+EVAL_SEED = 0  # negatives of --eval-negatives (export_int8.py --eval-seed defaults to the same)
 # (from scratch, QAT fine-tuning from an FP32 run)
 SCHEDULE_DEFAULTS = {"epochs": (200, 30), "patience": (20, 5), "lr": (1e-3, 1e-4)}
 
@@ -65,7 +66,12 @@ class TrainRunOptions:
     lr: float | None = None
     quant_lr: float | None = None
     loss: str = "ce"
+    negatives: int | None = None  # --loss sampled-ce only; None: TrainConfig's default (3000)
+    negative_sampling: str | None = None  # --loss sampled-ce only; None: "uniform"
     seed: int = 42
+    columns: str | None = None  # own logs: user,item,timestamp columns (data.load_dataset)
+    min_user_interactions: int = 1
+    eval_negatives: int = 0  # also report the sampled-N metrics (Kang & McAuley's protocol)
     threads: int = 0
     bucket: bool = False
     progress: bool = True
@@ -131,14 +137,24 @@ def train_run(options: TrainRunOptions) -> MetricsRecord:
     finetune = method.is_quantized and init_model is not None
     schedule = {k: getattr(options, k) if getattr(options, k) is not None else v[int(finetune)]
                 for k, v in SCHEDULE_DEFAULTS.items()}
+    sampling = {k: getattr(options, k) for k in ("negatives", "negative_sampling")
+                if getattr(options, k) is not None}
+    if sampling and options.loss != "sampled-ce":
+        flags = " and ".join("--" + k.replace("_", "-") for k in sampling)
+        raise ValueError(f"{flags} applies to --loss sampled-ce, not --loss {options.loss}: drop "
+                         "it or add --loss sampled-ce")
     train_config = TrainConfig(
         epochs=schedule["epochs"], batch_size=options.batch_size, lr=schedule["lr"],
         loss=options.loss, patience=schedule["patience"], eval_every=options.eval_every,
         seed=options.seed, threads=options.threads, bucket=options.bucket,
-        progress=options.progress)
+        progress=options.progress, **sampling)
     if options.threads:
         torch.set_num_threads(options.threads)
-    dataset = load_dataset(options.data, cache_dir=options.cache_dir, mirror=options.mirror)
+    if options.eval_negatives < 0:
+        raise ValueError(f"--eval-negatives must be >= 0 (0: off), got {options.eval_negatives}")
+    dataset = load_dataset(options.data, cache_dir=options.cache_dir, mirror=options.mirror,
+                           columns=options.columns,
+                           min_user_interactions=options.min_user_interactions)
     fingerprint = dataset.fingerprint()
     if init_model is not None:
         check_same_dataset(options.init_from, init_info, fingerprint)
@@ -164,9 +180,15 @@ def train_run(options: TrainRunOptions) -> MetricsRecord:
                 "bits": bits if method.is_quantized else 32,
                 "init_from": str(options.init_from) if options.init_from else None,
                 "quant_lr": quant_lr if method.is_quantized else None}
+    item_ids = dataset.item_ids or ItemIds.identity(dataset.num_items)
     trainer = Trainer(model, split, model_config, train_config, options.out, method=method.name,
-                      hooks=hooks, run_info=run_info)
+                      hooks=hooks, run_info=run_info, item_ids=item_ids)
     metrics = trainer.fit(resume=options.resume)
+    if options.eval_negatives:
+        metrics.sampled = {"negatives": options.eval_negatives, "seed": EVAL_SEED, **{
+            which: trainer.evaluate(which, sampled_negatives=options.eval_negatives,
+                                    seed=EVAL_SEED) for which in ("valid", "test")}}
+        metrics.save(options.out / METRICS)
     if method.is_quantized:
         int8 = save_int8_model(trainer.model, method, bits, options.out)
         metrics.int8 = {

@@ -18,6 +18,13 @@ it loads only where the kernels' library is registered, as export.make_session d
 parity the same way and record it (with its own sha256) in parity.json under "fused".
 Builds the kernels with the machine's C++ compiler the first time.
 
+Every graph carries the run's item id map (DIR/item_ids.json, or identity ids when the folder
+has none) in its metadata, for scripts/recommend.py.
+
+--eval-negatives N: also rank each test target against N sampled unseen items (the SASRec
+paper's protocol; N = 100 there) with torch and onnxruntime, print the metrics beside the
+full-ranking ones and record them in parity.json ("sampled" of each graph; not gated).
+
 Exit status: 0 parity passed; 1 parity failed (|delta nDCG@10| or |delta Hit@10| > 0.002, or
 top-10 agreement < 0.99; the files are still written); 2 bad input (nothing is written).
 """
@@ -56,6 +63,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "and check its parity")
     p.add_argument("--optimization", choices=list(OPTIMIZATION_LEVELS), default="all",
                    help="onnxruntime graph optimisation level for the parity run (default all)")
+    p.add_argument("--eval-negatives", type=int, default=0, metavar="N",
+                   help="also compute the sampled metrics (target + N sampled negatives, the "
+                        "paper's protocol) for torch and onnxruntime (default 0 = off)")
+    p.add_argument("--eval-seed", type=int, default=0, metavar="SEED",
+                   help="seed of the sampled negatives (default 0)")
     return p.parse_args(argv)
 
 
@@ -72,7 +84,8 @@ def _main(argv: list[str] | None) -> int:
         torch.set_num_threads(args.threads)
     result = export_run(args.run, data=args.data, cache_dir=args.cache_dir, mirror=args.mirror,
                         threads=args.threads, batch_size=args.batch_size, top_k=args.top_k,
-                        fused=args.fused, optimization=args.optimization)
+                        fused=args.fused, optimization=args.optimization,
+                        eval_negatives=args.eval_negatives, eval_seed=args.eval_seed)
     print_parity(result)
     return 0 if result.record.passed else 1
 

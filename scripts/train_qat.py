@@ -18,6 +18,7 @@ from pathlib import Path
 
 from qat import METHODS
 from qat.cli import ArgumentParser, run_cli
+from qat.config import LOSSES, NEGATIVE_SAMPLING
 from qat.train_run import TrainRunOptions, train_run
 
 
@@ -60,9 +61,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="Adam learning rate of the model weights (1e-3; 1e-4 when fine-tuning)")
     p.add_argument("--quant-lr", type=float, default=None,
                    help="learning rate of quantizer parameters (default per method)")
-    p.add_argument("--loss", choices=["ce", "bce"], default="ce",
-                   help="ce: full softmax cross-entropy (default); bce: one sampled negative")
+    p.add_argument("--loss", choices=list(LOSSES), default="ce",
+                   help="ce: full softmax cross-entropy (default); bce: one sampled negative; "
+                        "sampled-ce: softmax over the target and --negatives items sampled per "
+                        "batch (for large catalogues)")
+    p.add_argument("--negatives", type=int, default=None, metavar="N",
+                   help="--loss sampled-ce: negatives per batch, shared by every position "
+                        "(default 3000; uniform: at most the number of items)")
+    p.add_argument("--negative-sampling", choices=list(NEGATIVE_SAMPLING), default=None,
+                   help="--loss sampled-ce: uniform (default), or popularity: (count + 1)^0.75 "
+                        "of the training sequences, with the logQ correction")
     p.add_argument("--seed", type=int, default=42, help="random seed (init, batches, dropout)")
+    p.add_argument("--columns", default=None, metavar="USER,ITEM,TIMESTAMP",
+                   help="CSV/TSV/parquet logs: the user, item and timestamp columns, by header "
+                        "name or 0-based position (default: user,item,timestamp if the header "
+                        "has them, else 0,1,2)")
+    p.add_argument("--min-user-interactions", type=int, default=1, metavar="N",
+                   help="drop users with fewer interactions (after dropping items with fewer "
+                        "than 5); default 1 keeps everyone (users with 1-2 only train)")
+    p.add_argument("--eval-negatives", type=int, default=0, metavar="N",
+                   help="also report the paper's sampled metrics: the target ranked among N "
+                        "sampled unseen items (100 in Kang & McAuley 2018); 0: off")
     p.add_argument("--threads", type=int, default=0,
                    help="torch intra-op threads (0 = torch default)")
     p.add_argument("--bucket", action="store_true",

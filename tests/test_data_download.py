@@ -12,14 +12,17 @@ import pytest
 
 from data import (
     DATASETS,
+    ITEM_IDS,
     ChecksumMismatchError,
     DownloadError,
+    ItemIds,
     default_cache_dir,
     download_file,
     fetch_dataset,
     load_dataset,
     read_sasrec_text,
 )
+from data import download as download_module
 
 
 def _zip_bytes() -> bytes:
@@ -110,7 +113,7 @@ def test_fetch_downloads_preprocesses_then_reuses_cache(server, tmp_path):
     path = fetch_dataset("ml-1m", tmp_path, **kw)
     assert path == tmp_path / "ml-1m" / "ml-1m.txt"
     assert server.requests == ["/ml-1m.zip"]
-    assert _files(tmp_path) == ["ml-1m/ml-1m.txt", "ml-1m/ml-1m.zip"]
+    assert _files(tmp_path) == ["ml-1m/item_ids.json", "ml-1m/ml-1m.txt", "ml-1m/ml-1m.zip"]
     assert (tmp_path / "ml-1m" / "ml-1m.zip").read_bytes() == ZIP
     d = read_sasrec_text(path)
     assert d.sequences == EXPECTED
@@ -199,3 +202,126 @@ def test_registry_and_cache_dir(monkeypatch, tmp_path):
     assert default_cache_dir() == tmp_path
     monkeypatch.delenv("SASREC_QAT_CACHE")
     assert default_cache_dir() == Path.home() / ".cache" / "sasrec-qat"
+
+
+# -- item_ids.json in the cache --------------------------------------------------------------
+def _zip_with_movies() -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("ml-1m/ratings.dat", zipfile.ZipFile(io.BytesIO(ZIP)).read("ml-1m/ratings.dat"))
+        z.writestr("ml-1m/movies.dat", "10::Am\xe9lie (2001)::Comedy\n20::Heat (1995)::Action\n"
+                   .encode("latin-1"))
+    return buf.getvalue()
+
+
+def test_cache_writes_item_ids_and_reloads_them(server, tmp_path):
+    body = _zip_with_movies()
+    server.files["/ml-1m.zip"] = body
+    kw = {"url": server.url + "/ml-1m.zip", "md5": hashlib.md5(body).hexdigest(),
+          "progress": False}
+    path = fetch_dataset("ml-1m", tmp_path, **kw)
+    ids = ItemIds.load(tmp_path / "ml-1m" / ITEM_IDS)
+    assert ids == ItemIds(("20", "10"), ("Heat (1995)", "Amélie (2001)"))  # 20 first: EXPECTED
+    d = read_sasrec_text(path)
+    assert d.item_ids == ids and d.sequences == EXPECTED
+    assert load_dataset("ml-1m", cache_dir=tmp_path).item_ids == ids
+    assert server.requests == ["/ml-1m.zip"]
+
+
+def test_old_cache_without_item_ids_is_rebuilt_from_the_archive(server, tmp_path):
+    kw = {"url": server.url + "/ml-1m.zip", "md5": ZIP_MD5, "progress": False}
+    path = fetch_dataset("ml-1m", tmp_path, **kw)
+    text = path.read_bytes()
+    (tmp_path / "ml-1m" / ITEM_IDS).unlink()  # a cache written before item_ids.json existed
+    assert read_sasrec_text(path).item_ids is None
+    assert fetch_dataset("ml-1m", tmp_path, **kw) == path
+    assert server.requests == ["/ml-1m.zip"]  # rebuilt from the cached archive
+    assert path.read_bytes() == text
+    assert read_sasrec_text(path).item_ids == ItemIds(("20", "10"))
+
+    # Neither map nor archive: downloaded again.
+    (tmp_path / "ml-1m" / ITEM_IDS).unlink()
+    (tmp_path / "ml-1m" / "ml-1m.zip").unlink()
+    assert fetch_dataset("ml-1m", tmp_path, **kw) == path
+    assert server.requests == ["/ml-1m.zip", "/ml-1m.zip"]
+    assert _files(tmp_path) == ["ml-1m/item_ids.json", "ml-1m/ml-1m.txt", "ml-1m/ml-1m.zip"]
+
+    # An unreadable map is rebuilt too.
+    (tmp_path / "ml-1m" / ITEM_IDS).write_text("{broken")
+    fetch_dataset("ml-1m", tmp_path, **kw)
+    assert read_sasrec_text(path).item_ids == ItemIds(("20", "10"))
+
+
+def test_a_crash_never_leaves_a_text_file_without_its_map(server, tmp_path, monkeypatch):
+    kw = {"url": server.url + "/ml-1m.zip", "md5": ZIP_MD5, "progress": False}
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ItemIds, "save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        fetch_dataset("ml-1m", tmp_path, **kw)
+    assert _files(tmp_path) == ["ml-1m/ml-1m.zip"]
+    monkeypatch.undo()
+
+    monkeypatch.setattr(download_module, "write_sasrec_text", crash)
+    with pytest.raises(KeyboardInterrupt):
+        fetch_dataset("ml-1m", tmp_path, **kw)
+    assert _files(tmp_path) == ["ml-1m/item_ids.json", "ml-1m/ml-1m.zip"]  # map, no text
+    monkeypatch.undo()
+
+    path = fetch_dataset("ml-1m", tmp_path, **kw)
+    assert read_sasrec_text(path).sequences == EXPECTED
+    assert server.requests == ["/ml-1m.zip"]
+
+
+def test_named_dataset_with_min_user_interactions(server, tmp_path):
+    # Users 1..5 have 2 interactions each: min 3 drops them all, min 2 keeps them.
+    fetch_dataset("ml-1m", tmp_path, url=server.url + "/ml-1m.zip", md5=ZIP_MD5, progress=False)
+    assert load_dataset("ml-1m", cache_dir=tmp_path, min_user_interactions=2).sequences == EXPECTED
+    with pytest.raises(ValueError, match="fewer than 3 interactions"):
+        load_dataset("ml-1m", cache_dir=tmp_path, min_user_interactions=3)
+
+
+# -- ml-20m ----------------------------------------------------------------------------------
+def _ml20m_zip() -> bytes:
+    """ml-20m.zip look-alike: the users and movies of ZIP, as CSV with a float rating column;
+    movie 30 is rated once and dropped."""
+    ratings = ["userId,movieId,rating,timestamp"]
+    for user in range(1, 6):
+        ratings.append(f"{user},20,3.5,{user * 10}")
+        ratings.append(f"{user},10,4.0,{user * 10 + 1}")
+    ratings.append("3,30,0.5,0")
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        z.writestr("ml-20m/ratings.csv", "\n".join(ratings) + "\n")
+        z.writestr("ml-20m/movies.csv", 'movieId,title,genres\n10,"Birdcage, The (1996)",Comedy\n'
+                                        "20,Heat (1995),Action\n30,Rare,Drama\n")
+        z.writestr("ml-20m/links.csv", "movieId,imdbId,tmdbId\n")
+    return buf.getvalue()
+
+
+def test_ml20m_on_loopback(server, tmp_path):
+    body = _ml20m_zip()
+    server.files["/ml-20m.zip"] = body
+    kw = {"url": server.url + "/ml-20m.zip", "md5": hashlib.md5(body).hexdigest(),
+          "progress": False}
+    path = fetch_dataset("ml-20m", tmp_path, **kw)
+    assert path == tmp_path / "ml-20m" / "ml-20m.txt"
+    assert _files(tmp_path) == ["ml-20m/item_ids.json", "ml-20m/ml-20m.txt", "ml-20m/ml-20m.zip"]
+    d = load_dataset("ml-20m", cache_dir=tmp_path)
+    assert d.sequences == EXPECTED
+    assert d.item_ids == ItemIds(("20", "10"), ("Heat (1995)", "Birdcage, The (1996)"))
+    assert server.requests == ["/ml-20m.zip"]
+    # The same archive given as a path gives the same data.
+    direct = load_dataset(tmp_path / "ml-20m" / "ml-20m.zip")
+    assert direct.sequences == d.sequences and direct.item_ids == d.item_ids
+
+
+def test_ml20m_registered():
+    remote = DATASETS["ml-20m"]
+    assert remote.url == "https://files.grouplens.org/datasets/movielens/ml-20m.zip"
+    assert remote.md5 == "cd245b17a1ae2cc31bb14903e1204af3"
+    assert remote.filename == "ml-20m.zip"
+    with pytest.raises(ValueError, match=r"known datasets: ml-1m, ml-20m"):
+        fetch_dataset("ml-100m")

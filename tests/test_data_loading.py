@@ -4,7 +4,7 @@ import zipfile
 
 import pytest
 
-from data import load_dataset
+from data import ItemIds, load_dataset
 
 # load_dataset uses the default min_item_ratings=5. Movies 7 and 8 get 5 ratings each (users 4
 # and 2 rate each twice, user 3 once), movie 9 only 2 and is dropped. Users 2, 3, 4 -> 1, 2, 3;
@@ -43,11 +43,13 @@ def test_zip(tmp_path):
 
 
 def test_named_dataset_from_cache(tmp_path):
-    # A prepared cache means no download.
+    # A prepared cache (text file and its item id map) means no download.
     (tmp_path / "ml-1m").mkdir()
     (tmp_path / "ml-1m" / "ml-1m.txt").write_text("1 1\n2 1\n2 2\n")
+    ItemIds(("1193", "661")).save(tmp_path / "ml-1m" / "item_ids.json")
     d = load_dataset("ml-1m", cache_dir=tmp_path)
     assert d.sequences == {1: [1], 2: [1, 2]}
+    assert d.item_ids == ItemIds(("1193", "661"))
 
 
 def test_neither_path_nor_name(tmp_path):
@@ -60,3 +62,26 @@ def test_neither_path_nor_name(tmp_path):
 def test_directory(tmp_path):
     with pytest.raises(ValueError, match="is a directory"):
         load_dataset(tmp_path)
+
+
+def test_raw_sources_keep_raw_ids(tmp_path):
+    path = tmp_path / "ratings.dat"
+    path.write_text(RATINGS)
+    assert load_dataset(path).item_ids == ItemIds(("7", "8"))
+    assert load_dataset(path, min_user_interactions=3).sequences == {1: [1, 1, 2, 2],
+                                                                     2: [1, 1, 2, 2]}
+
+
+def test_interaction_log_by_suffix(tmp_path):
+    # The RATINGS above as a CSV log with string ids: the same sequences.
+    rows = [line.split("::") for line in RATINGS.splitlines()]
+    text = "user,item,timestamp\n" + "".join(f"u{u},m{m},{t}\n" for u, m, _, t in rows)
+    for name in ("log.csv", "LOG.CSV"):
+        path = tmp_path / name
+        path.write_text(text)
+        d = load_dataset(path)
+        assert d.sequences == EXPECTED
+        assert d.item_ids == ItemIds(("m7", "m8"))
+    tsv = tmp_path / "log.tsv"
+    tsv.write_text(text.replace(",", "\t"))
+    assert load_dataset(tsv).sequences == EXPECTED

@@ -203,3 +203,57 @@ def test_fused_export_writes_both_graphs_with_parity(runs, tmp_path):
     other = copy_run(fp32, tmp_path / "fp32")
     assert "--fused applies to INT8 runs" in bad_input(run(EXPORT, "--run", other, "--fused"))
     assert not (other / "model_fp32.onnx").exists()
+
+
+def test_eval_negatives_records_sampled_metrics_equal_to_qat_evaluate(runs, tmp_path):
+    """--eval-negatives N: each graph's parity record holds the sampled metrics (target + N
+    negatives); the torch side is exactly qat.evaluate's, both are printed, and the fused graph
+    (the same uint8 results) scores as the exact one."""
+    from export import load_run
+    from export.run_folder import load_run_split
+    from qat.evaluate import evaluate
+
+    data, _, lsq = runs
+    folder = copy_run(lsq, tmp_path / "run")
+    result = run(EXPORT, "--run", folder, "--threads", 1, "--fused", "--eval-negatives", 7,
+                 "--eval-seed", 3)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("nDCG@10 (7 neg)") == 2
+    assert result.stdout.count("Hit@10 (7 neg)") == 2
+    parity = ParityRecord.load(folder / "parity.json")
+    model = load_run(folder).model
+    _, split = load_run_split(folder, model.config.num_items)
+    ref = evaluate(model.score_last, split, "test", max_len=model.config.max_len,
+                   batch_size=256, sampled_negatives=7, seed=3)
+    for graph in (parity.graph, parity.fused):
+        sampled = graph.sampled
+        assert sampled["negatives"] == 7 and sampled["seed"] == 3
+        assert sampled["users"] == ref["users"]
+        assert sampled["ndcg"]["torch"] == ref["ndcg@10"]
+        assert sampled["hit"]["torch"] == ref["hit@10"]
+        assert abs(sampled["ndcg"]["onnxruntime"] - ref["ndcg@10"]) <= 0.002
+    assert parity.fused.sampled == parity.graph.sampled
+    assert sampled["ndcg"]["torch"] != parity.graph.ndcg["torch"]  # not the full ranking
+
+
+def test_eval_negatives_off_by_default_and_old_records_load(runs, tmp_path):
+    folder = copy_run(runs[1], tmp_path / "run")
+    result = run(EXPORT, "--run", folder, "--threads", 1)
+    assert result.returncode == 0, result.stderr
+    assert "neg)" not in result.stdout
+    on_disk = json.loads((folder / "parity.json").read_text())
+    assert on_disk["graph"]["sampled"] is None
+    assert on_disk["item_ids_source"] in ("identity", "item_ids.json")
+    # a parity.json written before these optional fields existed still loads
+    for key in ("item_ids_source", "item_ids_sha256"):
+        del on_disk[key]
+    del on_disk["graph"]["sampled"]
+    (folder / "parity.json").write_text(json.dumps(on_disk))
+    old = ParityRecord.load(folder / "parity.json")
+    assert old.item_ids_sha256 is None and old.graph.sampled is None
+    # the run folder has item_ids.json, which that older export did not embed: stale
+    assert (folder / "item_ids.json").is_file() and not old.is_current(folder)
+    (folder / "item_ids.json").unlink()  # a run trained before maps existed: current
+    assert old.is_current(folder)
+    assert "--eval-negatives must be >= 0" in bad_input(
+        run(EXPORT, "--run", folder, "--eval-negatives", -1))

@@ -183,3 +183,128 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
     path.write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="not a readable checkpoint"):
         load_checkpoint(path)
+
+
+# -- --loss sampled-ce ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("sampling", ["uniform", "popularity"])
+def test_sampled_ce_learns_a_deterministic_sequence(cyclic_split, tmp_path, sampling):
+    # 5 shared negatives out of 20 items per batch
+    metrics = make_trainer(cyclic_split, tmp_path, epochs=30, loss="sampled-ce", negatives=5,
+                           negative_sampling=sampling).fit()
+    assert metrics.test["hit@10"] == 1.0
+    assert metrics.test["ndcg@10"] > 0.8
+    config = json.loads((tmp_path / "config.json").read_text())["train"]
+    assert (config["loss"], config["negatives"], config["negative_sampling"]) == (
+        "sampled-ce", 5, sampling)
+
+
+def test_sampled_ce_resume_continues_exactly(cyclic_split, tmp_path):
+    kw = dict(loss="sampled-ce", negatives=4, negative_sampling="popularity")
+    make_trainer(cyclic_split, tmp_path / "a", epochs=4, **kw).fit()
+    make_trainer(cyclic_split, tmp_path / "b", epochs=2, **kw).fit()
+    make_trainer(cyclic_split, tmp_path / "b", epochs=4, **kw).fit(resume=True)
+    a = load_checkpoint(tmp_path / "a" / "checkpoint.pt")
+    b = load_checkpoint(tmp_path / "b" / "checkpoint.pt")
+    assert b["state"]["epoch"] == 4
+    for name, tensor in a["state"]["model"].items():
+        torch.testing.assert_close(b["state"]["model"][name], tensor, atol=0, rtol=0)
+    assert [r["loss"] for r in a["history"]] == [r["loss"] for r in b["history"]]
+    assert torch.equal(a["state"]["sampler_rng"], b["state"]["sampler_rng"])
+
+
+def test_sampled_ce_resume_needs_the_sampler_state(cyclic_split, tmp_path, monkeypatch):
+    """The check above is sensitive: a resume that leaves the sampler's generator at its seed
+    draws other negatives after the resume and ends with other weights."""
+    kw = dict(loss="sampled-ce", negatives=4)
+    make_trainer(cyclic_split, tmp_path / "a", epochs=3, **kw).fit()
+    make_trainer(cyclic_split, tmp_path / "b", epochs=2, **kw).fit()
+    monkeypatch.setattr("qat.negative_sampling.NegativeSampler.set_state",
+                        lambda self, state: None)
+    make_trainer(cyclic_split, tmp_path / "b", epochs=3, **kw).fit(resume=True)
+    a = load_checkpoint(tmp_path / "a" / "checkpoint.pt")["state"]["model"]
+    b = load_checkpoint(tmp_path / "b" / "checkpoint.pt")["state"]["model"]
+    assert not all(torch.equal(a[name], b[name]) for name in a)
+
+
+def test_sampling_settings_are_not_resumable_changes():
+    from qat.train import RESUMABLE_CHANGES
+    assert {"loss", "negatives", "negative_sampling"}.isdisjoint(RESUMABLE_CHANGES)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"negatives": 7}, r"negatives 4 \(asked: 7\)"),
+    ({"negative_sampling": "popularity"}, r"negative_sampling 'uniform' \(asked: 'popularity'\)"),
+    ({"loss": "ce"}, r"loss 'sampled-ce' \(asked: 'ce'\)"),
+])
+def test_resume_refuses_changed_sampling_and_writes_nothing(cyclic_split, tmp_path, change,
+                                                            message):
+    kw = dict(loss="sampled-ce", negatives=4, negative_sampling="uniform")
+    make_trainer(cyclic_split, tmp_path, epochs=1, **kw).fit()
+    before = _config_bytes(tmp_path)
+    with pytest.raises(ValueError, match="cannot resume: .*" + message):
+        make_trainer(cyclic_split, tmp_path, epochs=2, **{**kw, **change}).fit(resume=True)
+    assert _config_bytes(tmp_path) == before
+
+
+def test_sampled_ce_step_uses_the_trainer_generator_only(cyclic_split, tmp_path):
+    """Negatives come from the sampler's generator: torch's global RNG (dropout) and the
+    batcher's numpy RNG advance exactly as with --loss ce, so both losses see the same batches
+    and dropout masks for a seed."""
+    states = {}
+    for loss in ("ce", "sampled-ce"):
+        trainer = make_trainer(cyclic_split, tmp_path / loss, loss=loss, negatives=3)
+        batch = next(iter(trainer.batcher.epoch(trainer.rng)))
+        torch.manual_seed(1)
+        trainer.step(batch, 0.0)
+        states[loss] = (torch.get_rng_state(), trainer.rng.bit_generator.state)
+    assert torch.equal(states["ce"][0], states["sampled-ce"][0])
+    assert states["ce"][1] == states["sampled-ce"][1]
+
+
+def test_train_qat_cli_trains_fp32_and_qat_with_sampled_ce(cyclic_file, tmp_path):
+    from conftest import TINY_TRAIN, run_in_process
+    flags = ["--data", cyclic_file, *TINY_TRAIN, "--epochs", "1", "--loss", "sampled-ce",
+             "--negatives", "6", "--negative-sampling", "popularity"]
+    fp32 = run_in_process("train_qat", *flags, "--out", tmp_path / "fp32")
+    assert fp32.returncode == 0, fp32.stderr
+    qat = run_in_process("train_qat", *flags, "--qconfig", "ste", "--init-from", tmp_path / "fp32",
+                         "--out", tmp_path / "ste")
+    assert qat.returncode == 0, qat.stderr
+    metrics = json.loads((tmp_path / "ste" / "metrics.json").read_text())
+    assert 0 <= metrics["int8"]["test"]["ndcg@10"] <= 1
+    assert (tmp_path / "ste" / "model_int8.pt").is_file()
+    for run in ("fp32", "ste"):
+        train = json.loads((tmp_path / run / "config.json").read_text())["train"]
+        assert (train["loss"], train["negatives"], train["negative_sampling"]) == (
+            "sampled-ce", 6, "popularity")
+    assert load_checkpoint(tmp_path / "ste" / "checkpoint.pt")["state"]["sampler_rng"] is not None
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--negatives", "8"], "--negatives applies to --loss sampled-ce, not --loss ce"),
+    (["--loss", "bce", "--negative-sampling", "popularity"], "--negative-sampling applies to"),
+    (["--loss", "sampled-ce", "--negatives", "0"], "(--negatives) must be a positive integer"),
+    (["--loss", "sampled-ce", "--negative-sampling", "zipf"], "invalid choice: 'zipf'"),
+])
+def test_train_qat_cli_refuses_bad_sampling_flags(cyclic_file, tmp_path, extra, message):
+    from conftest import TINY_TRAIN, run_in_process
+    done = run_in_process("train_qat", "--data", cyclic_file, *TINY_TRAIN, "--epochs", "1",
+                          *extra, "--out", tmp_path / "run")
+    assert done.returncode == 2
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error:") and message in last
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_sampled_ce_with_the_whole_catalogue_is_the_trainers_ce(cyclic_split, tmp_path):
+    """Default N = 3000 > 20 items: uniform negatives are the whole catalogue, so the Trainer's
+    sampled-ce loss is its full-softmax ce loss (same weights, dropout off)."""
+    ce = make_trainer(cyclic_split, tmp_path / "ce")
+    sampled = make_trainer(cyclic_split, tmp_path / "sampled", loss="sampled-ce")
+    assert sampled.sampler.negatives == 20
+    batch = next(iter(ce.batcher.epoch(ce.rng)))
+    for trainer in (ce, sampled):
+        trainer.model.eval()
+    torch.testing.assert_close(sampled._loss(batch, 0.0), ce._loss(batch, 0.0), atol=1e-5,
+                               rtol=1e-6)

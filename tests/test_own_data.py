@@ -1,0 +1,89 @@
+"""A shop's CSV log end to end: train (FP32, QAT), export, recommend, all in raw ids.
+
+The log has string user and item ids (SKUs with a comma inside quotes) and ISO timestamps, its
+rows shuffled; every user walks the item cycle of conftest.py's cyclic dataset, so a trained
+model recommends the next SKU of the cycle.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import random
+
+import pytest
+from conftest import TINY_TRAIN, cyclic_dataset, load_script
+
+from data import ITEM_IDS, ItemIds, load_dataset
+from export.parity_record import ParityRecord
+from export.recommend import load_recommender, recommend
+
+
+def sku(item: int) -> str:
+    return f"SKU-{item:03d}, blue"  # a comma inside the id: the CSV quotes it
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory):
+    """(log file, FP32 run, LSQ run), trained and exported once."""
+    root = tmp_path_factory.mktemp("shop")
+    rows = [(f"customer {user}", sku(item), f"2026-01-{1 + step:02d}T10:00:00")
+            for user, items in cyclic_dataset().sequences.items()
+            for step, item in enumerate(items)]
+    random.Random(0).shuffle(rows)  # file order is not time order
+    log = root / "shop.csv"
+    with open(log, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["customer", "product", "bought_at"])
+        writer.writerows(rows)
+    train, export = load_script("train_qat"), load_script("export_int8")
+    common = ["--data", str(log), "--columns", "customer,product,bought_at", *TINY_TRAIN,
+              "--eval-negatives", "5"]
+    fp32, lsq = root / "fp32", root / "lsq"
+    assert train.main([*common, "--epochs", "40", "--out", str(fp32)]) == 0
+    assert train.main([*common, "--epochs", "2", "--qconfig", "lsq", "--init-from", str(fp32),
+                       "--out", str(lsq)]) == 0
+    assert export.main(["--run", str(lsq), "--fused", "--threads", "1"]) == 0
+    return log, fp32, lsq
+
+
+def test_run_folders_carry_the_raw_item_ids(shop):
+    log, fp32, lsq = shop
+    dataset = load_dataset(log, columns="customer,product,bought_at")
+    for run in (fp32, lsq):
+        ids = ItemIds.load(run / ITEM_IDS)
+        assert ids == dataset.item_ids
+        assert sorted(ids.raw) == sorted(sku(i) for i in range(1, 21))
+        config = json.loads((run / "config.json").read_text())
+        assert config["data_fingerprint"] == dataset.fingerprint()
+
+
+def test_eval_negatives_are_recorded(shop):
+    metrics = json.loads((shop[1] / "metrics.json").read_text())
+    sampled = metrics["sampled"]
+    assert sampled["negatives"] == 5 and sampled["seed"] == 0
+    for which in ("valid", "test"):
+        # the sampled protocol ranks among 6 items: never harder than the full ranking
+        assert sampled[which]["hit@10"] >= metrics[which]["hit@10"]
+
+
+@pytest.mark.parametrize("graph", ["model_int8.onnx", "model_int8_fused.onnx"])
+def test_exported_model_recommends_the_next_sku(shop, graph):
+    _, _, lsq = shop
+    parity = ParityRecord.load(lsq / "parity.json")
+    assert parity.item_ids_source == ITEM_IDS and parity.is_current(lsq)
+    session, ids = load_recommender(lsq / graph)
+    assert ids == ItemIds.load(lsq / ITEM_IDS)
+    history = [sku(i) for i in (3, 4, 5, 6, 7)]  # the cycle continues with item 8
+    top = recommend(session, [history], k=3)[0]
+    assert top[0].item == sku(8)
+    assert not {r.item for r in top} & set(history)
+
+
+def test_a_changed_item_map_makes_the_export_stale(shop, tmp_path):
+    import shutil
+
+    _, _, lsq = shop
+    run = shutil.copytree(lsq, tmp_path / "lsq")
+    ids = ItemIds.load(run / ITEM_IDS)
+    ItemIds(tuple(reversed(ids.raw))).save(run / ITEM_IDS)  # other names for the same items
+    assert not ParityRecord.load(run / "parity.json").is_current(run)
