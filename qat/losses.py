@@ -169,6 +169,7 @@ class _SharedNegativesCE(torch.autograd.Function):
         return top + torch.log(total) - pos
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         h, candidates, probs, p_target = ctx.saved_tensors
         weighted = probs * grad.unsqueeze(1)  # (M, N)

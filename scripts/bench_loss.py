@@ -22,10 +22,11 @@ linearly), evaluation excluded.
 
 Memory guard: the loss's own activations are estimated before a configuration runs (full CE: 3
 float32 M x items tensors at the backward's peak: the log-softmax output kept for backward, the
-gradient arriving from the NLL and the gradient it passes to the logits; sampled: 6 M x (N + 1)
-tensors). A configuration whose estimate exceeds ``--memory-limit-gb`` is not run at that batch
-size: it is measured at the largest batch ``batch_size / 2^k`` that fits, and its step seconds
-are scaled by ``2^k`` (both the model and the loss are linear in the batch's positions; Adam's
+gradient arriving from the NLL and the gradient it passes to the logits; sampled: 2 M x N
+tensors, the probabilities kept for backward and the weighted gradient made from them). A
+configuration whose estimate exceeds ``--memory-limit-gb`` is not run at that batch size: it is
+measured at the largest batch ``batch_size / 2^k`` that fits, and its step seconds are scaled by
+``2^k`` (both the model and the loss are linear in the batch's positions; Adam's
 step over the item table is not, so this slightly overstates). Such rows say "extrapolated"
 and show the estimate instead of a measured peak. Each worker's address space is capped at the
 limit (``RLIMIT_AS``), so an underestimate ends that worker with an allocation error instead of
@@ -60,7 +61,7 @@ from qat.train import Trainer
 
 BYTES = 4  # float32
 # float32 (M, C) tensors alive at the loss's peak (see the module docstring)
-LOSS_TENSORS = {"ce": 3, "sampled-ce": 6}
+LOSS_TENSORS = {"ce": 3, "sampled-ce": 2}
 GIB = 1024 ** 3
 # address space a worker needs besides the loss: interpreter, torch's libraries and thread
 # stacks, model, Adam state, batches (about 1 GiB at 200,000 items); RLIMIT_AS = limit + this
@@ -109,7 +110,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def loss_memory_bytes(loss: str, positions: int, items: int, negatives: int) -> int:
     """Estimated bytes of the loss's float32 activations at its peak for ``positions`` targets."""
-    columns = items if loss == "ce" else negatives + 1
+    columns = items if loss == "ce" else negatives
     return LOSS_TENSORS[loss] * positions * columns * BYTES
 
 

@@ -1,4 +1,4 @@
-"""Bad input to the four entry points, table-driven: one ``error:`` line, exit 2, nothing changed.
+"""Bad input to the entry points, table-driven: one ``error:`` line, exit 2, nothing changed.
 
 Each case builds its input (a broken file, a flag, a damaged copy of a run) inside its own
 folder, runs one script's ``main`` in process, and checks:
@@ -31,7 +31,7 @@ from conftest import TINY_TRAIN, cyclic_dataset, load_script, train_tiny_runs
 
 from data import SequenceDataset, write_sasrec_text
 
-SCRIPTS = ("train_qat", "export_int8", "benchmark", "run_all")
+SCRIPTS = ("train_qat", "export_int8", "benchmark", "run_all", "recommend")
 REFUSED_URL = "http://127.0.0.1:9/ml-1m.zip"  # discard port: nothing listens, refused at once
 
 
@@ -234,6 +234,27 @@ CASES = [
                     "--out", str(w.tmp / "b.json"), "--batches", "1", "--threads", "1",
                     "--repeats", "1", "--warmup", "0", "--no-baselines"],
          r"model_fp32\.onnx"),
+    # -- train_qat.py: own logs ------------------------------------------------------------------
+    Case("log without the named column", "train_qat",
+         lambda w: ["--data", str(_write(w.tmp / "log.csv", "user,item,ts\nu1,a,1\n")),
+                    "--columns", "user,sku,ts", "--out", str(w.tmp / "o")],
+         r"log\.csv:1: .*sku"),
+    Case("log with a bad timestamp", "train_qat",
+         lambda w: ["--data", str(_write(w.tmp / "log.csv",
+                                         "user,item,timestamp\nu1,a,1\nu1,b,yesterday\n")),
+                    "--out", str(w.tmp / "o")],
+         r"log\.csv:3: .*yesterday"),
+    Case("columns for a SASRec text file", "train_qat",
+         lambda w: _train(w, "--columns", "0,1,2"), r"columns"),
+    # -- recommend.py ----------------------------------------------------------------------------
+    Case("recommend: unknown item ids", "recommend",
+         lambda w: ["--model", str(w.ste / "model_int8.onnx"), "--history", "1", "nope", "x9"],
+         r"unknown item id\(s\) 'nope', 'x9'"),
+    Case("recommend: no model file", "recommend",
+         lambda w: ["--model", str(w.tmp / "none.onnx"), "--history", "1"], r"none\.onnx"),
+    Case("recommend: a file that is not ONNX", "recommend",
+         lambda w: ["--model", str(_write(w.tmp / "m.onnx", b"not onnx")), "--history", "1"],
+         r"m\.onnx"),
     # -- run_all.py ------------------------------------------------------------------------------
     Case("run_all: bad bits", "run_all",
          lambda w: ["--data", str(w.data), "--out", str(w.tmp / "all"), "--methods", "apot",
