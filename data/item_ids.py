@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
+
+from data.atomic import atomic_write
 
 ITEM_IDS = "item_ids.json"  # the file name, beside a cached dataset and in every run folder
 METADATA_KEY = "sasrec_qat.item_ids"  # the ONNX metadata property holding the same JSON
@@ -130,18 +131,8 @@ class ItemIds:
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write ``item_ids.json`` atomically (temp file, fsync, rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(self.dumps() + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        text = self.dumps() + "\n"
+        atomic_write(path, lambda f: f.write(text), mode="w")
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> ItemIds:

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from data._parse import parse_int_table, strip_utf8_bom
+from data.atomic import atomic_write
 from data.errors import DataFormatError
 from data.item_ids import ITEM_IDS, ItemIds
 
@@ -166,33 +167,24 @@ def _cached_item_ids(path: Path, num_items: int) -> ItemIds | None:
 def write_sasrec_text(dataset: SequenceDataset, path: str | os.PathLike[str]) -> None:
     """Write ``dataset`` as ``user item`` lines, users in ascending id order.
 
-    The file is written to ``<path>.tmp`` in the same directory and then renamed over ``path``
-    with ``os.replace``, so readers never see a half-written file.
+    Written atomically (``data.atomic.atomic_write``: temp file, fsync, rename), so readers
+    never see a half-written file.
 
     Args:
         dataset: the sequences to write; users with an empty sequence write no lines.
-        path: destination file; its directory must exist.
+        path: destination file (its directory is created).
 
     Raises:
         OSError: if the file cannot be written (the temporary file is removed).
     """
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
     chunks = []
     for user in sorted(dataset.sequences):
         items = dataset.sequences[user]
         if items:
             prefix = f"{user} "
             chunks.append(prefix + f"\n{prefix}".join(map(str, items)) + "\n")
-    try:
-        with open(tmp, "w", encoding="ascii", newline="\n") as f:
-            f.write("".join(chunks))
-            f.flush()
-            os.fsync(f.fileno())  # on disk before the rename makes it visible
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    text = "".join(chunks)
+    atomic_write(path, lambda f: f.write(text), mode="w", encoding="ascii")
 
 
 def _group_by_user(users: np.ndarray, items: np.ndarray) -> dict[int, list[int]]:

@@ -13,31 +13,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from data.atomic import atomic_write
+
 FORMAT = 2  # 2: with content_sha256
 DIGEST_KEY = "content_sha256"
-
-
-def atomic_write(path: str | os.PathLike, write: Any, *, mode: str = "wb") -> None:
-    """Call ``write(file)`` on a temp file beside ``path``, fsync, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, mode) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def content_digest(obj: Any) -> str:

@@ -53,9 +53,14 @@ def test_write_replaces_existing_file(tmp_path):
     assert path.read_text() == "1 1\n"
 
 
-def test_write_failure_leaves_no_temp_file(tmp_path):
-    with pytest.raises(FileNotFoundError):
-        write_sasrec_text(SequenceDataset({1: [1]}, 1, 1, "x"), tmp_path / "nodir" / "out.txt")
+def test_write_failure_leaves_no_temp_file(tmp_path, monkeypatch):
+    import data.atomic
+
+    def disk_full(fd):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(data.atomic.os, "fsync", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        write_sasrec_text(SequenceDataset({1: [1]}, 1, 1, "x"), tmp_path / "out.txt")
     assert list(tmp_path.iterdir()) == []
 
 
