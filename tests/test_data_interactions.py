@@ -51,8 +51,8 @@ def _write(path: Path, rows, header=("user", "item", "timestamp"), sep=",") -> P
 
 
 def _parquet(path: Path, columns: dict) -> Path:
-    pa = pytest.importorskip("pyarrow")
-    pq = pytest.importorskip("pyarrow.parquet")
+    import pyarrow as pa  # a dev dependency: the parquet tests run, never skip
+    import pyarrow.parquet as pq
     pq.write_table(pa.table(columns), path)
     return path
 
@@ -95,7 +95,7 @@ def test_parquet_same_as_csv(tmp_path):
 
 
 def test_parquet_integer_ids_and_timestamp_types(tmp_path):
-    pa = pytest.importorskip("pyarrow")
+    import pyarrow as pa  # a dev dependency: the parquet tests run, never skip
     from datetime import date, datetime, timezone
 
     users = pa.array([7, 7, 3, 3], type=pa.int32())
@@ -119,7 +119,7 @@ def test_parquet_integer_ids_and_timestamp_types(tmp_path):
 
 
 def test_parquet_dictionary_and_large_string_columns(tmp_path):
-    pa = pytest.importorskip("pyarrow")
+    import pyarrow as pa  # a dev dependency: the parquet tests run, never skip
     path = _parquet(tmp_path / "d.parquet", {
         "user": pa.array(["u", "u", "v"]).dictionary_encode(),
         "item": pa.array(["x", "y", "x"], type=pa.large_string()),
@@ -399,7 +399,7 @@ def _parquet_error(path: Path, **kw) -> str:
 
 
 def test_bad_parquet(tmp_path):
-    pa = pytest.importorskip("pyarrow")
+    import pyarrow as pa  # a dev dependency: the parquet tests run, never skip
     good = {"user": ["u", "u"], "item": ["a", "b"], "timestamp": [1, 2]}
 
     path = _parquet(tmp_path / "a.parquet", good)
@@ -423,7 +423,7 @@ def test_bad_parquet(tmp_path):
                                                          else pa.int64()) for k in good})
     assert _parquet_error(path).startswith(f"{path}: the file has no rows")
     path = tmp_path / "j.parquet"
-    pq = pytest.importorskip("pyarrow.parquet")
+    import pyarrow.parquet as pq
     pq.write_table(pa.Table.from_arrays([pa.array(["u"]), pa.array(["a"]), pa.array([1])],
                                         names=["user", "item", "user"]), path)
     assert _parquet_error(path, columns="0,1,2").startswith(f"{path}: duplicate column name(s) "
