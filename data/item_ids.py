@@ -20,6 +20,7 @@ is ``"42"``): ids from a CSV are text, and one type keeps lookups unambiguous.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -128,6 +129,10 @@ class ItemIds:
     def dumps(self) -> str:
         """Compact JSON (the ONNX metadata value)."""
         return json.dumps(self.to_json(), ensure_ascii=False, separators=(",", ":"))
+
+    def sha256(self) -> str:
+        """sha256 (hex) of ``dumps()`` in UTF-8: what parity.json records of an embedded map."""
+        return hashlib.sha256(self.dumps().encode("utf-8")).hexdigest()
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write ``item_ids.json`` atomically (temp file, fsync, rename)."""

@@ -26,7 +26,6 @@ record that describes it).
 """
 from __future__ import annotations
 
-import hashlib
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -197,7 +196,7 @@ def export_run(run_dir: str | Path, *, data: str | None = None, cache_dir: Path 
         max_abs_weight_int=None if max_weight is None else int(max_weight),
         graph=records[0], fused=records[1] if fused else None,
         item_ids_source=item_ids_source,
-        item_ids_sha256=hashlib.sha256(item_ids.dumps().encode("utf-8")).hexdigest())
+        item_ids_sha256=item_ids.sha256())
     try:
         record.save(run.run_dir / PARITY)
     except BaseException:

@@ -8,7 +8,6 @@ stale, whatever the sizes and modification times say.
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -148,7 +147,6 @@ class ParityRecord(Record):
         if not path.exists():
             return self.item_ids_source in (None, "identity")
         try:
-            embedded = ItemIds.load(path).dumps().encode("utf-8")
+            return ItemIds.load(path).sha256() == self.item_ids_sha256
         except (OSError, ValueError):
             return False
-        return hashlib.sha256(embedded).hexdigest() == self.item_ids_sha256
