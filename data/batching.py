@@ -173,31 +173,77 @@ class TrainBatcher:
         """Batches per epoch."""
         return math.ceil(len(self._users) / self.batch_size)
 
-    def epoch(self, rng: np.random.Generator) -> Iterator[TrainBatch]:
-        """The batches of one epoch.
+    def epoch(
+        self, rng: np.random.Generator, *, rank: int = 0, world_size: int = 1
+    ) -> Iterator[TrainBatch]:
+        """The batches of one epoch (this process's shard of them, with ``world_size > 1``).
 
-        The user order and batch order are drawn from ``rng`` when this is called; negatives
-        are drawn from ``rng`` as the batches are produced. The same ``rng`` state gives the
-        same batches.
+        The user order and batch order are drawn from ``rng`` when this is called, then one
+        seed for the negatives, which are drawn from a generator of that seed and ``rank`` as
+        the batches are produced. The same ``rng`` state gives the same batches.
+
+        Data-parallel training (``world_size`` processes, each passing the same ``rng`` state
+        and its ``rank``): every process draws the same plan of global batches of
+        ``batch_size`` users and keeps rows ``rank, rank + world_size, ...`` of each, which is
+        ``torch.utils.data.DistributedSampler``'s split of the permutation. As there, the
+        permutation is first padded with its own first users to a multiple of ``world_size``,
+        and ``batch_size`` must be a multiple of ``world_size``, so every process gets the same
+        number of rows in every batch. Each process has its own stream of negatives, and ``rng``
+        itself advances identically on every process, so the next epoch's plan agrees too.
 
         Args:
             rng: random generator, e.g. ``np.random.default_rng(seed)``.
+            rank: this process's index in ``[0, world_size)``.
+            world_size: number of processes sharing each batch.
 
         Returns:
             An iterator over ``len(self)`` batches.
+
+        Raises:
+            ValueError: bad ``rank``/``world_size``, ``batch_size`` not a multiple of
+                ``world_size``, or fewer users than processes.
         """
+        self.check_shardable(world_size)
+        if not 0 <= rank < world_size:
+            raise ValueError(f"TrainBatcher: rank must be in [0, {world_size}), got {rank}")
         perm = rng.permutation(len(self._users))
+        if world_size > 1 and len(perm) % world_size:
+            perm = np.concatenate([perm, perm[: world_size - len(perm) % world_size]])
         if not self.bucket:
             plan = [perm[i : i + self.batch_size] for i in range(0, len(perm), self.batch_size)]
-            return self._batches(plan, rng)
-        chunk = self.batch_size * self.bucket_size
-        plan = []
-        for start in range(0, len(perm), chunk):
-            part = perm[start : start + chunk]
-            part = part[np.argsort(self._lengths[part], kind="stable")]
-            plan.extend(part[i : i + self.batch_size] for i in range(0, len(part), self.batch_size))
-        plan = [plan[i] for i in rng.permutation(len(plan))]
-        return self._batches(plan, rng)
+        else:
+            chunk = self.batch_size * self.bucket_size
+            plan = []
+            for start in range(0, len(perm), chunk):
+                part = perm[start : start + chunk]
+                part = part[np.argsort(self._lengths[part], kind="stable")]
+                plan.extend(
+                    part[i : i + self.batch_size] for i in range(0, len(part), self.batch_size)
+                )
+            plan = [plan[i] for i in rng.permutation(len(plan))]
+        # one draw whatever the world size, so rng advances alike on every process and the
+        # next epoch's plan does not depend on how many processes share it
+        negatives_rng = np.random.default_rng([int(rng.integers(2**63)), rank])
+        if world_size > 1:
+            plan = [rows[rank::world_size] for rows in plan]
+        return self._batches(plan, negatives_rng)
+
+    def check_shardable(self, world_size: int) -> None:
+        """Raise ``ValueError`` unless ``world_size`` processes can share this batcher's batches
+        (see ``epoch``)."""
+        if world_size < 1:
+            raise ValueError(f"TrainBatcher: world_size must be >= 1, got {world_size}")
+        if world_size > len(self._users):
+            raise ValueError(
+                f"{world_size} processes but only {len(self._users)} training users (users with "
+                f">= 2 train items): every process needs at least one; start at most "
+                f"{len(self._users)} processes"
+            )
+        if self.batch_size % world_size:
+            raise ValueError(
+                f"--batch-size {self.batch_size} is the global batch and must be a multiple of "
+                f"the {world_size} processes; choose another, or give --batch-size-per-rank"
+            )
 
     def _batches(self, plan: list[np.ndarray], rng: np.random.Generator) -> Iterator[TrainBatch]:
         for rows in plan:

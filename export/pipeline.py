@@ -43,6 +43,7 @@ from export.results_table import FP32_MODEL, RunResult, model_name, summary_rows
 from export.results_table import write_summary_csv
 from export.run_folder import PARITY, onnx_file_name
 from qat.cli import EXIT_INTERRUPTED, EXIT_USER_ERROR
+from qat.distributed import resolve_device
 from qat.metrics_record import MetricsRecord
 from qat.registry import METHODS
 from qat.run_files import CHECKPOINT, INT8_MODEL, METRICS
@@ -63,6 +64,8 @@ class PipelineSettings:
             the training runs when given (None: train_qat.py's default); architecture flags
             go to the FP32 run, QAT runs inherit its architecture.
         qat_epochs: the QAT runs' ``--epochs``.
+        device: the training runs' ``--device`` (None: train_qat.py's default, auto); export,
+            parity and latency run on the CPU.
         bench_batches, bench_threads, bench_repeats: the latency grid and repeats.
         no_baselines, int8_fast, torch_int8, sweep_hidden: benchmark.py options.
         summary_threads: the thread count whose latencies the summary shows (default: the
@@ -89,6 +92,7 @@ class PipelineSettings:
     batch_size: int | None = None
     seed: int | None = None
     threads: int | None = None
+    device: str | None = None
     bench_batches: tuple[int, ...] = (1, 256)
     bench_threads: tuple[int, ...] = (1, 2)
     bench_repeats: int = 100
@@ -107,6 +111,8 @@ class PipelineSettings:
         object.__setattr__(self, "out", Path(self.out))
         for name in ("bench_batches", "bench_threads", "sweep_hidden"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
+        if self.device is not None:
+            resolve_device(self.device)  # --device cuda without CUDA: refused before any step
         for method in methods:
             if method not in QAT_METHODS:
                 raise ValueError(f"unknown QAT method {method!r}; choose among "
@@ -233,7 +239,7 @@ def train_step(run: Run, fp32: Run, settings: PipelineSettings) -> Step:
         if training_finished(run):
             return Plan(skip=f"{run.folder / METRICS} describes the model files as they are")
         flags = ["--qconfig", run.method, "--data", settings.data, "--out", str(run.folder),
-                 "--no-progress", *optional_flags(settings, ["mirror"])]
+                 "--no-progress", *optional_flags(settings, ["mirror", "device"])]
         if run.quantized:
             flags += ["--bits", str(run.bits), "--init-from", str(fp32.folder)]
             flags += optional_flags(settings, ["patience", "batch_size", "seed", "threads"])

@@ -145,10 +145,10 @@ class DorefaActivationFakeQuantize(SteActivationFakeQuantize):
         self.min_val.copy_(batch_min)
         self.max_val.copy_(batch_max)
 
-    def _observe(self, x: torch.Tensor) -> None:
-        if x.numel() == 0:
-            return
-        super()._observe(x)
+    def _observe(self, x: torch.Tensor) -> bool:
+        if not super()._observe(x):
+            return False
         self.steps += 1
         if self.calibration_steps is not None and self.steps.item() >= self.calibration_steps:
             self.disable_observer()
+        return True

@@ -36,6 +36,7 @@ from observers.grid import (
     fake_quant_affine,
     fake_quant_per_tensor,
 )
+from observers.sync import global_min_max, world_size
 
 __all__ = ["SteActivationFakeQuantize", "SteWeightFakeQuantize", "moving_average"]
 
@@ -153,16 +154,28 @@ class SteActivationFakeQuantize(ActivationFakeQuantize):
             self.min_val.copy_(moving_average(self.min_val, batch_min, self.avg_constant))
             self.max_val.copy_(moving_average(self.max_val, batch_max, self.avg_constant))
 
-    def _observe(self, x: torch.Tensor) -> None:
-        if x.numel() == 0:
-            return
-        self._update_range(x.min().float().reshape(1), x.max().float().reshape(1))
+    def _observe(self, x: torch.Tensor) -> bool:
+        """Update the range from ``x`` (all processes' ``x`` under DDP: ``global_min_max``);
+        returns False, changing nothing, when the (global) batch is empty."""
+        empty = x.numel() == 0
+        if empty:
+            inf = torch.full((1,), float("inf"), device=self.min_val.device)
+            batch_min, batch_max = inf, -inf
+        else:
+            batch_min, batch_max = x.min().float().reshape(1), x.max().float().reshape(1)
+        if world_size() > 1:
+            batch_min, batch_max = global_min_max(batch_min, batch_max)
+            empty = bool(batch_min > batch_max)  # every shard was empty
+        if empty:
+            return False
+        self._update_range(batch_min, batch_max)
         scale, zero_point = affine_qparams(
             self.min_val, self.max_val, self.quant_min, self.quant_max
         )
         self.scale.copy_(scale)
         self.zero_point.copy_(zero_point)
         self.initialized.fill_(1)
+        return True
 
     def _scale(self) -> torch.Tensor:
         return self.scale

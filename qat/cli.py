@@ -21,10 +21,12 @@ Ctrl-C prints ``interrupted`` and exits 130, the shell's convention.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Callable, NoReturn, Sequence
 
 from data import DownloadError
+from qat.distributed import PeerFailed
 
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, DownloadError,
                                                 FloatingPointError)
@@ -51,11 +53,20 @@ def error_line(err: BaseException) -> str:
 
 def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None = None, *,
             extra: Sequence[type[BaseException]] = ()) -> int:
-    """``main(argv)``; a user error becomes ``error: <message>`` on stderr and status 2."""
+    """``main(argv)``; a user error becomes ``error: <message>`` on stderr and status 2.
+
+    Under torchrun (``WORLD_SIZE`` > 1) a rank other than 0 prefixes its line with
+    ``[rank R]``, and a rank stopped because rank 0 failed (``qat.distributed.PeerFailed``)
+    exits 2 without a line of its own: the reason is rank 0's line.
+    """
     try:
         return main(argv)
+    except PeerFailed:
+        return EXIT_USER_ERROR
     except (*USER_ERRORS, *extra) as err:
-        print(f"error: {error_line(err)}", file=sys.stderr)
+        rank = int(os.environ.get("RANK", "0")) if int(os.environ.get("WORLD_SIZE", "1")) > 1 \
+            else 0
+        print(f"error: {f'[rank {rank}] ' if rank else ''}{error_line(err)}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -34,33 +34,60 @@ def evaluate(scorer: Scorer, split: LeaveOneOutSplit, which: str, *, max_len: in
     start = time.perf_counter()
     ranks = compute_ranks(scorer, split, which, max_len=max_len, batch_size=batch_size,
                           sampled_negatives=sampled_negatives, seed=seed, progress=progress)
+    return rank_metrics(ranks, k, time.perf_counter() - start)
+
+
+def rank_metrics(ranks: torch.Tensor, k: int = 10, seconds: float = 0.0) -> dict[str, float]:
+    """``evaluate``'s dict from the targets' 0-based ranks (``compute_ranks``)."""
     return {
         f"ndcg@{k}": float(ndcg_at_k(ranks, k).mean()),
         f"hit@{k}": float(hit_at_k(ranks, k).mean()),
         "users": int(ranks.numel()),
-        "seconds": time.perf_counter() - start,
+        "seconds": seconds,
     }
+
+
+def eval_users(split: LeaveOneOutSplit, which: str) -> list[int]:
+    """The users evaluated on ``which``, ascending (the order of ``compute_ranks``)."""
+    return sorted(split.valid if which == "valid" else split.test)
 
 
 @torch.no_grad()
 def compute_ranks(scorer: Scorer, split: LeaveOneOutSplit, which: str, *, max_len: int,
                   batch_size: int = 512, sampled_negatives: int = 0, seed: int = 0,
-                  progress: bool = False) -> torch.Tensor:
-    """0-based pessimistic rank of every evaluated user's target, in user-id order."""
+                  progress: bool = False, users: range | None = None) -> torch.Tensor:
+    """0-based pessimistic rank of every evaluated user's target, in user-id order, on the CPU.
+
+    ``users``: only the users at these positions of ``eval_users(split, which)`` (a shard for
+    data-parallel evaluation); their sampled negatives are the rows they get in a full run, so
+    concatenating every shard's ranks gives the full run's ranks exactly. The scorer's output
+    may live on any device; masking and ranking happen there.
+    """
+    if which not in ("valid", "test"):
+        raise ValueError(f"which must be 'valid' or 'test', got {which!r}")
     negatives = None
     if sampled_negatives:
         negatives = sample_negatives_for_eval(split, which, sampled_negatives,
                                               np.random.default_rng(seed))
+    selected = None
+    if users is not None:
+        selected = eval_users(split, which)[users.start:users.stop]
+        if negatives is not None:
+            negatives = negatives[users.start:users.stop]
+        if not selected:
+            return torch.zeros(0, dtype=torch.int64)
     all_ranks = []
     offset = 0
-    batches = eval_batches(split, which, max_len=max_len, batch_size=batch_size)
+    batches = eval_batches(split, which, max_len=max_len, batch_size=batch_size, users=selected)
     for batch in tqdm(batches, desc=f"eval {which}", disable=not progress, leave=False):
         scores = scorer(batch.inputs).float()
+        device = scores.device
+        targets = batch.targets.to(device)
         if negatives is None:
-            scores, targets = mask_scores(scores, batch.history, batch.targets), batch.targets
+            scores = mask_scores(scores, batch.history.to(device), targets)
         else:
-            rows = negatives[offset:offset + len(batch.targets)]
-            scores, targets = sampled_scores(scores, batch.targets, rows)
+            rows = negatives[offset:offset + len(batch.targets)].to(device)
+            scores, targets = sampled_scores(scores, targets, rows)
         offset += len(batch.targets)
-        all_ranks.append(target_ranks(scores, targets))
+        all_ranks.append(target_ranks(scores, targets).cpu())
     return torch.cat(all_ranks)

@@ -101,8 +101,9 @@ def deployment_view(model: nn.Module) -> nn.Module:
 
 
 def to_int8(qat_model: nn.Module) -> SASRec:
-    """Fold and convert a copy of ``qat_model`` (see ``qat.quantize.convert_model``)."""
-    view = deployment_view(qat_model)
+    """Fold and convert a copy of ``qat_model`` (see ``qat.quantize.convert_model``), on the CPU
+    whatever device ``qat_model`` trained on: torch's quantized kernels are CPU kernels."""
+    view = deployment_view(qat_model).cpu()
     return convert_model(view, inplace=True)
 
 
@@ -118,7 +119,7 @@ def save_int8_model(qat_model: nn.Module, method: QuantMethod, bits: int,
         "method": method.name,
         "bits": bits,
         "model_config": to_dict(qat_model.config),
-        "qat_state": qat_model.state_dict(),
+        "qat_state": {k: v.cpu() for k, v in qat_model.state_dict().items()},
         "int8_state": int8.state_dict(),
     }, Path(run_dir) / INT8_MODEL)
     return int8

@@ -34,6 +34,8 @@ class MetricsRecord(Record):
         sampled: with ``--eval-negatives N``, the paper's sampled protocol (target + N sampled
             unseen items): ``{"negatives", "seed", "valid": {...}, "test": {...}}`` of the best
             model (for QAT: the fake-quant model as it will be converted).
+        device: where it trained (``cpu``, ``cuda:0``; None in files written before).
+        processes: data-parallel processes it trained on (torchrun's world size).
     """
 
     KIND = "metrics"
@@ -54,6 +56,8 @@ class MetricsRecord(Record):
     int8: dict[str, dict[str, Any]] | None = None
     int8_model_sha256: str | None = None
     sampled: dict[str, Any] | None = None
+    device: str | None = None
+    processes: int = 1
 
     def is_current(self, run_dir: str | Path, *, quantized: bool) -> bool:
         """True when these metrics describe the model files now in ``run_dir``: the checkpoint

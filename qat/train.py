@@ -14,6 +14,7 @@ Run folder layout (each file written atomically, so a crash never leaves a trunc
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import resource
 import statistics
@@ -25,12 +26,15 @@ from typing import Any, Callable
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from data import ITEM_IDS, ItemIds, LeaveOneOutSplit, TrainBatcher
+from data.batching import TrainBatch
 from qat.checkpoint import load_checkpoint, save_checkpoint, save_json
 from qat.config import SASRecConfig, TrainConfig, to_dict
-from qat.evaluate import evaluate
+from qat.distributed import DistributedContext, shard_bounds
+from qat.evaluate import compute_ranks, eval_users, rank_metrics
 from qat.losses import sampled_bce, sampled_softmax_ce, softmax_ce
 from qat.metrics_record import MetricsRecord
 from qat.negative_sampling import NegativeSampler
@@ -72,8 +76,9 @@ class NonFiniteError(FloatingPointError):
 RESUMABLE_CHANGES = frozenset({"epochs", "patience", "eval_every", "threads", "progress",
                                "eval_batch_size"})
 # run_info entries that may differ on resume: where the data file lies (its fingerprint must
-# match) and the run a QAT model started from (used only at the start).
-RUN_INFO_MAY_CHANGE = frozenset({"data", "init_from"})
+# match), the run a QAT model started from (used only at the start), and where it trains (the
+# global batch is what the optimizer sees, whatever the device or number of processes).
+RUN_INFO_MAY_CHANGE = frozenset({"data", "init_from", "device", "processes"})
 
 
 def all_finite(tensors: Any) -> bool:
@@ -87,18 +92,34 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def epoch_torch_seed(seed: int, epoch: int, rank: int) -> int:
+    """The torch seed (dropout) of one process's epoch: independent streams per epoch and rank,
+    and a resumed run (which restarts at an epoch boundary) draws what the uninterrupted run
+    drew, on any device (CUDA's generator is not in ``torch.get_rng_state()``)."""
+    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1, np.uint64)[0])
+
+
 class Trainer:
     """Trains ``model`` on ``split`` and writes the run folder ``out_dir``.
 
     ``model`` must map (B, T) item ids to (B, T, d) hidden states and expose ``item_table()`` and
     ``score_last(item_seq)`` (``qat.model.SASRec`` and its QAT-prepared form do).
+
+    ``context`` says where: the device (the model is moved there) and, under torchrun, this
+    process's rank. With several processes the model trains under ``DistributedDataParallel``:
+    every process takes its rows of each global batch of ``train_config.batch_size`` users
+    (``TrainBatcher.epoch``), each scales its loss so that the averaged gradient is the global
+    batch's, validation is sharded by users and gathered (the same metrics as one process), and
+    only rank 0 reads and writes the run folder (``DistributedContext.on_main``).
     """
 
     def __init__(self, model: nn.Module, split: LeaveOneOutSplit, model_config: SASRecConfig,
                  train_config: TrainConfig, out_dir: str | Path, *, method: str = "fp32",
                  hooks: TrainHooks | None = None, run_info: dict[str, Any] | None = None,
-                 item_ids: ItemIds | None = None) -> None:
-        self.model = model
+                 item_ids: ItemIds | None = None,
+                 context: DistributedContext | None = None) -> None:
+        self.ctx = context or DistributedContext(device=_device_of(model))
+        self.model = model.to(self.ctx.device)
         self.split = split
         self.model_config = model_config
         self.config = train_config
@@ -110,10 +131,13 @@ class Trainer:
         self.batcher = TrainBatcher(
             split, max_len=model_config.max_len, batch_size=train_config.batch_size,
             num_negatives=1 if train_config.loss == "bce" else 0, bucket=train_config.bucket)
+        self.batcher.check_shardable(self.ctx.world_size)
         # Every target position weighs the same, whatever the batch: see
         # TrainBatcher.mean_targets_per_batch. Per-batch means under bucketing up-weight short
-        # users several-fold.
-        self._normalizer = self.batcher.mean_targets_per_batch
+        # users several-fold. Under DDP each process's loss covers its shard and DDP averages the
+        # gradients over the processes, so each divides by normalizer / world_size: the mean of
+        # their gradients is then the gradient of the global batch's loss.
+        self._normalizer = self.batcher.mean_targets_per_batch / self.ctx.world_size
         groups = self.hooks.param_groups or [
             {"params": [p for p in model.parameters() if p.requires_grad]}]
         self.optimizer = torch.optim.Adam(groups, lr=train_config.lr, betas=(0.9, 0.98),
@@ -126,6 +150,14 @@ class Trainer:
             self.sampler = NegativeSampler.from_sequences(
                 split.train.values(), split.num_items, train_config.negatives,
                 train_config.negative_sampling, seed=train_config.seed)
+        # the module the training forward goes through (DDP all-reduces gradients in backward;
+        # buffers are not broadcast: observers synchronise their own, see observers/sync.py)
+        self.train_model: nn.Module = self.model
+        if self.ctx.is_distributed:
+            cuda = self.ctx.device.type == "cuda"
+            self.train_model = DistributedDataParallel(
+                self.model, device_ids=[self.ctx.device] if cuda else None,
+                broadcast_buffers=False)  # torch 2.13 warns it is renamed; same meaning
 
     # -- public -----------------------------------------------------------------------------
     def fit(self, *, resume: bool = False) -> MetricsRecord:
@@ -143,16 +175,24 @@ class Trainer:
                 disk is the last finite one.
         """
         path = self.out_dir / CHECKPOINT
-        if path.exists() and not resume:
-            raise FileExistsError(f"{path} exists: pass --resume to continue that run, or choose "
-                                  "another --out")
-        ckpt = load_checkpoint(path) if resume and path.exists() else None
+
+        def read_checkpoint() -> dict[str, Any] | None:
+            if path.exists() and not resume:
+                raise FileExistsError(f"{path} exists: pass --resume to continue that run, or "
+                                      "choose another --out")
+            return load_checkpoint(path) if resume and path.exists() else None
+
+        def start_folder() -> None:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            save_json(self._config_record(), self.out_dir / CONFIG)
+            if self.item_ids is not None:  # the run folder speaks the raw ids of its data
+                self.item_ids.save(self.out_dir / ITEM_IDS)
+
+        # rank 0 reads (other nodes need not see the folder) and sends it to every rank
+        ckpt = self.ctx.on_main(read_checkpoint)
         if ckpt is not None:
             self._check_resumable(ckpt)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        save_json(self._config_record(), self.out_dir / CONFIG)
-        if self.item_ids is not None:  # the run folder speaks the raw ids of its data
-            self.item_ids.save(self.out_dir / ITEM_IDS)
+        self.ctx.on_main(start_folder)
         if self.config.threads:
             torch.set_num_threads(self.config.threads)
 
@@ -166,10 +206,14 @@ class Trainer:
         total_steps = self.config.epochs * len(self.batcher)
         for epoch in range(run["epoch"] + 1, self.config.epochs + 1):
             self.model.train()
+            torch.manual_seed(epoch_torch_seed(self.config.seed, epoch, self.ctx.rank))
             start = time.perf_counter()
             losses = []
-            batches = tqdm(self.batcher.epoch(self.rng), total=len(self.batcher), leave=False,
-                           desc=f"epoch {epoch}", disable=not self.config.progress)
+            epoch_batches = self.batcher.epoch(self.rng, rank=self.ctx.rank,
+                                               world_size=self.ctx.world_size)
+            batches = tqdm(epoch_batches, total=len(self.batcher), leave=False,
+                           desc=f"epoch {epoch}",
+                           disable=not (self.config.progress and self.ctx.is_main))
             for step, batch in enumerate(batches):
                 progress = ((epoch - 1) * len(self.batcher) + step) / max(total_steps - 1, 1)
                 loss = self.step(batch, progress)
@@ -203,40 +247,65 @@ class Trainer:
             self._log(record, run)
             run["stopped_early"] = run["bad_evals"] >= self.config.patience
             run["finished"] = run["stopped_early"] or epoch == self.config.epochs
-            self._save(run)
+            self.ctx.on_main(lambda: self._save(run))
             last_good = self._snapshot()
             if run["stopped_early"]:
                 break
         return self._finish(run)
 
-    def evaluate(self, which: str, **kwargs: Any) -> dict[str, float]:
-        """Full-ranking metrics of the current model on ``"valid"`` or ``"test"``."""
+    def evaluate(self, which: str, *, k: int = 10, sampled_negatives: int = 0,
+                 seed: int = 0) -> dict[str, float]:
+        """Full-ranking (or ``sampled_negatives``) metrics of the current model on ``"valid"``
+        or ``"test"``, on the training device. With several processes each ranks its share of
+        the users and the ranks are gathered: every process returns the one-process metrics.
+        """
         model = self.model if self.hooks.eval_model is None else self.hooks.eval_model(self.model)
         was_training = model.training
         model.eval()
+        device = self.ctx.device
+        start = time.perf_counter()
+        shard = None
+        if self.ctx.is_distributed:
+            shard = range(*shard_bounds(len(eval_users(self.split, which)), self.ctx.rank,
+                                        self.ctx.world_size))
         try:
-            return evaluate(model.score_last, self.split, which, max_len=self.model_config.max_len,
-                            batch_size=self.config.eval_batch_size, **kwargs)
+            ranks = compute_ranks(lambda inputs: model.score_last(inputs.to(device)), self.split,
+                                  which, max_len=self.model_config.max_len,
+                                  batch_size=self.config.eval_batch_size,
+                                  sampled_negatives=sampled_negatives, seed=seed, users=shard)
         finally:
             model.train(was_training)
+        if shard is not None:
+            ranks = torch.cat(self.ctx.all_gather_objects(ranks))
+        return rank_metrics(ranks, k, time.perf_counter() - start)
 
-    def step(self, batch: Any, progress: float) -> float:
-        """One optimiser step on ``batch``; returns its loss.
+    def step(self, batch: TrainBatch, progress: float) -> float:
+        """One optimiser step on ``batch`` (this process's shard of it); returns the loss of
+        the global batch (the mean over processes).
 
         ``progress`` in [0, 1] is how far training is (the regularizer's schedule). A NaN/Inf
-        loss is returned without touching the weights.
+        loss (on any process) is returned without touching the weights.
         """
-        loss = self._loss(batch, progress)
-        if not torch.isfinite(loss):
-            return loss.item()
+        loss = self._loss(self._to_device(batch), progress)
+        value = self.ctx.mean(loss.item())  # every rank decides alike
+        if not math.isfinite(value):
+            return value
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        return loss.item()
+        return value
 
     # -- internals --------------------------------------------------------------------------
-    def _loss(self, batch: Any, progress: float) -> torch.Tensor:
-        hidden = self.model(batch.inputs)
+    def _to_device(self, batch: TrainBatch) -> TrainBatch:
+        device = self.ctx.device
+        if device.type == "cpu":
+            return batch
+        return dataclasses.replace(batch, **{
+            name: None if value is None else value.to(device, non_blocking=True)
+            for name, value in vars(batch).items()})
+
+    def _loss(self, batch: TrainBatch, progress: float) -> torch.Tensor:
+        hidden = self.train_model(batch.inputs)
         table = self.model.item_table()
         if self.config.loss == "ce":
             loss = softmax_ce(hidden, batch.targets, table, self._normalizer)
@@ -277,7 +346,6 @@ class Trainer:
                 "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
                 "numpy_rng": self.rng.bit_generator.state,
-                "torch_rng": torch.get_rng_state(),
                 "sampler_rng": None if self.sampler is None else self.sampler.get_state(),
                 "extra": {name: get() for name, (get, _) in self.hooks.extra_state.items()},
             },
@@ -332,7 +400,6 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.rng.bit_generator.state = state["numpy_rng"]
-        torch.set_rng_state(state["torch_rng"])
         if self.sampler is not None:
             self.sampler.set_state(state["sampler_rng"])
         for name, (_, set_state) in self.hooks.extra_state.items():
@@ -361,12 +428,21 @@ class Trainer:
             eval_seconds_all_users=valid["seconds"] + test["seconds"],
             peak_rss_mb=peak_rss_mb(),
             threads=torch.get_num_threads(),
-            checkpoint_sha256=file_sha256(self.out_dir / CHECKPOINT),
+            checkpoint_sha256="",
+            device=str(self.ctx.device),
+            processes=self.ctx.world_size,
         )
-        metrics.save(self.out_dir / METRICS)
+
+        def write() -> str:
+            metrics.checkpoint_sha256 = file_sha256(self.out_dir / CHECKPOINT)
+            metrics.save(self.out_dir / METRICS)
+            return metrics.checkpoint_sha256
+        metrics.checkpoint_sha256 = self.ctx.on_main(write)
         return metrics
 
     def _log(self, record: dict[str, Any], run: dict[str, Any]) -> None:
+        if not self.ctx.is_main:
+            return
         line = f"epoch {record['epoch']:4d}  loss {record['loss']:.4f}  " \
                f"{record['train_seconds']:.1f}s"
         if "valid" in record:
@@ -374,3 +450,8 @@ class Trainer:
             line += f"  valid ndcg@10 {v['ndcg@10']:.4f} hit@10 {v['hit@10']:.4f}" \
                     f"  (best {run['best_valid'][SELECTION_METRIC]:.4f} @ {run['best_epoch']})"
         tqdm.write(line)
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    """The device of ``model``'s first parameter (CPU for a model without any)."""
+    return next((p.device for p in model.parameters()), torch.device("cpu"))

@@ -22,6 +22,7 @@ import torch
 
 from data import ItemIds, TrainBatcher, leave_one_out, load_dataset
 from qat.config import SASRecConfig, TrainConfig
+from qat.distributed import DistributedContext, setup_distributed
 from qat.evaluate import evaluate
 from qat.finetune import load_float_model, prepare_for_method, qat_hooks, save_int8_model
 from qat.metrics_record import MetricsRecord
@@ -75,6 +76,9 @@ class TrainRunOptions:
     threads: int = 0
     bucket: bool = False
     progress: bool = True
+    device: str = "auto"  # training device: auto (CUDA when available), cpu, cuda, cuda:N
+    batch_size_per_rank: int | None = None  # torchrun: users per process per step (overrides
+    # batch_size: the global batch is then this times the number of processes)
 
 
 def resolve_architecture(options: TrainRunOptions, num_items: int,
@@ -116,13 +120,41 @@ def check_same_dataset(init_from: Path, init_info: dict[str, Any], fingerprint: 
                          "that run's dataset")
 
 
-def train_run(options: TrainRunOptions) -> MetricsRecord:
+def global_batch_size(options: TrainRunOptions, world_size: int) -> int:
+    """The users per optimizer step: ``--batch-size``, or ``--batch-size-per-rank`` times the
+    number of processes. Raises ValueError for a non-positive size."""
+    if options.batch_size_per_rank is None:
+        if options.batch_size < 1:
+            raise ValueError(f"--batch-size must be >= 1, got {options.batch_size}")
+        return options.batch_size
+    if options.batch_size_per_rank < 1:
+        raise ValueError(f"--batch-size-per-rank must be >= 1, got {options.batch_size_per_rank}")
+    return options.batch_size_per_rank * world_size
+
+
+def train_run(options: TrainRunOptions, context: DistributedContext | None = None
+              ) -> MetricsRecord:
     """Train (and for a QAT method convert) one run into ``options.out``; returns its metrics.
+
+    ``context``: the device and process group (default: ``setup_distributed(options.device)``,
+    which joins torchrun's group when launched by torchrun and leaves it at the end). Every
+    process calls this; rank 0 writes the folder, converts the QAT model and evaluates it in
+    INT8 (on the CPU, where INT8 is deployed).
 
     Raises:
         ValueError, OSError, data.DownloadError: bad options, data or run folders (nothing
             written); qat.train.NonFiniteError: training diverged.
     """
+    own_context = context is None
+    context = setup_distributed(options.device) if context is None else context
+    try:
+        return _train_run(options, context)
+    finally:
+        if own_context:
+            context.shutdown()
+
+
+def _train_run(options: TrainRunOptions, ctx: DistributedContext) -> MetricsRecord:
     method = get_method(options.qconfig)
     if not method.is_quantized and options.bits is not None:
         raise ValueError(f"--bits applies to QAT methods; --qconfig {method.name} keeps 32-bit "
@@ -131,8 +163,8 @@ def train_run(options: TrainRunOptions) -> MetricsRecord:
     if method.is_quantized:
         method.mapping(bits)  # validates --bits for this method
     init_model, init_config, init_info = None, None, {}
-    if options.init_from is not None:
-        init_model, init_ckpt = load_float_model(options.init_from)
+    if options.init_from is not None:  # read on rank 0, sent to every process
+        init_model, init_ckpt = ctx.on_main(lambda: load_float_model(options.init_from))
         init_config, init_info = init_model.config, init_ckpt.get("run_info") or {}
     finetune = method.is_quantized and init_model is not None
     schedule = {k: getattr(options, k) if getattr(options, k) is not None else v[int(finetune)]
@@ -143,8 +175,9 @@ def train_run(options: TrainRunOptions) -> MetricsRecord:
         flags = " and ".join("--" + k.replace("_", "-") for k in sampling)
         raise ValueError(f"{flags} applies to --loss sampled-ce, not --loss {options.loss}: drop "
                          "it or add --loss sampled-ce")
+    batch_size = global_batch_size(options, ctx.world_size)
     train_config = TrainConfig(
-        epochs=schedule["epochs"], batch_size=options.batch_size, lr=schedule["lr"],
+        epochs=schedule["epochs"], batch_size=batch_size, lr=schedule["lr"],
         loss=options.loss, patience=schedule["patience"], eval_every=options.eval_every,
         seed=options.seed, threads=options.threads, bucket=options.bucket,
         progress=options.progress, **sampling)
@@ -152,49 +185,75 @@ def train_run(options: TrainRunOptions) -> MetricsRecord:
         torch.set_num_threads(options.threads)
     if options.eval_negatives < 0:
         raise ValueError(f"--eval-negatives must be >= 0 (0: off), got {options.eval_negatives}")
-    dataset = load_dataset(options.data, cache_dir=options.cache_dir, mirror=options.mirror,
-                           columns=options.columns,
-                           min_user_interactions=options.min_user_interactions)
+
+    def load() -> Any:
+        return load_dataset(options.data, cache_dir=options.cache_dir, mirror=options.mirror,
+                            columns=options.columns,
+                            min_user_interactions=options.min_user_interactions)
+
+    def cache() -> None:
+        load()
+    if ctx.is_distributed:  # rank 0 downloads and caches first; the others then read the cache
+        ctx.on_main(cache)
+    dataset = load()
     fingerprint = dataset.fingerprint()
+    fingerprints = ctx.all_gather_objects(fingerprint)
+    if len(set(fingerprints)) > 1:
+        raise ValueError("the processes read different data (dataset fingerprints by rank: "
+                         + ", ".join(f[:12] for f in fingerprints) + "): give every node the "
+                         "same --data file")
     if init_model is not None:
         check_same_dataset(options.init_from, init_info, fingerprint)
     split = leave_one_out(dataset)
     model_config = resolve_architecture(options, dataset.num_items, init_config)
 
+    TrainBatcher(split, max_len=model_config.max_len,
+                 batch_size=batch_size).check_shardable(ctx.world_size)
+
     torch.manual_seed(options.seed)
     model = SASRec(model_config)
     if init_model is not None:
         model.load_state_dict(init_model.state_dict())
+    model.to(ctx.device)
     hooks = None
     quant_lr = options.quant_lr if options.quant_lr is not None else method.quant_lr
     if method.is_quantized:
-        batcher = TrainBatcher(split, max_len=model_config.max_len, batch_size=options.batch_size)
+        # the first global batch, the same on every process (DDP also broadcasts rank 0's state)
+        batcher = TrainBatcher(split, max_len=model_config.max_len, batch_size=batch_size)
         calibration = next(iter(batcher.epoch(np.random.default_rng(options.seed))))
-        model = prepare_for_method(model, method, bits, calibration.inputs)
+        model = prepare_for_method(model, method, bits, calibration.inputs.to(ctx.device))
         hooks = qat_hooks(model, method, lr=train_config.lr, quant_lr=quant_lr)
-    print(f"{dataset.source}: {dataset.num_users} users, {dataset.num_items} items; "
-          f"method {method.name}" + (f" ({bits}-bit weights)" if method.is_quantized else "")
-          + (f", from {options.init_from}" if init_model is not None else "")
-          + f"; {torch.get_num_threads()} thread(s)", file=sys.stderr)
+    if ctx.is_main:
+        where = f"{ctx.device}" + (f", {ctx.world_size} processes (global batch {batch_size})"
+                                   if ctx.is_distributed else "")
+        print(f"{dataset.source}: {dataset.num_users} users, {dataset.num_items} items; "
+              f"method {method.name}" + (f" ({bits}-bit weights)" if method.is_quantized else "")
+              + (f", from {options.init_from}" if init_model is not None else "")
+              + f"; {where}; {torch.get_num_threads()} thread(s)", file=sys.stderr)
     run_info = {"data": str(dataset.source), "data_fingerprint": fingerprint,
                 "bits": bits if method.is_quantized else 32,
                 "init_from": str(options.init_from) if options.init_from else None,
-                "quant_lr": quant_lr if method.is_quantized else None}
+                "quant_lr": quant_lr if method.is_quantized else None,
+                "device": str(ctx.device), "processes": ctx.world_size}
     item_ids = dataset.item_ids or ItemIds.identity(dataset.num_items)
     trainer = Trainer(model, split, model_config, train_config, options.out, method=method.name,
-                      hooks=hooks, run_info=run_info, item_ids=item_ids)
+                      hooks=hooks, run_info=run_info, item_ids=item_ids, context=ctx)
     metrics = trainer.fit(resume=options.resume)
     if options.eval_negatives:
         metrics.sampled = {"negatives": options.eval_negatives, "seed": EVAL_SEED, **{
             which: trainer.evaluate(which, sampled_negatives=options.eval_negatives,
                                     seed=EVAL_SEED) for which in ("valid", "test")}}
-        metrics.save(options.out / METRICS)
+        ctx.on_main(lambda: metrics.save(options.out / METRICS))
     if method.is_quantized:
-        int8 = save_int8_model(trainer.model, method, bits, options.out)
-        metrics.int8 = {
-            which: evaluate(int8.score_last, split, which, max_len=model_config.max_len,
-                            batch_size=train_config.eval_batch_size)
-            for which in ("valid", "test")}
-        metrics.int8_model_sha256 = file_sha256(options.out / INT8_MODEL)
-        metrics.save(options.out / METRICS)
+        def convert_and_measure() -> MetricsRecord:
+            # on the CPU, where the INT8 model is deployed (quantized kernels are CPU kernels)
+            int8 = save_int8_model(trainer.model, method, bits, options.out)
+            metrics.int8 = {
+                which: evaluate(int8.score_last, split, which, max_len=model_config.max_len,
+                                batch_size=train_config.eval_batch_size)
+                for which in ("valid", "test")}
+            metrics.int8_model_sha256 = file_sha256(options.out / INT8_MODEL)
+            metrics.save(options.out / METRICS)
+            return metrics
+        metrics = ctx.on_main(convert_and_measure)
     return metrics

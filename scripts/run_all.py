@@ -65,6 +65,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                        help="early-stopping patience of every training run (20 FP32, 5 QAT)")
     train.add_argument("--batch-size", type=int, help="users per training batch (128)")
     train.add_argument("--seed", type=int, help="random seed of every training run (42)")
+    train.add_argument("--device", default=None,
+                       help="training device of every run: auto (CUDA when available; the "
+                            "default), cpu, cuda, cuda:N; export, parity and latency stay on "
+                            "the CPU")
     train.add_argument("--threads", type=int,
                        help="torch/onnxruntime threads for training, evaluation and the parity "
                             "check (library default)")

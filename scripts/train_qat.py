@@ -6,6 +6,9 @@ Examples:
     python scripts/train_qat.py --qconfig dorefa --init-from runs/fp32 --data ml-1m \
         --out runs/dorefa
 
+On several processes (DDP; gloo on CPU, nccl on CUDA), the same command under torchrun:
+    torchrun --nproc-per-node 2 scripts/train_qat.py --qconfig fp32 --data ml-1m --out runs/fp32
+
 Writes OUT/checkpoint.pt, OUT/config.json, OUT/metrics.json and, for a QAT method,
 OUT/model_int8.pt (the converted INT8 model) with its metrics under "int8" in metrics.json.
 """
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -56,7 +60,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--blocks", type=int, default=None, help="self-attention blocks (2)")
     p.add_argument("--heads", type=int, default=None, help="attention heads (1)")
     p.add_argument("--dropout", type=float, default=None, help="dropout rate (0.2)")
-    p.add_argument("--batch-size", type=int, default=128, help="users per training batch")
+    p.add_argument("--batch-size", type=int, default=128,
+                   help="users per optimizer step (128); under torchrun the global batch, split "
+                        "evenly over the processes (a multiple of their number)")
+    p.add_argument("--batch-size-per-rank", type=int, default=None, metavar="N",
+                   help="under torchrun: N users per process per step instead (global batch = "
+                        "N x processes)")
+    p.add_argument("--device", default="auto",
+                   help="training device: auto (CUDA when available, default), cpu, cuda, cuda:N. "
+                        "Conversion and INT8 evaluation run on the CPU")
     p.add_argument("--lr", type=float, default=None,
                    help="Adam learning rate of the model weights (1e-3; 1e-4 when fine-tuning)")
     p.add_argument("--quant-lr", type=float, default=None,
@@ -100,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None) -> int:
     metrics = train_run(TrainRunOptions(**vars(parse_args(argv)))).to_json()
+    if int(os.environ.get("RANK", "0")) != 0:  # torchrun: rank 0 reports
+        return 0
     shown = ("valid", "test", "int8", "best_epoch", "epochs_run", "seconds_per_epoch",
              "peak_rss_mb")
     print(json.dumps({k: metrics[k] for k in shown if metrics.get(k) is not None}, indent=2))
