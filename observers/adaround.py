@@ -218,7 +218,7 @@ class AdaRoundFakeQuantize(WeightFakeQuantize):
         self.register_buffer("scale", torch.ones(1, device=device))
         self.v = nn.Parameter(torch.zeros(1, device=device))
         # 1 after harden(): forward = hard rounding floor(w/s) + [V >= 0].
-        self.register_buffer("hard", torch.tensor([0], dtype=torch.uint8, device=device))
+        self.register_buffer("hard", torch.tensor([0], dtype=torch.uint8))  # host flag
 
     def _observe(self, w: torch.Tensor) -> None:
         if self.initialized[0] == 1:

@@ -135,8 +135,7 @@ class DorefaActivationFakeQuantize(SteActivationFakeQuantize):
                 f"disable_observer()), got {calibration_steps!r}"
             )
         self.calibration_steps = calibration_steps
-        device = self._factory_device
-        self.register_buffer("steps", torch.zeros(1, dtype=torch.int64, device=device))
+        self.register_buffer("steps", torch.zeros(1, dtype=torch.int64))  # host flag
 
     def _update_range(self, batch_min: torch.Tensor, batch_max: torch.Tensor) -> None:
         if self.initialized[0] == 1:  # running min/max instead of STE's moving average

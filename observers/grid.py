@@ -257,6 +257,21 @@ def _add_alpha_is_fma(device: str) -> bool:
     return True
 
 
+@functools.lru_cache(maxsize=None)
+def _addcmul_is_fma(device: str) -> bool:
+    """Whether ``torch.addcmul(z, x, inv_s)`` with device tensors rounds ``z + x * inv_s`` once
+    on ``device`` (CUDA compiles it to an fma), probed like :func:`_add_alpha_is_fma`. The CPU is
+    not probed: there ``torch.add(alpha=)`` is, and reading scalars costs nothing."""
+    x_bits, s_bits = _FMA_PROBE
+    x = torch.tensor([x_bits], dtype=torch.int32).view(torch.float32).to(device)
+    inv_s = torch.reciprocal(torch.tensor([s_bits], dtype=torch.int32).view(torch.float32))
+    inv_s, z = inv_s.to(device).reshape(()), torch.full((), 128.0, device=device)
+    for probe in (x.expand(37).contiguous(), x.expand(74).contiguous()[::2]):
+        if not bool((torch.round(torch.addcmul(z, probe, inv_s)) == 129).all()):
+            return False
+    return True
+
+
 def quantize_per_tensor_rint(
     x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | float
 ) -> torch.Tensor:
@@ -269,10 +284,11 @@ def quantize_per_tensor_rint(
     of the rounding of ``x / s`` before adding ``z``). Measured on torch 2.13 for every tensor
     length and thread count (tests/test_observers_grid.py).
 
-    The fma is ``torch.add(z, x, alpha=inv_s)`` where that is one (probed once per device
-    type), else :func:`fma_float32_exact`. ``scale`` and ``zero_point`` are per tensor (one
-    element); returns float32 integers (no ``-0.0``), no grad; clamp them to ``[0, 255]`` for
-    the quantized value.
+    The fma is, off the CPU, ``torch.addcmul(z, x, inv_s)`` with ``z`` and ``inv_s`` left on
+    the device (no host sync), where that is one; else ``torch.add(z, x, alpha=inv_s)`` where
+    that is one (each probed once per device type); else :func:`fma_float32_exact`. ``scale``
+    and ``zero_point`` are per tensor (one element); returns float32 integers (no ``-0.0``), no
+    grad; clamp them to ``[0, 255]`` for the quantized value.
 
     >>> quantize_per_tensor_rint(torch.tensor([0.25, 0.75, -0.25]), torch.tensor([0.5]), 3.0)
     tensor([4., 4., 2.])
@@ -280,11 +296,18 @@ def quantize_per_tensor_rint(
     with torch.no_grad():
         x = x.detach()
         inv_s = torch.reciprocal(scale.detach().float()).reshape(())  # float32 1/s
-        z = float(zero_point)
-        if x.dtype == torch.float32 and _add_alpha_is_fma(x.device.type):
+        if x.dtype == torch.float32 and x.device.type != "cpu" \
+                and _addcmul_is_fma(x.device.type):  # no host sync: inv_s and z stay on device
+            if isinstance(zero_point, torch.Tensor):
+                z_dev = zero_point.detach().to(x.device, torch.float32).reshape(())
+            else:
+                z_dev = torch.full((), float(zero_point), device=x.device)
+            y = torch.addcmul(z_dev, x, inv_s)
+        elif x.dtype == torch.float32 and _add_alpha_is_fma(x.device.type):
+            z = float(zero_point)
             y = torch.add(torch.tensor(z, device=x.device), x, alpha=inv_s.item())
         else:
-            y = fma_float32_exact(x.float(), inv_s, z)
+            y = fma_float32_exact(x.float(), inv_s, float(zero_point))
         return torch.round(y).add_(0.0)  # + 0.0: -0.0 -> 0.0, as the integer 0 dequantizes
 
 
@@ -405,15 +428,27 @@ class _GridFakeQuantize(FakeQuantizeBase):
 
     _lazy_state: tuple[str, ...] = ()
     initialized: torch.Tensor
+    # Flags and counters the forward branches on. They stay in host memory when the module moves
+    # to a GPU (``_apply``): reading a CUDA tensor in an ``if`` waits for every queued kernel,
+    # and a quantized SASRec has ~30 quantizers reading several flags per forward.
+    HOST_BUFFERS = ("fake_quant_enabled", "observer_enabled", "initialized", "folded", "hard",
+                    "steps")
 
     def __init__(self, factory_kwargs: Optional[dict] = None) -> None:
         super().__init__()
         self._factory_device = _device(factory_kwargs)
         self.is_dynamic = False
         # 1 once the data-dependent state was set from a batch (or loaded from a state dict).
-        self.register_buffer(
-            "initialized", torch.tensor([0], dtype=torch.uint8, device=self._factory_device)
-        )
+        self.register_buffer("initialized", torch.tensor([0], dtype=torch.uint8))
+
+    def _apply(self, fn, recurse: bool = True):  # type: ignore[no-untyped-def]
+        """``nn.Module._apply`` (``.to``, ``.cuda``...), keeping ``HOST_BUFFERS`` on the CPU."""
+        module = super()._apply(fn, recurse)
+        for name in self.HOST_BUFFERS:
+            buffer = self._buffers.get(name)
+            if buffer is not None and buffer.device.type != "cpu":
+                self._buffers[name] = buffer.cpu()
+        return module
 
     # -- template -----------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -504,9 +539,7 @@ class WeightFakeQuantize(_GridFakeQuantize):
             self.quant_min = -self.int_max
             self.quant_max = self.int_max
         # 1 after fold(): observer ignored, forward = round-to-nearest on the frozen grid.
-        self.register_buffer(
-            "folded", torch.tensor([0], dtype=torch.uint8, device=self._factory_device)
-        )
+        self.register_buffer("folded", torch.tensor([0], dtype=torch.uint8))
 
     def _int_max(self, bits: int, full_range: bool) -> int:
         return weight_qmax(bits, full_range=full_range)

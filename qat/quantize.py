@@ -129,10 +129,14 @@ def prepare_qat_model(model: SASRec, mapping: QConfigMapping, *, inplace: bool =
 
     The model is put in train mode (``prepare_qat`` requires it). Quantizers whose state depends
     on data initialise on their first forward: run a batch through the model before building
-    the optimizer (``calibrate``).
+    the optimizer (``calibrate``). A model on a GPU is prepared on the CPU and moved back (torch's
+    ``prepare`` refuses a module on two devices, and the quantizers keep their flags in host
+    memory: ``observers.grid`` HOST_BUFFERS).
     """
     if not inplace:
         model = copy.deepcopy(model)
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    model.cpu()
     model.train()
     fuse_for_qat(model)
     qconfig_dict: dict[Any, Any] = dict(mapping.object_type_qconfigs)
@@ -140,7 +144,7 @@ def prepare_qat_model(model: SASRec, mapping: QConfigMapping, *, inplace: bool =
     model.qconfig = mapping.global_qconfig
     propagate_qconfig_(model, qconfig_dict)
     prepare_qat(model, mapping=qat_module_mappings(), inplace=True)
-    return model
+    return model.to(device)
 
 
 @torch.no_grad()

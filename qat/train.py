@@ -155,6 +155,13 @@ class Trainer:
         self.train_model: nn.Module = self.model
         if self.ctx.is_distributed:
             cuda = self.ctx.device.type == "cuda"
+            # quantizer flags stay in host memory (observers.grid HOST_BUFFERS) and evolve alike
+            # on every rank; nccl cannot broadcast host tensors, so DDP leaves them alone
+            host = [name for name, buffer in self.model.named_buffers()
+                    if buffer.device != self.ctx.device]
+            if host:
+                DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+                    self.model, host)
             self.train_model = DistributedDataParallel(
                 self.model, device_ids=[self.ctx.device] if cuda else None,
                 broadcast_buffers=False)  # torch 2.13 warns it is renamed; same meaning
