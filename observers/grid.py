@@ -442,12 +442,12 @@ class _GridFakeQuantize(FakeQuantizeBase):
         self.register_buffer("initialized", torch.tensor([0], dtype=torch.uint8))
 
     def _apply(self, fn, recurse: bool = True):  # type: ignore[no-untyped-def]
-        """``nn.Module._apply`` (``.to``, ``.cuda``...), keeping ``HOST_BUFFERS`` on the CPU."""
+        """``nn.Module._apply`` (``.to``, ``.cuda``...), keeping ``HOST_BUFFERS`` on the CPU
+        (the same tensors: nothing is copied back)."""
+        kept = {name: buffer for name in self.HOST_BUFFERS
+                if (buffer := self._buffers.get(name)) is not None and buffer.device.type == "cpu"}
         module = super()._apply(fn, recurse)
-        for name in self.HOST_BUFFERS:
-            buffer = self._buffers.get(name)
-            if buffer is not None and buffer.device.type != "cpu":
-                self._buffers[name] = buffer.cpu()
+        self._buffers.update(kept)
         return module
 
     # -- template -----------------------------------------------------------------------------

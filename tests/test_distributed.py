@@ -310,3 +310,21 @@ def test_check_gpu_script_passes_on_the_cpu(tmp_path):
     for method in METHODS:
         assert report["methods"][method]["int8_from_device_equals_int8_from_cpu"], method
     assert report["portable_checkpoint"]["ok"]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_quantizer_flags_stay_in_host_memory_when_the_model_moves(method):
+    """Flags the forward branches on stay on the CPU through ``.to(device)`` (no GPU wait per
+    ``if``); everything else moves. The meta device stands in for a GPU here."""
+    from observers.grid import _GridFakeQuantize
+    qat = get_method(method)
+    model = prepare_for_method(SASRec(CONFIG), qat, 8, torch.ones(2, 10, dtype=torch.long))
+    model.to("meta")
+    seen = set()
+    for module in model.modules():
+        if isinstance(module, _GridFakeQuantize):
+            for name, buffer in module.named_buffers(recurse=False):
+                expected = "cpu" if name in module.HOST_BUFFERS else "meta"
+                assert buffer.device.type == expected, (type(module).__name__, name)
+                seen.add(name)
+    assert {"observer_enabled", "fake_quant_enabled", "initialized"} <= seen
