@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import inspect
 import math
 import resource
 import statistics
@@ -162,9 +163,13 @@ class Trainer:
             if host:
                 DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
                     self.model, host)
+            # buffers: synced from rank 0 when wrapped, not before every forward (torch 2.13
+            # renamed broadcast_buffers=False to forward_sync_buffers=False)
+            no_forward_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in
+                               inspect.signature(DistributedDataParallel).parameters
+                               else {"broadcast_buffers": False})
             self.train_model = DistributedDataParallel(
-                self.model, device_ids=[self.ctx.device] if cuda else None,
-                broadcast_buffers=False)  # torch 2.13 warns it is renamed; same meaning
+                self.model, device_ids=[self.ctx.device] if cuda else None, **no_forward_sync)
 
     # -- public -----------------------------------------------------------------------------
     def fit(self, *, resume: bool = False) -> MetricsRecord:
