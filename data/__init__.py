@@ -11,6 +11,7 @@ from data.batching import (
     TrainBatch,
     TrainBatcher,
     eval_batches,
+    eval_users,
     num_eval_users,
     sample_negatives_for_eval,
 )
@@ -60,6 +61,7 @@ __all__ = [
     "load_dataset",
     "load_interactions",
     "load_movielens_raw",
+    "eval_users",
     "num_eval_users",
     "preprocess_interactions",
     "preprocess_ratings",

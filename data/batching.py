@@ -268,6 +268,15 @@ class TrainBatcher:
         )
 
 
+def eval_users(split: LeaveOneOutSplit, which: str) -> list[int]:
+    """The users evaluated on ``which``, ascending: the order of ``eval_batches`` rows.
+
+    Raises:
+        ValueError: if ``which`` is neither ``"valid"`` nor ``"test"``.
+    """
+    return sorted(_held_out(split, which))
+
+
 def num_eval_users(split: LeaveOneOutSplit, which: str) -> int:
     """Number of users evaluated on ``which`` (``"valid"`` or ``"test"``).
 

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from data import LeaveOneOutSplit, eval_batches, sample_negatives_for_eval
+from data import LeaveOneOutSplit, eval_batches, eval_users, sample_negatives_for_eval
 from qat.metrics import hit_at_k, mask_scores, ndcg_at_k, sampled_scores, target_ranks
 
 Scorer = Callable[[torch.Tensor], torch.Tensor]
@@ -47,11 +47,6 @@ def rank_metrics(ranks: torch.Tensor, k: int = 10, seconds: float = 0.0) -> dict
     }
 
 
-def eval_users(split: LeaveOneOutSplit, which: str) -> list[int]:
-    """The users evaluated on ``which``, ascending (the order of ``compute_ranks``)."""
-    return sorted(split.valid if which == "valid" else split.test)
-
-
 @torch.no_grad()
 def compute_ranks(scorer: Scorer, split: LeaveOneOutSplit, which: str, *, max_len: int,
                   batch_size: int = 512, sampled_negatives: int = 0, seed: int = 0,
@@ -63,8 +58,6 @@ def compute_ranks(scorer: Scorer, split: LeaveOneOutSplit, which: str, *, max_le
     concatenating every shard's ranks gives the full run's ranks exactly. The scorer's output
     may live on any device; masking and ranking happen there.
     """
-    if which not in ("valid", "test"):
-        raise ValueError(f"which must be 'valid' or 'test', got {which!r}")
     negatives = None
     if sampled_negatives:
         negatives = sample_negatives_for_eval(split, which, sampled_negatives,

@@ -30,12 +30,12 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from data import ITEM_IDS, ItemIds, LeaveOneOutSplit, TrainBatcher
+from data import ITEM_IDS, ItemIds, LeaveOneOutSplit, TrainBatcher, num_eval_users
 from data.batching import TrainBatch
 from qat.checkpoint import load_checkpoint, save_checkpoint, save_json
 from qat.config import SASRecConfig, TrainConfig, to_dict
 from qat.distributed import DistributedContext, shard_bounds
-from qat.evaluate import compute_ranks, eval_users, rank_metrics
+from qat.evaluate import compute_ranks, rank_metrics
 from qat.losses import sampled_bce, sampled_softmax_ce, softmax_ce
 from qat.metrics_record import MetricsRecord
 from qat.negative_sampling import NegativeSampler
@@ -278,7 +278,7 @@ class Trainer:
         start = time.perf_counter()
         shard = None
         if self.ctx.is_distributed:
-            shard = range(*shard_bounds(len(eval_users(self.split, which)), self.ctx.rank,
+            shard = range(*shard_bounds(num_eval_users(self.split, which), self.ctx.rank,
                                         self.ctx.world_size))
         try:
             ranks = compute_ranks(lambda inputs: model.score_last(inputs.to(device)), self.split,
