@@ -60,23 +60,13 @@ def build_sequences(
     Raises:
         ValueError: if no row is left.
     """
-    keep = np.bincount(item_code)[item_code] >= min_item
-    if not keep.all():
-        user_rank, item_code, timestamp = user_rank[keep], item_code[keep], timestamp[keep]
-    if item_code.size == 0:
-        raise ValueError(
-            f"{source or 'ratings'}: no interactions left after dropping items with fewer than "
-            f"{min_item} {item_noun}; lower {item_param}"
-        )
+    rows = (user_rank, item_code, timestamp)
+    rows = _drop_rare(rows, rows[1], min_item, f"items with fewer than {min_item} {item_noun}",
+                      item_param, source)
     if min_user > 1:
-        keep = np.bincount(user_rank)[user_rank] >= min_user
-        if not keep.all():
-            user_rank, item_code, timestamp = user_rank[keep], item_code[keep], timestamp[keep]
-        if item_code.size == 0:
-            raise ValueError(
-                f"{source or 'ratings'}: no interactions left after dropping users with fewer "
-                f"than {min_user} interactions; lower min_user_interactions"
-            )
+        rows = _drop_rare(rows, rows[0], min_user, f"users with fewer than {min_user} "
+                          "interactions", "min_user_interactions", source)
+    user_rank, item_code, timestamp = rows
     # Stable sort by timestamp, then stable sort by user: users ascending, each user's items in
     # time order, ties in input order.
     order = np.argsort(timestamp, kind="stable")
@@ -128,3 +118,16 @@ def drop_short_users(dataset: SequenceDataset, min_user: int) -> SequenceDataset
                            None if old.titles is None else tuple(old.titles[i] for i in picked))
     return SequenceDataset(sequences=sequences, num_users=num_users, num_items=len(item_order),
                            source=dataset.source, item_ids=item_ids)
+
+
+def _drop_rare(rows: tuple[np.ndarray, ...], codes: np.ndarray, minimum: int, what: str,
+               param: str, source: str | None) -> tuple[np.ndarray, ...]:
+    """``rows`` (parallel arrays) without those whose ``codes`` value occurs fewer than
+    ``minimum`` times. Raises ValueError naming ``what`` was dropped when no row is left."""
+    keep = np.bincount(codes)[codes] >= minimum
+    if not keep.all():
+        rows = tuple(column[keep] for column in rows)
+    if rows[0].size == 0:
+        raise ValueError(f"{source or 'ratings'}: no interactions left after dropping {what}; "
+                         f"lower {param}")
+    return rows
