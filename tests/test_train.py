@@ -38,19 +38,23 @@ def test_learns_a_deterministic_sequence(cyclic_split, tmp_path, loss):
     assert config["model"]["hidden"] == 16 and config["train"]["loss"] == loss
 
 
-def test_resume_continues_exactly(cyclic_split, tmp_path):
-    straight = make_trainer(cyclic_split, tmp_path / "a", epochs=4)
-    straight.fit()
-    first = make_trainer(cyclic_split, tmp_path / "b", epochs=2)
-    first.fit()
-    resumed = make_trainer(cyclic_split, tmp_path / "b", epochs=4)
-    resumed.fit(resume=True)
+def _straight_and_resumed(split, tmp_path, **kw) -> tuple[dict, dict]:
+    """Checkpoints of 4 epochs straight and of 2 epochs then resumed to 4; asserts they match
+    bit for bit (weights and loss history)."""
+    make_trainer(split, tmp_path / "a", epochs=4, **kw).fit()
+    make_trainer(split, tmp_path / "b", epochs=2, **kw).fit()
+    make_trainer(split, tmp_path / "b", epochs=4, **kw).fit(resume=True)
     a = load_checkpoint(tmp_path / "a" / "checkpoint.pt")
     b = load_checkpoint(tmp_path / "b" / "checkpoint.pt")
     assert b["state"]["epoch"] == 4
     for name, tensor in a["state"]["model"].items():
         torch.testing.assert_close(b["state"]["model"][name], tensor, atol=0, rtol=0)
     assert [r["loss"] for r in a["history"]] == [r["loss"] for r in b["history"]]
+    return a, b
+
+
+def test_resume_continues_exactly(cyclic_split, tmp_path):
+    _straight_and_resumed(cyclic_split, tmp_path)
 
 
 def test_existing_run_needs_resume(cyclic_split, tmp_path):
@@ -200,16 +204,8 @@ def test_sampled_ce_learns_a_deterministic_sequence(cyclic_split, tmp_path, samp
 
 
 def test_sampled_ce_resume_continues_exactly(cyclic_split, tmp_path):
-    kw = dict(loss="sampled-ce", negatives=4, negative_sampling="popularity")
-    make_trainer(cyclic_split, tmp_path / "a", epochs=4, **kw).fit()
-    make_trainer(cyclic_split, tmp_path / "b", epochs=2, **kw).fit()
-    make_trainer(cyclic_split, tmp_path / "b", epochs=4, **kw).fit(resume=True)
-    a = load_checkpoint(tmp_path / "a" / "checkpoint.pt")
-    b = load_checkpoint(tmp_path / "b" / "checkpoint.pt")
-    assert b["state"]["epoch"] == 4
-    for name, tensor in a["state"]["model"].items():
-        torch.testing.assert_close(b["state"]["model"][name], tensor, atol=0, rtol=0)
-    assert [r["loss"] for r in a["history"]] == [r["loss"] for r in b["history"]]
+    a, b = _straight_and_resumed(cyclic_split, tmp_path, loss="sampled-ce", negatives=4,
+                                 negative_sampling="popularity")
     assert torch.equal(a["state"]["sampler_rng"], b["state"]["sampler_rng"])
 
 
