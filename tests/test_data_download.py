@@ -214,11 +214,15 @@ def _zip_with_movies() -> bytes:
     return buf.getvalue()
 
 
+def _served(server, name: str, body: bytes) -> dict:
+    """Serve ``body`` as ``/<name>.zip``; ``fetch_dataset`` keywords that download it."""
+    server.files[f"/{name}.zip"] = body
+    return {"url": f"{server.url}/{name}.zip", "md5": hashlib.md5(body).hexdigest(),
+            "progress": False}
+
+
 def test_cache_writes_item_ids_and_reloads_them(server, tmp_path):
-    body = _zip_with_movies()
-    server.files["/ml-1m.zip"] = body
-    kw = {"url": server.url + "/ml-1m.zip", "md5": hashlib.md5(body).hexdigest(),
-          "progress": False}
+    kw = _served(server, "ml-1m", _zip_with_movies())
     path = fetch_dataset("ml-1m", tmp_path, **kw)
     ids = ItemIds.load(tmp_path / "ml-1m" / ITEM_IDS)
     assert ids == ItemIds(("20", "10"), ("Heat (1995)", "Amélie (2001)"))  # 20 first: EXPECTED
@@ -302,10 +306,7 @@ def _ml20m_zip() -> bytes:
 
 
 def test_ml20m_on_loopback(server, tmp_path):
-    body = _ml20m_zip()
-    server.files["/ml-20m.zip"] = body
-    kw = {"url": server.url + "/ml-20m.zip", "md5": hashlib.md5(body).hexdigest(),
-          "progress": False}
+    kw = _served(server, "ml-20m", _ml20m_zip())
     path = fetch_dataset("ml-20m", tmp_path, **kw)
     assert path == tmp_path / "ml-20m" / "ml-20m.txt"
     assert _files(tmp_path) == ["ml-20m/item_ids.json", "ml-20m/ml-20m.txt", "ml-20m/ml-20m.zip"]
