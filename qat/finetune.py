@@ -17,10 +17,12 @@ import copy
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.ao.quantization import FakeQuantizeBase
 
+from data import LeaveOneOutSplit, TrainBatcher
 from qat.checkpoint import load_checkpoint, save_checkpoint
 from qat.config import SASRecConfig, to_dict
 from qat.model import SASRec
@@ -50,6 +52,14 @@ def prepare_for_method(model: SASRec, method: QuantMethod, bits: int,
     qat_model = prepare_qat_model(model, method.mapping(bits))
     calibrate(qat_model, calibration_inputs)
     return qat_model
+
+
+def calibration_inputs(split: LeaveOneOutSplit, max_len: int, batch_size: int,
+                       seed: int) -> torch.Tensor:
+    """The inputs of the first global training batch of an epoch drawn with ``seed``: the
+    calibration batch of ``prepare_for_method``, the same on every DDP process."""
+    batcher = TrainBatcher(split, max_len=max_len, batch_size=batch_size)
+    return next(iter(batcher.epoch(np.random.default_rng(seed)))).inputs
 
 
 def qat_hooks(model: nn.Module, method: QuantMethod, *, lr: float, quant_lr: float) -> TrainHooks:

@@ -17,14 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from data import ItemIds, TrainBatcher, leave_one_out, load_dataset
 from qat.config import SASRecConfig, TrainConfig
 from qat.distributed import DistributedContext, setup_distributed
 from qat.evaluate import evaluate
-from qat.finetune import load_float_model, prepare_for_method, qat_hooks, save_int8_model
+from qat.finetune import (calibration_inputs, load_float_model, prepare_for_method, qat_hooks,
+                          save_int8_model)
 from qat.metrics_record import MetricsRecord
 from qat.model import SASRec
 from qat.records import file_sha256
@@ -218,10 +218,9 @@ def _train_run(options: TrainRunOptions, ctx: DistributedContext) -> MetricsReco
     hooks = None
     quant_lr = options.quant_lr if options.quant_lr is not None else method.quant_lr
     if method.is_quantized:
-        # the first global batch, the same on every process (DDP also broadcasts rank 0's state)
-        batcher = TrainBatcher(split, max_len=model_config.max_len, batch_size=batch_size)
-        calibration = next(iter(batcher.epoch(np.random.default_rng(options.seed))))
-        model = prepare_for_method(model, method, bits, calibration.inputs.to(ctx.device))
+        # the same batch on every process (DDP also broadcasts rank 0's state)
+        calibration = calibration_inputs(split, model_config.max_len, batch_size, options.seed)
+        model = prepare_for_method(model, method, bits, calibration.to(ctx.device))
         hooks = qat_hooks(model, method, lr=train_config.lr, quant_lr=quant_lr)
     if ctx.is_main:
         where = f"{ctx.device}" + (f", {ctx.world_size} processes (global batch {batch_size})"

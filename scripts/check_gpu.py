@@ -34,14 +34,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from data import SequenceDataset, TrainBatcher, leave_one_out, load_dataset
+from data import SequenceDataset, leave_one_out, load_dataset
 from data import write_sasrec_text
 from qat.checkpoint import content_digest
 from qat.cli import ArgumentParser, run_cli
 from qat.config import SASRecConfig, TrainConfig
 from qat.distributed import DistributedContext, resolve_device
 from qat.evaluate import evaluate
-from qat.finetune import deployment_view, prepare_for_method, qat_hooks, to_int8
+from qat.finetune import (calibration_inputs, deployment_view, prepare_for_method, qat_hooks,
+                          to_int8)
 from qat.model import SASRec
 from qat.registry import METHODS, get_method
 from qat.train import Trainer
@@ -82,9 +83,8 @@ def _trainer(method: str, split: Any, config: SASRecConfig, device: torch.device
     hooks = None
     if method != "fp32":
         qat = get_method(method)
-        batcher = TrainBatcher(split, max_len=config.max_len, batch_size=batch_size)
-        calibration = next(iter(batcher.epoch(np.random.default_rng(0))))
-        model = prepare_for_method(model, qat, 8, calibration.inputs.to(device))
+        calibration = calibration_inputs(split, config.max_len, batch_size, seed=0)
+        model = prepare_for_method(model, qat, 8, calibration.to(device))
         hooks = qat_hooks(model, qat, lr=train.lr, quant_lr=qat.quant_lr)
     return Trainer(model, split, config, train, out, method=method, hooks=hooks,
                    context=DistributedContext(device=device))
@@ -111,8 +111,7 @@ def check_methods(device: torch.device) -> dict[str, Any]:
     split = leave_one_out(synthetic())
     config = SASRecConfig(num_items=split.num_items, max_len=20, hidden=32, blocks=2, heads=1,
                           dropout=0.1)
-    inputs = next(iter(TrainBatcher(split, max_len=20, batch_size=128).epoch(
-        np.random.default_rng(1)))).inputs
+    inputs = calibration_inputs(split, 20, 128, seed=1)  # a batch to compare scores on
     results: dict[str, Any] = {}
     for method in ("fp32", *QAT_METHODS):
         trainer = _trainer(method, split, config, device, Path("unused"))

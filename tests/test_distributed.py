@@ -30,7 +30,7 @@ from data import TrainBatcher, leave_one_out, write_sasrec_text
 from qat.checkpoint import content_digest
 from qat.config import SASRecConfig, TrainConfig
 from qat.distributed import DistributedContext, PeerFailed, shard_bounds
-from qat.finetune import prepare_for_method, qat_hooks, to_int8
+from qat.finetune import calibration_inputs, prepare_for_method, qat_hooks, to_int8
 from qat.model import SASRec
 from qat.registry import get_method
 from qat.train import Trainer
@@ -90,9 +90,8 @@ def _trainer(ctx: DistributedContext, method: str, out: Path) -> Trainer:
     hooks = None
     if method != "fp32":
         qat = get_method(method)
-        batcher = TrainBatcher(split, max_len=CONFIG.max_len, batch_size=GLOBAL_BATCH)
-        calibration = next(iter(batcher.epoch(np.random.default_rng(0))))
-        model = prepare_for_method(model, qat, 8, calibration.inputs)
+        calibration = calibration_inputs(split, CONFIG.max_len, GLOBAL_BATCH, seed=0)
+        model = prepare_for_method(model, qat, 8, calibration)
         hooks = qat_hooks(model, qat, lr=train.lr, quant_lr=1e-3)
     return Trainer(model, split, CONFIG, train, out, method=method, hooks=hooks, context=ctx)
 
