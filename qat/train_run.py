@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from data import ItemIds, TrainBatcher, leave_one_out, load_dataset
+from data import ItemIds, leave_one_out, load_dataset
 from qat.config import SASRecConfig, TrainConfig
 from qat.distributed import DistributedContext, setup_distributed
 from qat.evaluate import evaluate
@@ -206,9 +206,6 @@ def _train_run(options: TrainRunOptions, ctx: DistributedContext) -> MetricsReco
         check_same_dataset(options.init_from, init_info, fingerprint)
     split = leave_one_out(dataset)
     model_config = resolve_architecture(options, dataset.num_items, init_config)
-
-    TrainBatcher(split, max_len=model_config.max_len,
-                 batch_size=batch_size).check_shardable(ctx.world_size)
 
     torch.manual_seed(options.seed)
     model = SASRec(model_config)
