@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
+import traceback
 from pathlib import Path
 from typing import Any, Callable
 
@@ -54,11 +56,20 @@ def _entry(fn: Callable[..., Any], rank: int, world: int, port: int, out: str,
                       WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
+    status = 1
     try:
         result = fn(DistributedContext(torch.device("cpu"), rank, world, rank), *args)
         torch.save(result, Path(out) / f"rank{rank}.pt")
+        status = 0
+    except BaseException:
+        traceback.print_exc()
     finally:
         dist.destroy_process_group()
+        # leave without finalizing, as scripts/train_qat.py does under torchrun: a gloo thread
+        # that DDP keeps alive can abort Python's finalization (SIGABRT, a few % of exits)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
 
 
 def run_ranks(fn: Callable[..., Any], tmp_path: Path, *args: Any) -> list[Any]:
