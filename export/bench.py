@@ -23,8 +23,11 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import onnx
+
 from export import native_ops
 from export.bench_candidates import (
+    Candidate,
     SWEEP_BITS,
     SWEEP_CALIBRATION,
     SWEEP_METHOD,
@@ -38,7 +41,8 @@ from export.bench_candidates import (
 )
 from export.bench_quality import WHICH, quality
 from export.bench_record import Baseline, BenchRecord, BenchSetup, Timing
-from export.bench_timing import add_ratios, time_cases
+from export.bench_catalogue import catalogue_candidates, catalogue_inputs
+from export.bench_timing import add_ratios, add_ratios_by_name, time_cases
 from export.latency import eval_inputs, machine_info
 from export.ort_baselines import PTQResult
 from export.run_folder import load_run_split
@@ -67,6 +71,8 @@ class BenchSettings:
         int8_fast: time each INT8 run's plain-op graph and measure its parity.
         torch_int8: time each INT8 run's converted torch model.
         sweep_hidden: also time random FP32/INT8 models of these widths.
+        sweep_items: also time random FP32/INT8 models of these catalogue sizes, full-score and
+            top-k graphs (``--items``; ``export.bench_catalogue``).
         ort_spinning: let onnxruntime's worker threads spin between runs.
     """
 
@@ -84,6 +90,7 @@ class BenchSettings:
     int8_fast: bool = False
     torch_int8: bool = False
     sweep_hidden: tuple[int, ...] = ()
+    sweep_items: tuple[int, ...] = ()
     ort_spinning: bool = False
 
     def __post_init__(self) -> None:
@@ -95,7 +102,8 @@ class BenchSettings:
         if self.cache_dir is not None:
             object.__setattr__(self, "cache_dir", Path(self.cache_dir))
         for flag, name, low in (("--batches", "batches", 1), ("--threads", "threads", 1),
-                                ("--sweep-hidden", "sweep_hidden", 1)):
+                                ("--sweep-hidden", "sweep_hidden", 1),
+                                ("--items", "sweep_items", 2)):
             values = tuple(dict.fromkeys(getattr(self, name)))
             bad = [v for v in values if v < low]
             if bad:
@@ -167,6 +175,17 @@ def run_benchmark(settings: BenchSettings) -> BenchRecord:
         models = sweep_candidates(hidden, first, fused=fused)
         sweep += time_cases(models, inputs, what=f"sweep hidden {hidden}", **cases)
     add_ratios(sweep, {d: f"sweep_fp32_d{d}" for d in settings.sweep_hidden})
+    catalogue: list[Timing] = []
+    for num_items in settings.sweep_items:
+        models, reference = catalogue_candidates(num_items, first, fused=fused)
+        timings = time_cases(models, catalogue_inputs(inputs, num_items),
+                             what=f"catalogue of {num_items} items", **cases)
+        for timing in timings:
+            timing.sweep_items = num_items
+            timing.serving = "top_k" if timing.model.endswith(TOP_K_SUFFIX) else "scores"
+            timing.scoring = scoring_of(next(m for m in models if m.name == timing.model))
+        add_ratios_by_name(timings, reference)
+        catalogue += timings
     setup = BenchSetup(
         runs=[str(r.run.run_dir) for r in runs], data=data, split=WHICH,
         test_users=int(len(inputs)), num_items=first.num_items, max_len=first.max_len,
@@ -186,11 +205,23 @@ def run_benchmark(settings: BenchSettings) -> BenchRecord:
         torch_eager="model.score_last under torch.inference_mode, "
                     "torch.set_num_threads(threads)",
         sweep_quantization=f"{SWEEP_METHOD}, {SWEEP_BITS}-bit weights, "
-                           f"{SWEEP_CALIBRATION} random calibration sequences")
+                           f"{SWEEP_CALIBRATION} random calibration sequences",
+        sweep_items=list(settings.sweep_items))
     return BenchRecord(machine=machine_info(), settings=setup,
                        models=[c.describe() for c in candidates],
                        baselines=[_baseline(r) for r in baselines], records=records,
-                       quality=scores, sweep=sweep, notes=notes)
+                       quality=scores, sweep=sweep, notes=notes, catalogue=catalogue)
+
+
+TOP_K_SUFFIX = "_top_k"
+
+
+def scoring_of(candidate: Candidate) -> str | None:
+    """An INT8 ONNX candidate's scoring path (its ``sasrec_qat.scoring`` metadata)."""
+    if candidate.onnx is None or candidate.kind == "onnx_fp32":
+        return None
+    props = {p.key: p.value for p in onnx.load_from_string(candidate.onnx).metadata_props}
+    return props.get("sasrec_qat.scoring")
 
 
 def _baseline(result: PTQResult) -> Baseline:
@@ -242,6 +273,13 @@ def print_tables(bench: BenchRecord) -> None:
             print(f"{'':22s}{r.model:>22s}{r.batch:6d}{r.threads:8d}"
                   f"{f.median_ms:10.3f}{r.median_ms:10.3f}"
                   f"{_ratio(r.ratio_to_fp32):>11s}")
+    if bench.catalogue:
+        print(f"\ncatalogue (random weights){'model':>30s}{'batch':>6s}{'threads':>8s}"
+              f"{'median ms':>11s}{'vs fp32':>9s}  scoring")
+        for r in sorted(bench.catalogue, key=lambda r: (r.sweep_items or 0, r.threads, r.batch,
+                                                        r.serving, r.model)):
+            print(f"{'':26s}{r.model:>30s}{r.batch:6d}{r.threads:8d}{r.median_ms:11.3f}"
+                  f"{_ratio(r.ratio_to_fp32):>9s}  {r.scoring or ''}")
     if bench.quality:
         print(f"\n{'model':26s}{'nDCG@10':>9s}{'Hit@10':>9s}  source")
         for q in bench.quality:

@@ -31,7 +31,7 @@ whatever the sizes and modification times say.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -96,6 +96,7 @@ class BenchSetup(Record):
     timer: str
     torch_eager: str
     sweep_quantization: str
+    sweep_items: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -144,6 +145,9 @@ class Timing(Record):
         ratio_to_fp32: ``median_ms`` over the FP32 reference's in the same case (the FP32 run;
             in the sweep the FP32 model of the same width); None without a reference.
         sweep_hidden: the sweep's width (None: a run's model).
+        sweep_items: a synthetic catalogue's item count (None: a run's or the width sweep's).
+        serving: ``"scores"`` (full-score graph) or ``"top_k"`` (top-k serving graph).
+        scoring: an INT8 graph's scoring path (``sasrec_qat.scoring``); None: FP32 or unknown.
     """
 
     KIND = "bench_timing"
@@ -162,6 +166,9 @@ class Timing(Record):
     repeats: int
     ratio_to_fp32: float | None
     sweep_hidden: int | None = None
+    sweep_items: int | None = None
+    serving: str = "scores"
+    scoring: str | None = None
 
 
 @dataclass
@@ -216,7 +223,8 @@ class Baseline(Record):
 
 
 _NESTED_LISTS: dict[str, type[Record]] = {"models": TimedModel, "baselines": Baseline,
-                                          "records": Timing, "quality": Quality, "sweep": Timing}
+                                          "records": Timing, "quality": Quality, "sweep": Timing,
+                                          "catalogue": Timing}
 
 
 @dataclass
@@ -233,6 +241,8 @@ class BenchRecord(Record):
         quality: test nDCG@10 / Hit@10 of every model in ``models``.
         sweep: the timings of the random models of ``settings.sweep_hidden`` widths.
         notes: what was skipped or built in memory, and why.
+        catalogue: the timings of the synthetic catalogues (``settings.sweep_items``:
+            ``export.bench_catalogue``), full-score and top-k graphs.
     """
 
     KIND = "bench"
@@ -246,6 +256,7 @@ class BenchRecord(Record):
     quality: list[Quality]
     sweep: list[Timing]
     notes: list[str]
+    catalogue: list[Timing] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         """Refuse fields of the wrong shape (``load`` reports them with the file's name)."""

@@ -56,3 +56,12 @@ def add_ratios(records: Sequence[Timing], reference: Mapping[int | None, str | N
         ref = reference.get(r.sweep_hidden)
         base = medians.get((ref, r.batch, r.threads))
         r.ratio_to_fp32 = None if base is None else r.median_ms / base
+
+
+def add_ratios_by_name(records: Sequence[Timing], reference: Mapping[str, str]) -> None:
+    """Set ``ratio_to_fp32`` of each record whose model ``reference`` names: its median over
+    the named model's median in the same case (``export.bench_catalogue``'s pairs)."""
+    medians = {(r.model, r.batch, r.threads): r.median_ms for r in records}
+    for r in records:
+        base = medians.get((reference.get(r.model), r.batch, r.threads))
+        r.ratio_to_fp32 = None if base is None else r.median_ms / base

@@ -16,6 +16,16 @@ into the raw ids of the user's log (``export.recommend``). The map is the run fo
 file whose ids are already dense) gets ``ItemIds.identity(num_items)``. ``parity.json`` records
 which (``item_ids_source``) and the sha256 of the embedded JSON (``item_ids_sha256``).
 
+Beside each full-score graph goes its top-k serving graph (``build_sasrec_onnx(top_k=k)``:
+history masking and the selection inside the graph, output (B, k) ids and scores),
+``model_<kind>_top_k.onnx`` / ``model_int8_fused_top_k.onnx``, checked against the full-score
+graph's scores ranked by the same rules (``TopKParity``: fraction of test users whose ordered
+lists agree, gate ``TOP_K_MIN_AGREEMENT``).
+
+The scoring path of each INT8 graph (``export.scoring_probe``): ``scoring="auto"`` times the
+backend's paths on this machine and takes the one never slower than float32 scoring, recorded
+in the graph's metadata (``sasrec_qat.scoring``, ``sasrec_qat.scoring_probe``).
+
 With ``eval_negatives`` each graph is also scored by the paper's sampled protocol (the target
 against N sampled unseen items, ``qat.evaluate.evaluate(sampled_negatives=N, seed=...)``) on the
 torch and the onnxruntime side; both go into ``GraphParity.sampled`` (reported, not gated).
@@ -31,6 +41,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 
 from data import ITEM_IDS, ItemIds, LeaveOneOutSplit
@@ -38,7 +49,7 @@ from data.item_ids import METADATA_KEY
 from export import native_ops
 from export.onnx_file import save_onnx
 from export.parity import ParityReport, check_parity
-from export.parity_record import GraphParity, ParityRecord
+from export.parity_record import GraphParity, ParityRecord, TopKParity
 from export.run_folder import (
     PARITY,
     RunModel,
@@ -47,8 +58,10 @@ from export.run_folder import (
     onnx_file_name,
     recorded_fingerprint,
 )
+from export.latency import eval_inputs
 from export.runtime import OnnxScorer, make_session
-from export.sasrec_graph import build_sasrec_onnx
+from export.sasrec_graph import SCORES, SCORING_PATHS, TOP_K_ITEMS, build_sasrec_onnx
+from export.scoring_probe import choose_scoring
 from qat.evaluate import evaluate
 from qat.records import file_sha256
 
@@ -56,6 +69,9 @@ WHICH = "test"
 FUSED_KIND = "int8_fused"  # model_int8_fused.onnx
 SATURATION_SAFE = 64  # 2 * 255 * 64 <= 32767: exact in vpmaddubsw's int16 pairs
 K = 10  # the cut-off of the sampled metrics (as the full-ranking ones, export.parity.K)
+TOP_K_SUFFIX = "_top_k"  # model_int8_top_k.onnx beside model_int8.onnx
+TOP_K_MIN_AGREEMENT = 0.99  # same scoring path: 1.0; another path may flip near-ties
+AUTO = "auto"
 IDENTITY = "identity"  # item_ids_source of a run folder without item_ids.json
 
 
@@ -87,22 +103,36 @@ def run_item_ids(run_dir: str | Path, num_items: int) -> tuple[ItemIds, str]:
     return ids, ITEM_IDS
 
 
-def _export_one(run: RunModel, split: LeaveOneOutSplit, *, fused: bool, top_k: int | None,
+def _scoring(run: RunModel, scoring: str, *, fused: bool, top_k: int | None,
+             threads: int) -> tuple[str | None, dict[str, str]]:
+    """``(scoring path, metadata)`` of one INT8 graph: ``scoring`` itself, or with ``"auto"``
+    the probe's choice and its figures; FP32 graphs have one path (None, no metadata)."""
+    if run.kind != "int8":
+        return None, {}
+    if scoring != AUTO:
+        return scoring, {}
+    choice = choose_scoring(run.model, fused=fused, top_k=top_k, threads=max(threads, 1))
+    return choice.path, choice.metadata()
+
+
+def _export_one(run: RunModel, split: LeaveOneOutSplit, *, fused: bool, scoring: str,
                 threads: int, batch_size: int, optimization: str, item_ids: ItemIds,
                 eval_negatives: int, eval_seed: int, torch_sampled: dict[str, Any] | None
                 ) -> tuple[onnx.ModelProto, ParityReport, dict[str, Any] | None]:
     """Build one graph of ``run`` (exact or fused) and compare it with the torch model; with
     ``eval_negatives`` also its sampled metrics (``GraphParity.sampled``; ``torch_sampled``:
     the torch side's, computed once for every graph)."""
+    path, probe = _scoring(run, scoring, fused=fused, top_k=None, threads=threads)
     meta = {"sasrec_qat.method": run.method, "sasrec_qat.bits": run.bits,
-            METADATA_KEY: item_ids.dumps()}
-    onnx_model = build_sasrec_onnx(run.model, top_k=top_k, metadata=meta, fused=fused)
+            METADATA_KEY: item_ids.dumps(), **probe}
+    onnx_model = build_sasrec_onnx(run.model, metadata=meta, fused=fused, scoring=path)
     session = make_session(onnx_model.SerializeToString(), threads=threads,
                            optimization=optimization)
     hidden_session = None
     if run.kind == "int8":
         hidden_session = make_session(
-            build_sasrec_onnx(run.model, hidden_output=True, metadata=meta, fused=fused),
+            build_sasrec_onnx(run.model, hidden_output=True, metadata=meta, fused=fused,
+                              scoring=path),
             threads=threads, optimization=optimization)
     report = check_parity(run.model, session, split, WHICH, batch_size=batch_size,
                           hidden_session=hidden_session)
@@ -112,6 +142,40 @@ def _export_one(run: RunModel, split: LeaveOneOutSplit, *, fused: bool, top_k: i
                                   seed=eval_seed, batch_size=batch_size,
                                   reference=torch_sampled)
     return onnx_model, report, sampled
+
+
+def _export_top_k(run: RunModel, split: LeaveOneOutSplit, full: onnx.ModelProto, full_file: str,
+                  *, fused: bool, top_k: int, scoring: str, threads: int, item_ids: ItemIds,
+                  batch_size: int) -> tuple[onnx.ModelProto, dict[str, Any]]:
+    """The top-k graph beside ``full`` and how its lists agree with ``full``'s ranked scores on
+    the test users (``TopKParity`` fields but the file's)."""
+    path, probe = _scoring(run, scoring, fused=fused, top_k=top_k, threads=threads)
+    meta = {"sasrec_qat.method": run.method, "sasrec_qat.bits": run.bits,
+            METADATA_KEY: item_ids.dumps(), **probe}
+    model = build_sasrec_onnx(run.model, top_k=top_k, metadata=meta, fused=fused, scoring=path)
+    top_session = make_session(model, threads=threads)
+    full_session = make_session(full, threads=threads)
+    inputs = eval_inputs(split, WHICH, max_len=run.model.config.max_len)
+    same = 0
+    for start in range(0, len(inputs), batch_size):
+        x = inputs[start:start + batch_size]
+        scores = full_session.run([SCORES], {"item_seq": x})[0]
+        scores[:, 0] = -np.inf  # the padding item and each row's history (export.top_k rules)
+        np.put_along_axis(scores, x, -np.inf, axis=1)
+        want = np.argsort(-scores, axis=1, kind="stable")[:, :top_k]
+        got = top_session.run([TOP_K_ITEMS], {"item_seq": x})[0]
+        same += int(np.sum(np.all(got == want, axis=1)))
+    agreement = same / len(inputs)
+    props = {p.key: p.value for p in model.metadata_props}
+    return model, {"of_graph": full_file, "k": top_k, "scoring": props["sasrec_qat.scoring"],
+                   "list_agreement": agreement, "users": len(inputs),
+                   "min_agreement": TOP_K_MIN_AGREEMENT,
+                   "passed": agreement >= TOP_K_MIN_AGREEMENT}
+
+
+def top_k_file_name(full_file: str) -> str:
+    """``model_int8.onnx`` -> ``model_int8_top_k.onnx``."""
+    return full_file.removesuffix(".onnx") + TOP_K_SUFFIX + ".onnx"
 
 
 def sampled_metrics(run: RunModel, session: Any, split: LeaveOneOutSplit, *, negatives: int,
@@ -137,7 +201,7 @@ def sampled_metrics(run: RunModel, session: Any, split: LeaveOneOutSplit, *, neg
 
 def export_run(run_dir: str | Path, *, data: str | None = None, cache_dir: Path | None = None,
                mirror: str | None = None, threads: int = 0, batch_size: int = 256,
-               top_k: int | None = None, fused: bool = False,
+               top_k: int = K, fused: bool = False, scoring: str = AUTO,
                optimization: str = "all", eval_negatives: int = 0,
                eval_seed: int = 0) -> ExportResult:
     """Export ``run_dir``'s model, check its parity, write the ONNX file(s) and parity.json.
@@ -149,8 +213,11 @@ def export_run(run_dir: str | Path, *, data: str | None = None, cache_dir: Path 
         cache_dir, mirror: for a dataset name (``data.load_dataset``).
         threads: onnxruntime intra-op threads (0 = library default).
         batch_size: users per evaluation batch.
-        top_k: also output the ``top_k`` best item ids and scores.
+        top_k: the default k of the top-k serving graphs written beside the full-score ones.
         fused: INT8 runs: also write and check the fused-kernel graph.
+        scoring: INT8 runs: the scoring path (``export.sasrec_graph.SCORING_PATHS``; ``"fused"``
+            applies to the fused graph, the exact one then takes the probe's choice), or
+            ``"auto"``: each graph's own probe (``export.scoring_probe``).
         optimization: onnxruntime graph optimisation level of the parity sessions.
         eval_negatives: also score each graph and the torch model by the sampled protocol
             (target + this many sampled negatives; 0 = off).
@@ -166,7 +233,13 @@ def export_run(run_dir: str | Path, *, data: str | None = None, cache_dir: Path 
         raise ValueError("--threads must be >= 0 and --batch-size >= 1")
     if eval_negatives < 0:
         raise ValueError(f"--eval-negatives must be >= 0 (0 = off), got {eval_negatives}")
+    if scoring != AUTO and scoring not in SCORING_PATHS:
+        raise ValueError(f"--scoring must be {AUTO} or one of {', '.join(SCORING_PATHS)}, got "
+                         f"{scoring!r}")
     run = load_run(run_dir)
+    if not 1 <= top_k <= run.model.config.num_items:
+        raise ValueError(f"--top-k must be in [1, {run.model.config.num_items}] (the number of "
+                         f"items), got {top_k}")
     item_ids, item_ids_source = run_item_ids(run.run_dir, run.model.config.num_items)
     if fused and run.kind != "int8":
         raise ValueError(f"--fused applies to INT8 runs; {run_dir} is an FP32 run")
@@ -174,20 +247,37 @@ def export_run(run_dir: str | Path, *, data: str | None = None, cache_dir: Path 
         native_ops.library_path()  # a missing compiler is bad input: fail before the work
     dataset, split = load_run_split(run_dir, run.model.config.num_items, data,
                                     cache_dir=cache_dir, mirror=mirror)
-    settings = dict(top_k=top_k, threads=threads, batch_size=batch_size,
+    settings = dict(threads=threads, batch_size=batch_size,
                     optimization=optimization, item_ids=item_ids,
                     eval_negatives=eval_negatives, eval_seed=eval_seed, torch_sampled=None)
     if eval_negatives:  # the torch side once, for every graph
         settings["torch_sampled"] = evaluate(
             run.model.score_last, split, WHICH, max_len=run.model.config.max_len,
             batch_size=batch_size, k=K, sampled_negatives=eval_negatives, seed=eval_seed)
-    graphs = [(run.onnx_path, *_export_one(run, split, fused=False, **settings))]
+    exact_scoring = AUTO if scoring == "fused" else scoring
+    graphs = [(run.onnx_path, *_export_one(run, split, fused=False, scoring=exact_scoring,
+                                           **settings))]
     if fused:
         graphs.append((run.run_dir / onnx_file_name(FUSED_KIND),
-                       *_export_one(run, split, fused=True, **settings)))
+                       *_export_one(run, split, fused=True, scoring=scoring, **settings)))
+    top_k_graphs = []
+    for (path, full, *_), is_fused in zip(graphs, (False, True)):
+        model, fields = _export_top_k(
+            run, split, full, path.name, fused=is_fused, top_k=top_k, threads=threads,
+            scoring=exact_scoring if not is_fused else scoring, item_ids=item_ids,
+            batch_size=batch_size)
+        top_k_graphs.append((run.run_dir / top_k_file_name(path.name), model, fields))
     props = {p.key: p.value for p in graphs[0][1].metadata_props}
     max_weight = props.get("sasrec_qat.max_abs_weight_int")
     records = _write(graphs)
+    try:
+        top_k_records = [TopKParity(onnx_file=path.name, onnx_bytes=save_onnx(model, path),
+                                    onnx_sha256=file_sha256(path), **fields)
+                         for path, model, fields in top_k_graphs]
+    except BaseException:
+        for path, *_ in [*graphs, *top_k_graphs]:
+            path.unlink(missing_ok=True)
+        raise
     record = ParityRecord(
         method=run.method, bits=run.bits, kind=run.kind, model_file=run.model_path.name,
         model_sha256=file_sha256(run.model_path), dataset=str(dataset),
@@ -196,11 +286,11 @@ def export_run(run_dir: str | Path, *, data: str | None = None, cache_dir: Path 
         max_abs_weight_int=None if max_weight is None else int(max_weight),
         graph=records[0], fused=records[1] if fused else None,
         item_ids_source=item_ids_source,
-        item_ids_sha256=item_ids.sha256())
+        item_ids_sha256=item_ids.sha256(), top_k=top_k_records)
     try:
         record.save(run.run_dir / PARITY)
     except BaseException:
-        for path, *_ in graphs:  # no ONNX file without its parity record
+        for path, *_ in [*graphs, *top_k_graphs]:  # no ONNX file without its parity record
             path.unlink(missing_ok=True)
         raise
     return ExportResult(run, record, graphs[0][2], graphs[1][2] if fused else None)
@@ -232,6 +322,11 @@ def print_parity(result: ExportResult) -> None:
     if record.fused is not None and result.fused_report is not None:
         print(f"\n{record.fused.onnx_file}: fused kernels, {record.fused.onnx_bytes:,} bytes")
         _print_report(result.fused_report, record.fused.sampled)
+    for top in record.top_k or ():
+        print(f"\n{top.onnx_file}: top-{top.k} serving graph ({top.scoring} scoring), "
+              f"{top.onnx_bytes:,} bytes; lists equal to {top.of_graph}'s ranked scores for "
+              f"{100 * top.list_agreement:.2f}% of {top.users} users: "
+              + ("PASSED" if top.passed else f"FAILED (< {100 * top.min_agreement:.0f}%)"))
     if (record.max_abs_weight_int or 0) > SATURATION_SAFE:
         print(f"note: integer weights reach {record.max_abs_weight_int} > {SATURATION_SAFE}; "
               "u8 x s8 kernels can saturate on AVX2 CPUs without VNNI", file=sys.stderr)

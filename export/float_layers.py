@@ -87,3 +87,7 @@ class FloatLayers(LayerEmitter[str]):
     def hidden_value(self, hidden: str) -> str:
         """The final hidden state as exposed by the diagnostic output."""
         return hidden
+
+    def metadata(self) -> dict[str, object]:
+        """``sasrec_qat.scoring``: always ``"float"`` (a float32 Gemm)."""
+        return {"sasrec_qat.scoring": "float"}

@@ -30,7 +30,7 @@ import torch
 
 from data import LeaveOneOutSplit, eval_batches
 from export.runtime import make_session
-from export.sasrec_graph import INPUT, SCORES
+from export.sasrec_graph import INPUT, SCORES, TOP_K_ITEMS, TOP_K_SCORES
 
 Call = Callable[[np.ndarray], Any]
 CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
@@ -128,10 +128,19 @@ def timing_session(model: bytes | onnx.ModelProto, *, threads: int,
                         allow_spinning=allow_spinning)
 
 
-def ort_call(session: ort.InferenceSession, output: str = SCORES) -> Call:
-    """``batch -> scores`` through ``session`` (the timed unit: one ``session.run``)."""
+def ort_call(session: ort.InferenceSession, output: str | None = None) -> Call:
+    """``batch -> outputs`` through ``session`` (the timed unit: one ``session.run``).
+
+    ``output`` None: what the graph serves, ``scores`` of a full-score graph or both outputs of
+    a top-k graph (``top_k_items``, ``top_k_scores``; ``exclude`` and ``k`` at their defaults:
+    the history in the batch masked, k as exported).
+    """
+    names = [o.name for o in session.get_outputs()]
+    outputs = ([output] if output is not None else [SCORES] if SCORES in names
+               else [n for n in (TOP_K_ITEMS, TOP_K_SCORES) if n in names])
+
     def call(batch: np.ndarray) -> Any:
-        return session.run([output], {INPUT: batch})
+        return session.run(outputs, {INPUT: batch})
     return call
 
 

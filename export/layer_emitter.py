@@ -13,8 +13,9 @@ writes only its own ops:
 The INT8 ones are picked by name from ``export.int8_emitters.EMITTERS`` (a registry, as
 onnxruntime's quantization tool maps op types to classes in ``registry.py``).
 
-Three methods have a default here that composes the others (``embed_quantized``,
-``linears_dequantized``, ``add_linear``): a backend with a single op for the whole composition
+Four methods have a default here that composes the others (``embed_quantized``,
+``linears_dequantized``, ``add_linear``,
+``score_top_k``): a backend with a single op for the whole composition
 (the fused kernels) overrides them; the others inherit them, so the graph writer calls the
 same methods whatever the backend.
 
@@ -33,6 +34,7 @@ import onnx
 from torch import nn
 
 from export.graph_builder import GraphBuilder
+from export.top_k import masked_top_k
 
 Value = TypeVar("Value")  # what a backend passes between layers: a tensor name, or a QTensor
 GraphPass = Callable[[onnx.ModelProto], Any]  # rewrites a built model in place
@@ -124,3 +126,11 @@ class LayerEmitter(abc.ABC, Generic[Value]):
                    linear_hint: str, add_hint: str) -> Value:
         """``add(residual, linear(x))``: a residual connection."""
         return self.add(residual, self.linear(x, linear, linear_hint), add, add_hint)
+
+    def score_top_k(self, hidden: Value, items: nn.Module, item_seq: str, exclude: str, k: str,
+                    hint: str) -> tuple[str, str]:
+        """``(top_k_scores, top_k_items)``, (B, k) float32 and int64: ``score`` then
+        ``export.top_k.masked_top_k`` (its rules: history and ``exclude`` masked, ties by
+        lower id)."""
+        return masked_top_k(self.g, self.score(hidden, items, f"{hint}.scores"), item_seq,
+                            exclude, k)

@@ -49,7 +49,7 @@ from data import default_cache_dir
 
 DOMAIN = "sasrec_qat.fused"
 SOURCE_DIR = Path(__file__).resolve().parent / "native"
-SOURCES = ("kernels.cc", "ort_ops.cc")
+SOURCES = ("kernels.cc", "score_top_k.cc", "ort_ops.cc")
 HEADERS = ("ort_abi.h",)
 LIBRARY_NAME = "libsasrec_qat_ops.so"
 FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-fPIC", "-shared",

@@ -78,6 +78,38 @@ class GraphParity(Record):
 
 
 @dataclass
+class TopKParity(Record):
+    """A top-k serving graph (``build_sasrec_onnx(top_k=k)``) against its full-score graph.
+
+    Attributes:
+        onnx_file, onnx_bytes, onnx_sha256: the file, its size and content hash.
+        of_graph: the full-score graph it was compared with (``GraphParity.onnx_file``).
+        k: its default list length; scoring: its scoring path (``sasrec_qat.scoring``).
+        list_agreement: fraction of users whose k ids, in order, equal the full graph's scores
+            ranked by the same rules (``export.top_k``; the history in the input masked).
+        users: users compared; min_agreement: the gate; passed: its verdict.
+    """
+
+    KIND = "top_k_parity"
+    SCHEMA = 1
+
+    onnx_file: str
+    onnx_bytes: int
+    onnx_sha256: str
+    of_graph: str
+    k: int
+    scoring: str
+    list_agreement: float
+    users: int
+    min_agreement: float
+    passed: bool
+
+    def describes(self, path: str | Path) -> bool:
+        """The file at ``path`` is the one recorded (same sha256)."""
+        return sha256_or_none(path) == self.onnx_sha256
+
+
+@dataclass
 class ParityRecord(Record):
     """What export_int8.py checked for one run folder.
 
@@ -92,6 +124,8 @@ class ParityRecord(Record):
         max_abs_weight_int: INT8 only, the largest |integer weight| (saturation check).
         graph: the portable graph (``model_int8.onnx`` / ``model_fp32.onnx``).
         fused: the fused-kernel graph (``model_int8_fused.onnx``), when exported.
+        top_k: the top-k serving graphs written beside them (``model_<kind>_top_k.onnx``), each
+            checked against its full-score graph; None in records written before them.
         item_ids_source: the item id map embedded in every graph's metadata
             (``data.item_ids.METADATA_KEY``): ``"item_ids.json"`` (the run folder's) or
             ``"identity"`` (none there: raw id = internal id). None: exported before the map
@@ -117,6 +151,7 @@ class ParityRecord(Record):
     fused: GraphParity | None = None
     item_ids_source: str | None = None
     item_ids_sha256: str | None = None
+    top_k: list[TopKParity] | None = None
 
     @classmethod
     def from_json(cls, obj: Any, *, source: str = "record") -> ParityRecord:
@@ -125,12 +160,16 @@ class ParityRecord(Record):
             for key in ("graph", "fused"):
                 if isinstance(obj.get(key), dict):
                     obj[key] = GraphParity.from_json(obj[key], source=f"{source} [{key}]")
+            if isinstance(obj.get("top_k"), list):
+                obj["top_k"] = [TopKParity.from_json(t, source=f"{source} [top_k]")
+                                if isinstance(t, dict) else t for t in obj["top_k"]]
         return super().from_json(obj, source=source)
 
     @property
     def passed(self) -> bool:
         """Every exported graph passed its gate."""
-        return self.graph.passed and (self.fused is None or self.fused.passed)
+        return (self.graph.passed and (self.fused is None or self.fused.passed)
+                and all(t.passed for t in self.top_k or ()))
 
     def is_current(self, run_dir: str | Path) -> bool:
         """True when the model file and every ONNX file named here are in ``run_dir`` with the
@@ -140,6 +179,7 @@ class ParityRecord(Record):
         graphs = [g for g in (self.graph, self.fused) if g is not None]
         return (sha256_or_none(run_dir / self.model_file) == self.model_sha256
                 and all(g.describes(run_dir / g.onnx_file) for g in graphs)
+                and all(t.describes(run_dir / t.onnx_file) for t in self.top_k or ())
                 and self._embeds_current_item_ids(run_dir))
 
     def _embeds_current_item_ids(self, run_dir: Path) -> bool:

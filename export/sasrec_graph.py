@@ -57,10 +57,13 @@ from qat.model import SASRec
 
 Layers = LayerEmitter[Any]
 INPUT = "item_seq"
+EXCLUDE = "exclude"
+K_INPUT = "k"
 SCORES = "scores"
 TOP_K_ITEMS = "top_k_items"
 TOP_K_SCORES = "top_k_scores"
 HIDDEN = "hidden"
+SCORING_PATHS = ("int8", "float", "fused")
 
 
 def model_kind(model: SASRec) -> str:
@@ -82,13 +85,20 @@ def model_kind(model: SASRec) -> str:
 
 def build_sasrec_onnx(model: SASRec, *, top_k: int | None = None, hidden_output: bool = False,
                       torch_exact: bool = True, fused: bool = False,
-                      last_position_only: bool = True,
+                      last_position_only: bool = True, scoring: str | None = None,
                       metadata: dict[str, Any] | None = None) -> onnx.ModelProto:
     """The ONNX graph of ``model.score_last`` (FP32 or converted INT8 SASRec).
 
     Args:
         model: an FP32 ``SASRec`` or its converted INT8 twin (``qat.finetune.to_int8``).
-        top_k: also output the ``top_k`` best item ids and their scores.
+        top_k: write the top-k serving graph instead (module docstring, "Top-k graph"): inputs
+            ``item_seq``, ``exclude`` and ``k`` (default ``top_k``), outputs ``top_k_items``
+            and ``top_k_scores``; no ``scores``.
+        scoring: INT8 only: how the item table is scored (``SCORING_PATHS``;
+            ``export.int8_emitters.common``): ``"int8"``, exact int32 products; ``"float"``, a
+            float32 Gemm against the dequantized table (built by onnxruntime at session
+            creation); ``"fused"`` (fused backend only), the int8 path's scores in one custom
+            op. Default: the backend's (``"fused"`` for the fused backend, else ``"int8"``).
         hidden_output: also output the final hidden state (diagnostics, parity).
         torch_exact: INT8 only: round exactly like torch's kernels (backend ``"torch_exact"``:
             the ONNX functions of ``export.torch_kernels``); False writes plain
@@ -105,17 +115,19 @@ def build_sasrec_onnx(model: SASRec, *, top_k: int | None = None, hidden_output:
         metadata: extra ``metadata_props`` (method, bits, ...); values are stringified.
 
     Raises:
-        ValueError: an unconverted QAT model, unsupported quantization, a bad ``top_k``, or
-            ``fused`` without ``torch_exact`` for an INT8 model.
+        ValueError: an unconverted QAT model, unsupported quantization, a bad ``top_k`` or
+            ``scoring``, or ``fused`` without ``torch_exact`` for an INT8 model.
     """
     config = model.config
     if top_k is not None and not 1 <= top_k <= config.num_items:
         raise ValueError(f"top_k must be in [1, {config.num_items}] (the number of items), "
                          f"got {top_k}")
+    if scoring is not None and scoring not in SCORING_PATHS:
+        raise ValueError(f"scoring must be one of {', '.join(SCORING_PATHS)}, got {scoring!r}")
     kind = model_kind(model)
     g = GraphBuilder(f"sasrec_{kind}")
-    layers: Layers = (get_emitter(backend_name(torch_exact=torch_exact, fused=fused))(g)
-                      if kind == "int8" else FloatLayers(g))
+    layers: Layers = (get_emitter(backend_name(torch_exact=torch_exact, fused=fused))(
+        g, scoring=scoring) if kind == "int8" else FloatLayers(g))
     item_seq = g.add_input(INPUT, INT64, ["batch", "length"])
 
     positions, allowed = _positions_and_mask(g, item_seq, config.max_len)
@@ -130,18 +142,17 @@ def build_sasrec_onnx(model: SASRec, *, top_k: int | None = None, hidden_output:
     if not last_position_only or not len(model.blocks):
         x = layers.last_position(x, "last_position")
     hidden = layers.layer_norm(x, model.final_norm, "final_norm")
-    scores = layers.score(hidden, model.item_emb, SCORES)
-    num_scores = config.num_items + 1
-
-    g.add_output(scores, FLOAT, ["batch", num_scores])
-    if top_k is not None:
-        candidates = g.node("Slice", [scores, g.ints([1]), g.ints([num_scores]), g.ints([1])],
-                            name="top_k.candidates")  # drop the padding item (column 0)
-        values, indices = g.node("TopK", [candidates, g.ints([top_k], "k")], name="top_k",
-                                 num_outputs=2, axis=-1, largest=1, sorted=1)
-        g.add_output(_rename(g, values, TOP_K_SCORES), FLOAT, ["batch", top_k])
-        item_ids = g.node("Add", [indices, g.scalar(1, np.int64, "one")], name=TOP_K_ITEMS)
-        g.add_output(item_ids, INT64, ["batch", top_k])
+    if top_k is None:
+        g.add_output(layers.score(hidden, model.item_emb, SCORES), FLOAT,
+                     ["batch", config.num_items + 1])
+    else:
+        exclude = g.initializer(np.zeros((1, 1), np.int64), EXCLUDE)  # default: nothing more
+        g.add_input(exclude, INT64, ["exclude_rows", "exclude_length"])
+        k = g.initializer(np.array([top_k], np.int64), K_INPUT)
+        g.add_input(k, INT64, [1])
+        values, items = layers.score_top_k(hidden, model.item_emb, item_seq, exclude, k, "top_k")
+        g.add_output(_rename(g, values, TOP_K_SCORES), FLOAT, ["batch", "k"])
+        g.add_output(_rename(g, items, TOP_K_ITEMS), INT64, ["batch", "k"])
     if hidden_output:
         g.add_output(_rename(g, layers.hidden_value(hidden), HIDDEN), layers.hidden_type,
                      ["batch", config.hidden])
@@ -150,7 +161,9 @@ def build_sasrec_onnx(model: SASRec, *, top_k: int | None = None, hidden_output:
     props = {"sasrec_qat.kind": kind, "sasrec_qat.num_items": config.num_items,
              "sasrec_qat.max_len": config.max_len, "sasrec_qat.hidden": config.hidden,
              "sasrec_qat.blocks": config.blocks, "sasrec_qat.heads": config.heads,
-             "sasrec_qat.last_position_only": int(last_position_only), **(metadata or {}),
+             "sasrec_qat.last_position_only": int(last_position_only),
+             "sasrec_qat.serving": "scores" if top_k is None else "top_k",
+             **({} if top_k is None else {"sasrec_qat.top_k": top_k}), **(metadata or {}),
              **layers.metadata()}
     onnx_model = g.build(metadata={k: str(v) for k, v in props.items()},
                          doc=f"SASRec ({kind}) next-item scores; see export/sasrec_graph.py")

@@ -44,6 +44,13 @@ reproduces).
 max_len, the first run's blocks and heads) in FP32 and converted to INT8 the project's way (STE,
 8 bits, calibrated on random sequences), both timed at every batch/threads case.
 
+--items N...: for each catalogue size N, a random SASRec of N items (the first run's width,
+depth, heads and max_len) in FP32 and INT8 (fused kernels, the scoring path the probe picks on
+this machine, export/scoring_probe.py), each as the full-score graph and the top-k serving graph
+(k = 10, history masked in the graph), timed on the test sequences with ids redrawn from the
+catalogue; "catalogue" in bench.json, each INT8 graph's ratio against the FP32 graph of the same
+kind (export/bench_catalogue.py).
+
 Output: --out JSON, written atomically: a bench record (export/bench_record.py, schema 1) with
 "machine", "settings", "models" (each run-derived model with the sha256 of the ONNX bytes timed
 and of the run's model file), "baselines", "records", "quality", "sweep" and "notes". The harness
@@ -109,6 +116,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "and measure its parity")
     p.add_argument("--torch-int8", action="store_true",
                    help="also time each INT8 run's converted torch model (eager, fbgemm)")
+    p.add_argument("--items", type=int, nargs="+", default=[], metavar="N",
+                   help="also time random FP32/INT8 models of N items (e.g. 20000 100000), "
+                        "full-score and top-k graphs: how latency scales with the catalogue")
     p.add_argument("--sweep-hidden", type=int, nargs="+", default=[], metavar="D",
                    help="also time random FP32/INT8 SASRec at these hidden sizes")
     p.add_argument("--ort-spinning", action="store_true",
@@ -130,6 +140,7 @@ def _main(argv: list[str] | None) -> int:
         warmup=args.warmup, data=args.data, mirror=args.mirror, cache_dir=args.cache_dir,
         baselines=args.baselines, calibration_users=args.calibration_users, fused=args.fused,
         int8_fast=args.int8_fast, torch_int8=args.torch_int8, sweep_hidden=args.sweep_hidden,
+        sweep_items=args.items,
         ort_spinning=args.ort_spinning)
     benchmark_to_file(settings, args.out)
     return 0

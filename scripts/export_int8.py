@@ -18,6 +18,14 @@ it loads only where the kernels' library is registered, as export.make_session d
 parity the same way and record it (with its own sha256) in parity.json under "fused".
 Builds the kernels with the machine's C++ compiler the first time.
 
+Beside each full-score graph goes its top-k serving graph (DIR/model_<kind>_top_k.onnx,
+model_int8_fused_top_k.onnx): inputs item_seq, exclude (ids never to recommend, e.g. the rest
+of a long history) and k (default --top-k), outputs top_k_items and top_k_scores, the history
+masked inside the graph; its lists are checked against the full graph's ranked scores
+("top_k" in parity.json). INT8 graphs take the scoring path that --scoring names; auto (the
+default) times the paths on this machine (export/scoring_probe.py) and records the choice in
+the graph's metadata.
+
 Every graph carries the run's item id map (DIR/item_ids.json, or identity ids when the folder
 has none) in its metadata, for scripts/recommend.py.
 
@@ -38,6 +46,7 @@ import torch
 
 from export import OPTIMIZATION_LEVELS, native_ops
 from export.export_run import export_run, print_parity
+from export.sasrec_graph import SCORING_PATHS
 from qat.cli import ArgumentParser, run_cli
 from qat.quantize import ignore_torch_quantization_warnings
 
@@ -56,8 +65,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=0,
                    help="torch and onnxruntime intra-op threads (0 = library default)")
     p.add_argument("--batch-size", type=int, default=256, help="users per evaluation batch")
-    p.add_argument("--top-k", type=int, default=None, metavar="K",
-                   help="also output the K best item ids (top_k_items) and scores")
+    p.add_argument("--top-k", type=int, default=10, metavar="K",
+                   help="default k of the top-k serving graphs written beside the full-score "
+                        "ones (model_<kind>_top_k.onnx; k is also an input; default 10)")
+    p.add_argument("--scoring", choices=["auto", *SCORING_PATHS], default="auto",
+                   help="INT8: how the item table is scored: auto (default) times the paths on "
+                        "this machine and takes the fastest that is never slower than float32 "
+                        "scoring; int8, float, or fused (the fused graph)")
     p.add_argument("--fused", action="store_true",
                    help="INT8 runs: also write model_int8_fused.onnx (fused custom-op kernels) "
                         "and check its parity")
@@ -84,6 +98,7 @@ def _main(argv: list[str] | None) -> int:
         torch.set_num_threads(args.threads)
     result = export_run(args.run, data=args.data, cache_dir=args.cache_dir, mirror=args.mirror,
                         threads=args.threads, batch_size=args.batch_size, top_k=args.top_k,
+                        scoring=args.scoring,
                         fused=args.fused, optimization=args.optimization,
                         eval_negatives=args.eval_negatives, eval_seed=args.eval_seed)
     print_parity(result)

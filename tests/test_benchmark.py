@@ -63,7 +63,7 @@ def bench_file(runs, tmp_path_factory):
     benchmark_to_file returned)."""
     out = tmp_path_factory.mktemp("bench") / "bench.json"
     settings = BenchSettings(runs=(runs[1], runs[2]), **FAST, sweep_hidden=(8, 16),
-                             calibration_users=16)
+                             sweep_items=(60,), calibration_users=16)
     return out, benchmark_to_file(settings, out)
 
 
@@ -274,6 +274,21 @@ def test_sweep_records_for_two_widths(bench):
         assert r.kind == kind
         assert 0 < r.median_ms <= r.p90_ms
         assert r.ratio_to_fp32 == pytest.approx(r.median_ms / fp32[(r.sweep_hidden, r.batch)])
+
+
+def test_catalogue_records_full_and_top_k_graphs_with_like_for_like_ratios(bench):
+    catalogue = bench.catalogue
+    assert bench.settings.sweep_items == [60]
+    names = {"items60_fp32", "items60_int8_fused", "items60_fp32_top_k",
+             "items60_int8_fused_top_k"}
+    assert {(r.model, r.batch) for r in catalogue} == {(n, b) for n in names for b in (1, 4)}
+    median = {(r.model, r.batch): r.median_ms for r in catalogue}
+    for r in catalogue:
+        assert r.sweep_items == 60 and r.serving == ("top_k" if "top_k" in r.model else "scores")
+        fp32 = "items60_fp32" + ("_top_k" if r.serving == "top_k" else "")
+        assert r.ratio_to_fp32 == pytest.approx(r.median_ms / median[(fp32, r.batch)])
+        assert (r.scoring is None) == (r.kind == "onnx_fp32")
+        assert r.scoring in (None, "fused", "int8", "float")
 
 
 def test_sweep_models_are_fp32_and_converted_int8_graphs(runs):

@@ -66,7 +66,10 @@ def test_export_writes_onnx_and_parity_and_passes(kind, runs, tmp_path):
     assert "parity: PASSED" in result.stdout and "nDCG@10" in result.stdout
     model = onnx.load(str(folder / f"model_{kind}.onnx"))
     onnx.checker.check_model(model)
-    assert [o.name for o in model.graph.output] == ["scores", "top_k_scores", "top_k_items"]
+    assert [o.name for o in model.graph.output] == ["scores"]
+    top_k = onnx.load(str(folder / f"model_{kind}_top_k.onnx"))  # the serving graph beside it
+    assert [o.name for o in top_k.graph.output] == ["top_k_scores", "top_k_items"]
+    assert {p.key: p.value for p in top_k.metadata_props}["sasrec_qat.top_k"] == "5"
     on_disk = json.loads((folder / "parity.json").read_text())
     assert on_disk["record"] == "parity" and on_disk["schema"] == 1
     parity = ParityRecord.load(folder / "parity.json")
@@ -78,6 +81,9 @@ def test_export_writes_onnx_and_parity_and_passes(kind, runs, tmp_path):
         assert set(pair) == {"torch", "onnxruntime"}
         assert abs(pair["torch"] - pair["onnxruntime"]) <= 0.002
     assert graph.top10_agreement >= 0.99
+    assert [t.onnx_file for t in parity.top_k] == [f"model_{kind}_top_k.onnx"]
+    assert parity.top_k[0].passed and parity.top_k[0].list_agreement >= 0.99
+    assert parity.top_k[0].k == 5 and parity.is_current(folder)
     payload = (folder / f"model_{kind}.onnx").read_bytes()
     assert graph.onnx_bytes == len(payload)
     assert graph.onnx_sha256 == hashlib.sha256(payload).hexdigest()  # what benchmark matches

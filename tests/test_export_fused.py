@@ -54,7 +54,8 @@ def test_fused_graph_structure():
     # after writing it (EmbedQuantizeNorm: the first attn_norm; RequantizeAddNorm: the norm
     # after each residual, the final norm included)
     assert sorted(set(custom)) == ["EmbedQuantizeNorm", "QuantizePerTensor",
-                                   "RequantizeAddNorm", "RequantizeDequantize", "RequantizeRelu"]
+                                   "RequantizeAddNorm", "RequantizeDequantize", "RequantizeRelu",
+                                   "Score"]  # the fused scoring path, the fused default
     norm = next(n for n in fused.graph.node if n.op_type == "RequantizeAddNorm")
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in norm.attribute}
     assert attrs["norm_eps"] == repr(float(model.blocks[0].ffn_norm.eps)).encode()
@@ -64,7 +65,7 @@ def test_fused_graph_structure():
     assert custom.count("RequantizeAddNorm") == 2 * blocks  # out_proj, fc2 + residual + norm
     assert custom.count("RequantizeDequantize") == 3 * blocks  # q, k, v
     ops = [n.op_type for n in fused.graph.node]
-    assert ops.count("MatMulInteger") == 6 * blocks + 1  # + the scoring matmul
+    assert ops.count("MatMulInteger") == 6 * blocks  # scoring: the Score op
     assert custom.count("EmbedQuantizeNorm") == 1
     assert "DequantizeLinear" not in ops  # folded into RequantizeDequantize
     assert ops.count("Gather") == 3  # the last position twice (serving graph), keys' length

@@ -177,22 +177,6 @@ def test_int8_file_is_under_a_third_of_fp32_when_the_item_table_dominates(tmp_pa
     assert int8_bytes <= 0.31 * fp32_bytes, int8_bytes / fp32_bytes
 
 
-def test_top_k_output_and_bad_top_k():
-    model = tiny_model("lsq")
-    proto = build_sasrec_onnx(model, top_k=5)
-    assert [o.name for o in proto.graph.output] == ["scores", "top_k_scores", "top_k_items"]
-    session = make_session(proto, threads=1)
-    x = batch(3)
-    scores, top_scores, top_items = session.run(None, {"item_seq": x.numpy()})
-    with torch.no_grad():
-        expected = model.score_last(x)[:, 1:].topk(5)
-    np.testing.assert_array_equal(top_items, expected.indices.numpy() + 1)  # item ids, no padding
-    np.testing.assert_allclose(top_scores, np.take_along_axis(scores, top_items, 1))
-    for bad in (0, CONFIG.num_items + 1):
-        with pytest.raises(ValueError, match="top_k must be in"):
-            build_sasrec_onnx(model, top_k=bad)
-
-
 # the op domain that holds each INT8 backend's requantizing ops
 BACKEND_DOMAINS = {"plain": "", "torch_exact": torch_kernels.DOMAIN, "fused": native_ops.DOMAIN}
 

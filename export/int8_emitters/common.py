@@ -24,8 +24,21 @@ Embeddings (weight-only ``nnq.Embedding``, ``per_channel_affine_float_qparams`` 
 128 per row): ``Cast(Gather(table_s8, ids)) * Gather(row_scale, ids)``, bit-identical to torch's
 ``(u - 128) * scale``.
 
-Scoring: ``Cast(MatMulInteger(h_u8, Transpose(table_s8), z_h)) * (s_h * row_scale)``: full
-precision float scores, never requantized (docs/design.md, section 2).
+Scoring (``scoring``), full-precision float scores, never requantized (docs/design.md,
+section 2), by one of two paths:
+
+* ``"int8"``: ``Cast(MatMulInteger(h_u8, Transpose(table_s8), z_h)) * (s_h * row_scale)``, exact
+  int32 products, then one float32 rounding per score;
+* ``"float"``: ``Gemm(DequantizeLinear(h_u8), Cast(table_s8) * row_scale, transB=1)``: torch's
+  own formula for the converted model (``SASRec.score``: dequantized hidden times the dequantized
+  table). The file stores the int8 table; onnxruntime folds ``Cast * row_scale`` into a float32
+  constant when it creates the session (4x the table's memory), and the product runs as a
+  float32 GEMM. Where int8 GEMMs gain nothing (x86 without VNNI: u8 x s8 products go through
+  16-bit pair sums, at most the float32 FMA rate) while the int8 path adds a Cast and a Mul over
+  the (B, num_items + 1) output, this path is faster at large catalogues. Scores differ from the
+  int8 path in the last float bits (a different summation), so near-ties may order differently.
+* ``"fused"`` (the fused backend only, its default): the ``"int8"`` path's scores in one custom
+  op (``FusedEmitter``).
 
 What differs between backends (``_write_quantize``, ``_write_linear``, ``_write_layer_norm``,
 ``_write_add``) is in ``plain.py``, ``torch_exact.py`` and ``fused.py`` next to this file.
@@ -130,6 +143,8 @@ class Int8Emitter(LayerEmitter[QTensor]):
         name: the registry name (``export.int8_emitters.EMITTERS``), set on registration.
         torch_exact: the backend rounds exactly like torch (``sasrec_qat.torch_exact``).
         fused: the backend writes the custom ops of ``export.native_ops`` (``sasrec_qat.fused``).
+        scoring: the scoring path, one of the class's ``scoring_paths`` (module docstring;
+            ``sasrec_qat.scoring``); the backend's ``default_scoring`` when not given.
         max_abs_weight: the largest |int8| of any Linear weight or table written so far
             (``sasrec_qat.max_abs_weight_int``: above 64, u8 x s8 kernels on AVX2 without VNNI
             can saturate).
@@ -140,9 +155,17 @@ class Int8Emitter(LayerEmitter[QTensor]):
     name: ClassVar[str]
     torch_exact: ClassVar[bool]
     fused: ClassVar[bool]
+    scoring_paths: ClassVar[tuple[str, ...]] = ("int8", "float")
+    default_scoring: ClassVar[str] = "int8"
 
-    def __init__(self, g: GraphBuilder) -> None:
+    def __init__(self, g: GraphBuilder, *, scoring: str | None = None) -> None:
         super().__init__(g)
+        scoring = scoring or self.default_scoring
+        if scoring not in self.scoring_paths:
+            raise ValueError(f"the {self.name!r} INT8 backend scores by "
+                             f"{' or '.join(repr(p) for p in self.scoring_paths)}, not "
+                             f"{scoring!r}")
+        self.scoring = scoring
         self._tables: dict[int, tuple[str, str]] = {}
         self.max_abs_weight = 0
 
@@ -268,9 +291,17 @@ class Int8Emitter(LayerEmitter[QTensor]):
         return QTensor(name, x.scale, x.zero_point, x.scale_name, x.zero_point_name)
 
     def score(self, hidden: QTensor, items: nn.Module, hint: str) -> str:
-        """(B, d) uint8 hidden x int8 item table -> (B, num_items + 1) float32 scores."""
+        """(B, d) uint8 hidden x int8 item table -> (B, num_items + 1) float32 scores, by the
+        ``scoring`` path (module docstring)."""
         g = self.g
         table, row_scale = self._table(items, "item_emb")
+        if self.scoring == "float":  # Cast * row_scale: constants, folded by onnxruntime
+            scale = g.node("Unsqueeze", [row_scale, g.ints([-1], "axes_last")],
+                           name=f"{hint}.row_scale")
+            table_f = g.node("Mul", [g.node("Cast", [table], name=f"{hint}.table_f32", to=FLOAT),
+                                     scale], name=f"{hint}.table_dequantized")
+            return g.node("Gemm", [self.dequantize(hidden, f"{hint}.hidden_float"), table_f],
+                          name=hint, transB=1)
         table_t = g.node("Transpose", [table], name=f"{hint}.table_t", perm=[1, 0])  # (d, N+1)
         acc = g.node("MatMulInteger", [hidden.name, table_t, hidden.zero_point_name],
                      name=f"{hint}.acc")
@@ -283,10 +314,10 @@ class Int8Emitter(LayerEmitter[QTensor]):
         return hidden.name
 
     def metadata(self) -> dict[str, object]:
-        """``sasrec_qat.max_abs_weight_int``, ``sasrec_qat.torch_exact`` and ``.fused``."""
+        """``sasrec_qat.max_abs_weight_int``, ``.torch_exact``, ``.fused`` and ``.scoring``."""
         return {"sasrec_qat.max_abs_weight_int": self.max_abs_weight,
                 "sasrec_qat.torch_exact": int(self.torch_exact),
-                "sasrec_qat.fused": int(self.fused)}
+                "sasrec_qat.fused": int(self.fused), "sasrec_qat.scoring": self.scoring}
 
 
 def check_quant_stub(stub: nn.Module, hint: str) -> None:

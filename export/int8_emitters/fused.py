@@ -11,6 +11,13 @@ dozen element-wise onnxruntime nodes with float64 intermediates)::
     residual + Linear                  MatMulInteger -> RequantizeAdd(acc, ..., residual)
     LayerNorm                          LayerNorm(u, gamma, beta)
     add                                Add(a, b)
+    scores (scoring "fused")           Score(h, table, row_scale)
+    top-k graph (scoring "fused")      ScoreTopK(h, table, row_scale, item_seq, exclude, k)
+
+``Score`` gives the ``"int8"`` scoring path's scores bit for bit in one pass (int16 pair
+products, no int32 matrix, no Cast and Mul passes); ``ScoreTopK`` the same scores' top-k with
+``export.top_k``'s rules without writing the (B, num_items + 1) matrix at all
+(export/native/score_top_k.cc).
 
 After the graph is built, ``export.fusion.fold_layer_norms`` (this backend's graph pass) folds
 each LayerNorm into the RequantizeAdd or EmbedQuantize that wrote its input
@@ -59,6 +66,8 @@ class FusedEmitter(Int8Emitter):
 
     torch_exact = True
     fused = True
+    scoring_paths = ("fused", "int8", "float")
+    default_scoring = "fused"
     graph_passes = (fold_layer_norms,)
 
     def _fused(self, op_type: str, inputs: list[str], hint: str, **attrs: object) -> str:
@@ -122,6 +131,30 @@ class FusedEmitter(Int8Emitter):
                                        f"{hint}.float", z=parts.out.zero_point,
                                        s=np.float32(parts.out.scale)))
         return outputs
+
+    def score(self, hidden: QTensor, items: nn.Module, hint: str) -> str:
+        """Scoring ``"fused"``: one ``Score`` node (the ``"int8"`` path's scores, bit for bit);
+        the other paths as every INT8 backend writes them."""
+        if self.scoring != "fused":
+            return super().score(hidden, items, hint)
+        table, row_scale = self._table(items, "item_emb")
+        return self._fused("Score", [hidden.name, table, row_scale], hint,
+                           s_h=np.float32(hidden.scale), z=hidden.zero_point)
+
+    def score_top_k(self, hidden: QTensor, items: nn.Module, item_seq: str, exclude: str, k: str,
+                    hint: str) -> tuple[str, str]:
+        """Scoring ``"fused"``: one ``ScoreTopK`` node, the ``"int8"`` path's scores (bit for
+        bit) and ``export.top_k``'s masking and tie rules without the (B, num_items + 1)
+        matrix. Other paths: the shared composition (``score``, then ``masked_top_k``)."""
+        if self.scoring != "fused":
+            return super().score_top_k(hidden, items, item_seq, exclude, k, hint)
+        table, row_scale = self._table(items, "item_emb")
+        values, ids = self.g.node("ScoreTopK", [hidden.name, table, row_scale, item_seq,
+                                                exclude, k], name=hint, num_outputs=2,
+                                  domain=native_ops.DOMAIN,
+                                  **fused_attrs({"s_h": np.float32(hidden.scale),
+                                                 "z": hidden.zero_point}))
+        return values, ids
 
     def add_linear(self, residual: QTensor, x: QTensor, linear: nn.Module, add: nn.Module,
                    linear_hint: str, add_hint: str) -> QTensor:

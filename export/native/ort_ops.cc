@@ -22,6 +22,13 @@
 //   EmbedQuantize(ids i64 [B, T], positions i64 [B, T], item_table i8 [I, N], item_scale f32
 //                 [I], pos_table i8 [P, N], pos_scale f32 [P]) {emb_scale, inv_s, z}
 //                 -> u8 [B, T, N]: QuantizePerTensor(item_emb[ids] * emb_scale + pos_emb[pos])
+//   Score(hidden u8 [B, d], table i8 [N + 1, d], row_scale f32 [N + 1]) {s_h, z}
+//                 -> f32 [B, N + 1]: the INT8 graph's scores (score_top_k.cc), bit for bit
+//   ScoreTopK(hidden u8 [B, d], table i8 [N + 1, d], row_scale f32 [N + 1], item_seq i64 [B, T],
+//             exclude i64 [B or 1, E], k i64 [1]) {s_h, z}
+//                 -> top_k_scores f32 [B, k], top_k_items i64 [B, k]: the k best items of each
+//                 row by the INT8 graph's scores, the padding item and every id of the row's
+//                 item_seq and exclude left out (score_top_k.cc states the rules)
 //
 // The formulas are those of the ONNX functions in export/torch_kernels.py (Requantize's
 // per-column float32 constants bias_acc = b / (s_x s_w), multiplier = s_x s_w / s are computed
@@ -69,6 +76,15 @@ void sq_layer_norm(const uint8_t* u, int64_t row_begin, int64_t row_end, int64_t
                    uint8_t* out);
 void sq_add(const uint8_t* a, const uint8_t* b, int64_t begin, int64_t end, float s_a,
             uint8_t z_a, float s_b, uint8_t z_b, float inv_s, uint8_t z, uint8_t* out);
+int64_t sq_score_pack_size(int64_t rows, int64_t cols);
+void sq_score_pack(const int8_t* table, int64_t rows, int64_t cols, int8_t* packed);
+void sq_score_all(const uint8_t* hidden, int64_t row_begin, int64_t row_end, int64_t cols,
+                  uint8_t z, const int8_t* packed, const float* scale, int64_t table_rows,
+                  float* out);
+void sq_score_top_k(const uint8_t* hidden, int64_t row_begin, int64_t row_end, int64_t cols,
+                    uint8_t z, const int8_t* packed, const float* scale, int64_t table_rows,
+                    const int64_t* excluded, const int64_t* excluded_count,
+                    int64_t excluded_width, int64_t k, float* out_scores, int64_t* out_ids);
 }
 
 namespace {
@@ -78,12 +94,14 @@ using ort::ElementType;
 constexpr int64_t kLayerNormVector = 32;      // columns per vectorised chunk (x86 kernel)
 constexpr int64_t kSerialElements = 1 << 15;  // below this, one thread does the whole tensor
 constexpr int64_t kChunkElements = 1 << 13;   // elements per parallel task, about
+constexpr int64_t kTopKRowsPerTask = 16;       // ScoreTopK: users per task (each streams the table)
+constexpr int64_t kMaxScoreColumns = 517;      // d * 255 * 127 < 2^24: float(acc) stays exact
 
 const ort::Api* g_api = nullptr;
 
 enum class OpKind {
   kQuantize, kRequantize, kRequantizeRelu, kRequantizeDequantize, kRequantizeAdd, kLayerNorm,
-  kAdd, kEmbedQuantize
+  kAdd, kEmbedQuantize, kScore, kScoreTopK
 };
 
 struct OpSpec {
@@ -91,7 +109,7 @@ struct OpSpec {
   OpKind kind;
   const char* name;
   std::vector<ElementType> inputs;
-  ElementType output;
+  std::vector<ElementType> outputs;
   bool norm;  // a second output: LayerNorm of the first (inputs end with gamma, beta)
 };
 
@@ -104,7 +122,7 @@ struct NormParams {
 
 // Per-node constants (attributes), read when the kernel is created.
 struct Params {
-  float inv_s = 0, s = 0, s_a = 0, s_b = 0, emb_scale = 0;
+  float inv_s = 0, s = 0, s_a = 0, s_b = 0, emb_scale = 0, s_h = 0;
   uint8_t z = 0, z_a = 0, z_b = 0;
   NormParams norm;  // LayerNorm (attributes s_x, ...), or a *Norm op's (norm_s_x, ...)
 };
@@ -160,10 +178,34 @@ struct Tiles {
   }
 };
 
+// Score / ScoreTopK's item table packed for score_top_k.cc (32-byte aligned) and its per-item
+// scales s_h * row_scale, padded to whole blocks with 0.
+struct PackedTable {
+  int64_t rows = 0, cols = 0;
+  std::vector<int8_t> storage;
+  int8_t* packed = nullptr;
+  std::vector<float> scale;
+
+  static PackedTable of(const Tensor& table, const Tensor& row_scale, float s_h) {
+    PackedTable t;
+    t.rows = table.shape[0], t.cols = table.shape[1];
+    const int64_t size = sq_score_pack_size(t.rows, t.cols);
+    t.storage.resize(size + 32);
+    const uintptr_t address = reinterpret_cast<uintptr_t>(t.storage.data());
+    t.packed = t.storage.data() + (32 - address % 32) % 32;
+    sq_score_pack(static_cast<const int8_t*>(table.data), t.rows, t.cols, t.packed);
+    t.scale.assign(size / (2 * ((t.cols + 1) / 2)), 0.0f);  // one per packed item
+    const float* r = static_cast<const float*>(row_scale.data);
+    for (int64_t i = 0; i < t.rows; ++i) t.scale[i] = s_h * r[i];  // float32, as the graph's Mul
+    return t;
+  }
+};
+
 struct Kernel {
   const OpSpec* op;
   Params p;
   Tiles requant, norm;  // built at creation when their inputs are initializers
+  PackedTable table;    // ScoreTopK, built at creation when the table is an initializer
   std::vector<Tensor> constants;  // per input: read at creation if an initializer
   std::vector<bool> is_constant;
 };
@@ -257,12 +299,27 @@ void expect_columns(const Tensor& t, int64_t cols, const char* op, const char* w
 // Runs body(row_begin, row_end) over [0, rows), split into tasks of about kChunkElements
 // elements on the session's intra-op threads when the tensor is large.
 template <typename Body>
+void for_row_tasks(ort::KernelContext* context, int64_t rows, int64_t rows_per_task,
+                   const Body& body);
+
+template <typename Body>
 void for_rows(ort::KernelContext* context, int64_t rows, int64_t cols, const Body& body) {
   if (rows * cols < kSerialElements || rows < 2) {
     body(int64_t{0}, rows);
     return;
   }
-  const int64_t rows_per_task = cols >= kChunkElements ? 1 : kChunkElements / cols;
+  for_row_tasks(context, rows, cols >= kChunkElements ? 1 : kChunkElements / cols, body);
+}
+
+// Runs body(row_begin, row_end) over [0, rows) in tasks of rows_per_task rows on the session's
+// intra-op threads (one call when that is a single task).
+template <typename Body>
+void for_row_tasks(ort::KernelContext* context, int64_t rows, int64_t rows_per_task,
+                   const Body& body) {
+  if (rows <= rows_per_task) {
+    body(int64_t{0}, rows);
+    return;
+  }
   const int64_t tasks = (rows + rows_per_task - 1) / rows_per_task;
   struct Job {
     const Body* body;
@@ -322,6 +379,96 @@ void prepare_norm(const Kernel& kernel, ort::KernelContext* context, const Shape
   expect_columns(beta, shape.back(), op.name, "beta");
   norm.tiles = &norm_tiles(kernel, gamma, beta, shape.back(), norm.scratch);
   norm.out = output<uint8_t>(context, shape, index);
+}
+
+// ---- ScoreTopK ---------------------------------------------------------------------------
+void check_score_table(const Tensor& table, const Tensor& row_scale) {
+  if (table.shape.size() != 2 || table.shape[0] < 2 || table.shape[1] < 1)
+    throw Failure{"ScoreTopK: the item table must be 2-d with the padding row and an item"};
+  if (table.shape[1] > kMaxScoreColumns)
+    throw Failure{"ScoreTopK: hidden width " + std::to_string(table.shape[1]) + " is above " +
+                  std::to_string(kMaxScoreColumns) + " (int32 sums would round in float32)"};
+  expect_columns(row_scale, table.shape[0], "ScoreTopK", "row_scale (per item)");
+}
+
+// The ids every row must not be given: its item_seq and its exclude row (or the shared one),
+// each row sorted (width T + E); an id outside 0..num_items is an error.
+std::vector<int64_t> excluded_rows(const Tensor& item_seq, const Tensor& exclude, int64_t batch,
+                                   int64_t num_items, int64_t* width) {
+  if (item_seq.shape.size() != 2 || item_seq.shape[0] != batch)
+    throw Failure{"ScoreTopK: item_seq must be (batch, length) with the hidden state's batch"};
+  if (exclude.shape.size() != 2 || (exclude.shape[0] != batch && exclude.shape[0] != 1))
+    throw Failure{"ScoreTopK: exclude must be (batch, n) or (1, n), got rank " +
+                  std::to_string(exclude.shape.size())};
+  const int64_t t = item_seq.shape[1], e = exclude.shape[1];
+  *width = t + e;
+  std::vector<int64_t> out(batch * (t + e));
+  const int64_t* seq = static_cast<const int64_t*>(item_seq.data);
+  const int64_t* ex = static_cast<const int64_t*>(exclude.data);
+  for (int64_t r = 0; r < batch; ++r) {
+    int64_t* row = out.data() + r * (t + e);
+    std::copy(seq + r * t, seq + (r + 1) * t, row);
+    const int64_t* ex_row = ex + (exclude.shape[0] == 1 ? 0 : r * e);
+    std::copy(ex_row, ex_row + e, row + t);
+    for (int64_t i = 0; i < t + e; ++i)
+      if (row[i] < 0 || row[i] > num_items)
+        throw Failure{"ScoreTopK: item id " + std::to_string(row[i]) + " in " +
+                      (i < t ? "item_seq" : "exclude") + " is outside 0.." +
+                      std::to_string(num_items)};
+    std::sort(row, row + t + e);
+  }
+  return out;
+}
+
+// Score (every item) or ScoreTopK (the k best admissible items).
+void score(const Kernel& kernel, ort::KernelContext* context) {
+  const Tensor hidden = input(kernel, context, 0);
+  if (hidden.shape.size() != 2) throw Failure{std::string(kernel.op->name) + ": hidden must be (batch, d)"};
+  const int64_t batch = hidden.shape[0], cols = hidden.shape[1];
+  PackedTable scratch;
+  const PackedTable* table = &kernel.table;
+  if (table->rows == 0) {  // the table is a run-time input: pack it for this run
+    const Tensor items = input(kernel, context, 1), row_scale = input(kernel, context, 2);
+    check_score_table(items, row_scale);
+    scratch = PackedTable::of(items, row_scale, kernel.p.s_h);
+    table = &scratch;
+  }
+  if (table->cols != cols)
+    throw Failure{"ScoreTopK: hidden has " + std::to_string(cols) + " columns, the table " +
+                  std::to_string(table->cols)};
+  const int64_t num_items = table->rows - 1;
+  const uint8_t* h = static_cast<const uint8_t*>(hidden.data);
+  if (kernel.op->kind == OpKind::kScore) {
+    Shape shape;
+    shape.push_back(batch);
+    shape.push_back(table->rows);
+    float* out = output<float>(context, shape, 0);
+    for_row_tasks(context, batch, kTopKRowsPerTask, [&](int64_t b, int64_t e) {
+      sq_score_all(h, b, e, cols, kernel.p.z, table->packed, table->scale.data(), table->rows,
+                   out);
+    });
+    return;
+  }
+  const Tensor k_tensor = input(kernel, context, 5);
+  if (k_tensor.size != 1) throw Failure{"ScoreTopK: k must hold one value"};
+  const int64_t k = *static_cast<const int64_t*>(k_tensor.data);
+  if (k < 0 || k > num_items)  // k = 0: empty lists, as ONNX TopK gives
+    throw Failure{"ScoreTopK: k must be in [0, " + std::to_string(num_items) + "], got " +
+                  std::to_string(k)};
+  int64_t width = 0;
+  const std::vector<int64_t> excluded = excluded_rows(
+      input(kernel, context, 3), input(kernel, context, 4), batch, num_items, &width);
+  const std::vector<int64_t> counts(batch, width);
+  Shape shape;
+  shape.push_back(batch);
+  shape.push_back(k);
+  float* scores = output<float>(context, shape, 0);
+  int64_t* ids = output<int64_t>(context, shape, 1);
+  if (k == 0) return;
+  for_row_tasks(context, batch, kTopKRowsPerTask, [&](int64_t b, int64_t e) {
+    sq_score_top_k(h, b, e, cols, kernel.p.z, table->packed, table->scale.data(), table->rows,
+                   excluded.data(), counts.data(), width, k, scores, ids);
+  });
 }
 
 // ---- the ops ----------------------------------------------------------------------------
@@ -432,6 +579,10 @@ void compute(const Kernel& kernel, ort::KernelContext* context) {
       });
       return;
     }
+    case OpKind::kScore:
+    case OpKind::kScoreTopK:
+      score(kernel, context);
+      return;
     case OpKind::kAdd: {
       const Tensor a = input(kernel, context, 0), b = input(kernel, context, 1);
       if (a.shape != b.shape) throw Failure{"Add: both operands must have the same shape"};
@@ -516,6 +667,11 @@ Params read_params(const OpSpec& op, const ort::KernelInfo* info) {
     case OpKind::kLayerNorm:
       p.norm = read_norm(info, op, "");
       break;
+    case OpKind::kScore:
+    case OpKind::kScoreTopK:
+      p.s_h = attr_float(info, op, "s_h");
+      p.z = attr_u8(info, op, "z");
+      break;
     case OpKind::kAdd:
     case OpKind::kRequantizeAdd:
       p.s_a = attr_float(info, op, "s_a");
@@ -538,7 +694,7 @@ ort::Status* error_status(ort::ErrorCode code, const std::string& message) {
 const OpSpec& spec(const ort::CustomOp* op) { return *reinterpret_cast<const OpSpec*>(op); }
 
 Kernel* make_kernel(const OpSpec& op, const ort::KernelInfo* info) {
-  std::unique_ptr<Kernel> kernel(new Kernel{&op, read_params(op, info), {}, {}, {}, {}});
+  std::unique_ptr<Kernel> kernel(new Kernel{&op, read_params(op, info), {}, {}, {}, {}, {}});
   const size_t count = op.inputs.size();
   kernel->constants.resize(count);
   kernel->is_constant.assign(count, false);
@@ -564,6 +720,13 @@ Kernel* make_kernel(const OpSpec& op, const ort::KernelInfo* info) {
       if (constant(1) && constant(2) && c[1].size == c[2].size && c[1].size > 0)
         kernel->requant = Tiles::requantize(static_cast<const float*>(c[1].data),
                                             static_cast<const float*>(c[2].data), c[1].size);
+      break;
+    case OpKind::kScore:
+    case OpKind::kScoreTopK:
+      if (constant(1) && constant(2)) {
+        check_score_table(c[1], c[2]);
+        kernel->table = PackedTable::of(c[1], c[2], kernel->p.s_h);
+      }
       break;
     default:
       break;
@@ -611,8 +774,8 @@ const char* get_name(const ort::CustomOp* op) { return spec(op).name; }
 const char* get_provider(const ort::CustomOp*) { return "CPUExecutionProvider"; }
 ElementType get_input_type(const ort::CustomOp* op, size_t i) { return spec(op).inputs[i]; }
 size_t get_input_count(const ort::CustomOp* op) { return spec(op).inputs.size(); }
-ElementType get_output_type(const ort::CustomOp* op, size_t) { return spec(op).output; }
-size_t get_output_count(const ort::CustomOp* op) { return spec(op).norm ? 2 : 1; }
+ElementType get_output_type(const ort::CustomOp* op, size_t i) { return spec(op).outputs[i]; }
+size_t get_output_count(const ort::CustomOp* op) { return spec(op).outputs.size(); }
 ort::Characteristic required(const ort::CustomOp*, size_t) { return ort::kRequired; }
 ort::MemType default_memory(const ort::CustomOp*, size_t) { return ort::kMemDefault; }
 int one(const ort::CustomOp*) { return 1; }
@@ -643,9 +806,10 @@ OpSpec make_op(OpKind kind, const char* name, std::vector<ElementType> inputs,
   op.kind = kind;
   op.name = name;
   op.inputs = std::move(inputs);
-  op.output = output;
+  op.outputs = {output};
   op.norm = norm;
   if (norm) {
+    op.outputs.push_back(ElementType::kUint8);  // the LayerNorm of the first
     op.inputs.push_back(ElementType::kFloat);  // gamma
     op.inputs.push_back(ElementType::kFloat);  // beta
   }
@@ -657,7 +821,7 @@ std::vector<OpSpec>& ops() {
   static std::vector<OpSpec> all = [] {
     const std::vector<E> requant{E::kInt32, E::kFloat, E::kFloat};
     std::vector<OpSpec> v;
-    v.reserve(10);  // no reallocation: the runtime keeps pointers to the records
+    v.reserve(12);  // no reallocation: the runtime keeps pointers to the records
     v.push_back(make_op(OpKind::kQuantize, "QuantizePerTensor", {E::kFloat}));
     v.push_back(make_op(OpKind::kRequantize, "Requantize", requant));
     v.push_back(make_op(OpKind::kRequantizeRelu, "RequantizeRelu", requant));
@@ -671,6 +835,11 @@ std::vector<OpSpec>& ops() {
     v.push_back(make_op(OpKind::kEmbedQuantize, "EmbedQuantizeNorm", embed, E::kUint8, true));
     v.push_back(make_op(OpKind::kLayerNorm, "LayerNorm", {E::kUint8, E::kFloat, E::kFloat}));
     v.push_back(make_op(OpKind::kAdd, "Add", {E::kUint8, E::kUint8}));
+    v.push_back(make_op(OpKind::kScore, "Score", {E::kUint8, E::kInt8, E::kFloat}, E::kFloat));
+    v.push_back(make_op(OpKind::kScoreTopK, "ScoreTopK",
+                        {E::kUint8, E::kInt8, E::kFloat, E::kInt64, E::kInt64, E::kInt64},
+                        E::kFloat));
+    v.back().outputs.push_back(E::kInt64);  // top_k_items beside top_k_scores
     return v;
   }();
   return all;

@@ -1,0 +1,61 @@
+"""The top-k serving tail of the SASRec graph in standard ONNX ops: history masking, then TopK.
+
+    values, items = masked_top_k(g, scores, item_seq, exclude, k)   # (B, k) float32, int64
+
+Rules (``export.recommend`` ranks the same way from full scores, and the fused kernel
+``ScoreTopK`` of ``export/native/score_top_k.cc`` computes the same lists in one pass):
+
+* the padding item 0, every id in the row's ``item_seq`` and every id in its ``exclude`` row
+  (or the one shared row, ``exclude`` of shape (1, E)) get score -inf before the selection;
+* ``TopK(largest=1, sorted=1)`` over the (B, num_items + 1) masked scores: best first, equal
+  scores by lower item id first (ONNX's TopK tie rule, the project's rule);
+* a row with fewer than k admissible items ends with item id 0 and score -inf;
+* ids in ``exclude`` must lie in 0..num_items (onnxruntime's ScatterElements refuses larger ones;
+  the fused kernel refuses negative ones too); ``k`` above num_items is an error, ``k = 0``
+  gives empty (B, 0) lists.
+
+The full score matrix is written once (the scoring op) and masked in place by
+``ScatterElements``, so the graph costs a (B, num_items + 1) write and read that the fused
+kernel avoids.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from export.graph_builder import GraphBuilder
+
+
+def masked_top_k(g: GraphBuilder, scores: str, item_seq: str, exclude: str,
+                 k: str) -> tuple[str, str]:
+    """``(top_k_scores, top_k_items)`` of ``scores`` (B, N + 1) after masking (see module).
+
+    Args:
+        g: the graph being written.
+        scores: float32 (B, num_items + 1) scores, column 0 the padding item.
+        item_seq: the (B, T) int64 input sequence (its ids are masked).
+        exclude: (B, E) or (1, E) int64 ids also masked (0 entries are padding).
+        k: a 1-element int64 tensor, the list length (0 <= k <= num_items).
+    """
+    batch = g.node("Gather", [g.node("Shape", [item_seq], name="top_k.seq_shape"),
+                              g.ints([0], "first_axis")], name="top_k.batch", axis=0)
+    exclude_rows = g.node("Expand", [exclude, g.node("Concat", [batch, g.ints([1], "one_1d")],
+                                                     name="top_k.exclude_shape", axis=0)],
+                          name="top_k.exclude_rows")  # (B, E), also from a shared (1, E) row
+    padding = g.node("Mul", [g.node("Slice", [item_seq, g.ints([0], "zero_1d"),
+                                              g.ints([1], "one_1d"), g.ints([1], "one_1d")],
+                                    name="top_k.first_column"),
+                             g.scalar(0, np.int64, "zero")], name="top_k.padding_id")  # (B, 1)
+    masked_ids = g.node("Concat", [padding, item_seq, exclude_rows], name="top_k.masked_ids",
+                        axis=1)
+    minus_inf = g.node("Expand", [g.scalar(-np.inf, np.float32, "minus_inf"),
+                                  g.node("Shape", [masked_ids], name="top_k.masked_shape")],
+                       name="top_k.minus_inf")
+    masked = g.node("ScatterElements", [scores, masked_ids, minus_inf], name="top_k.masked",
+                    axis=1)
+    values, indices = g.node("TopK", [masked, k], name="top_k.select", num_outputs=2, axis=-1,
+                             largest=1, sorted=1)
+    unfilled = g.node("Equal", [values, g.scalar(-np.inf, np.float32, "minus_inf")],
+                      name="top_k.unfilled")
+    items = g.node("Where", [unfilled, g.scalar(0, np.int64, "zero"), indices],
+                   name="top_k.items")
+    return values, items
