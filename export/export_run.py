@@ -103,11 +103,11 @@ def run_item_ids(run_dir: str | Path, num_items: int) -> tuple[ItemIds, str]:
     return ids, ITEM_IDS
 
 
-def _scoring(run: RunModel, scoring: str, *, fused: bool, top_k: int | None,
+def _scoring(run: RunModel, scoring: str | None, *, fused: bool, top_k: int | None,
              threads: int) -> tuple[str | None, dict[str, str]]:
     """``(scoring path, metadata)`` of one INT8 graph: ``scoring`` itself, or with ``"auto"``
     the probe's choice and its figures; FP32 graphs have one path (None, no metadata)."""
-    if run.kind != "int8":
+    if run.kind != "int8" or scoring is None:
         return None, {}
     if scoring != AUTO:
         return scoring, {}
@@ -115,7 +115,7 @@ def _scoring(run: RunModel, scoring: str, *, fused: bool, top_k: int | None,
     return choice.path, choice.metadata()
 
 
-def _export_one(run: RunModel, split: LeaveOneOutSplit, *, fused: bool, scoring: str,
+def _export_one(run: RunModel, split: LeaveOneOutSplit, *, fused: bool, scoring: str | None,
                 threads: int, batch_size: int, optimization: str, item_ids: ItemIds,
                 eval_negatives: int, eval_seed: int, torch_sampled: dict[str, Any] | None
                 ) -> tuple[onnx.ModelProto, ParityReport, dict[str, Any] | None]:
@@ -145,7 +145,8 @@ def _export_one(run: RunModel, split: LeaveOneOutSplit, *, fused: bool, scoring:
 
 
 def _export_top_k(run: RunModel, split: LeaveOneOutSplit, full: onnx.ModelProto, full_file: str,
-                  *, fused: bool, top_k: int, scoring: str, threads: int, item_ids: ItemIds,
+                  *, fused: bool, top_k: int, scoring: str | None, threads: int,
+                  item_ids: ItemIds,
                   batch_size: int) -> tuple[onnx.ModelProto, dict[str, Any]]:
     """The top-k graph beside ``full`` and how its lists agree with ``full``'s ranked scores on
     the test users (``TopKParity`` fields but the file's)."""
@@ -201,7 +202,7 @@ def sampled_metrics(run: RunModel, session: Any, split: LeaveOneOutSplit, *, neg
 
 def export_run(run_dir: str | Path, *, data: str | None = None, cache_dir: Path | None = None,
                mirror: str | None = None, threads: int = 0, batch_size: int = 256,
-               top_k: int = K, fused: bool = False, scoring: str = AUTO,
+               top_k: int = K, fused: bool = False, scoring: str | None = None,
                optimization: str = "all", eval_negatives: int = 0,
                eval_seed: int = 0) -> ExportResult:
     """Export ``run_dir``'s model, check its parity, write the ONNX file(s) and parity.json.
@@ -216,8 +217,10 @@ def export_run(run_dir: str | Path, *, data: str | None = None, cache_dir: Path 
         top_k: the default k of the top-k serving graphs written beside the full-score ones.
         fused: INT8 runs: also write and check the fused-kernel graph.
         scoring: INT8 runs: the scoring path (``export.sasrec_graph.SCORING_PATHS``; ``"fused"``
-            applies to the fused graph, the exact one then takes the probe's choice), or
-            ``"auto"``: each graph's own probe (``export.scoring_probe``).
+            applies to the fused graph, the exact one then keeps its default), ``"auto"``: each
+            graph's own probe (``export.scoring_probe``; the probe's timings go into the
+            metadata, so the bytes differ from export to export), or None: each backend's
+            default (``"int8"``, fused ``"fused"``; byte-for-byte reproducible exports).
         optimization: onnxruntime graph optimisation level of the parity sessions.
         eval_negatives: also score each graph and the torch model by the sampled protocol
             (target + this many sampled negatives; 0 = off).
@@ -233,7 +236,7 @@ def export_run(run_dir: str | Path, *, data: str | None = None, cache_dir: Path 
         raise ValueError("--threads must be >= 0 and --batch-size >= 1")
     if eval_negatives < 0:
         raise ValueError(f"--eval-negatives must be >= 0 (0 = off), got {eval_negatives}")
-    if scoring != AUTO and scoring not in SCORING_PATHS:
+    if scoring is not None and scoring != AUTO and scoring not in SCORING_PATHS:
         raise ValueError(f"--scoring must be {AUTO} or one of {', '.join(SCORING_PATHS)}, got "
                          f"{scoring!r}")
     run = load_run(run_dir)
@@ -254,7 +257,7 @@ def export_run(run_dir: str | Path, *, data: str | None = None, cache_dir: Path 
         settings["torch_sampled"] = evaluate(
             run.model.score_last, split, WHICH, max_len=run.model.config.max_len,
             batch_size=batch_size, k=K, sampled_negatives=eval_negatives, seed=eval_seed)
-    exact_scoring = AUTO if scoring == "fused" else scoring
+    exact_scoring = None if scoring == "fused" else scoring
     graphs = [(run.onnx_path, *_export_one(run, split, fused=False, scoring=exact_scoring,
                                            **settings))]
     if fused:

@@ -23,8 +23,8 @@ model_int8_fused_top_k.onnx): inputs item_seq, exclude (ids never to recommend, 
 of a long history) and k (default --top-k), outputs top_k_items and top_k_scores, the history
 masked inside the graph; its lists are checked against the full graph's ranked scores
 ("top_k" in parity.json). INT8 graphs take the scoring path that --scoring names; auto (the
-default) times the paths on this machine (export/scoring_probe.py) and records the choice in
-the graph's metadata.
+the backend default otherwise) times the paths on this machine (export/scoring_probe.py) and
+records the choice in the graph's metadata.
 
 Every graph carries the run's item id map (DIR/item_ids.json, or identity ids when the folder
 has none) in its metadata, for scripts/recommend.py.
@@ -68,10 +68,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--top-k", type=int, default=10, metavar="K",
                    help="default k of the top-k serving graphs written beside the full-score "
                         "ones (model_<kind>_top_k.onnx; k is also an input; default 10)")
-    p.add_argument("--scoring", choices=["auto", *SCORING_PATHS], default="auto",
-                   help="INT8: how the item table is scored: auto (default) times the paths on "
-                        "this machine and takes the fastest that is never slower than float32 "
-                        "scoring; int8, float, or fused (the fused graph)")
+    p.add_argument("--scoring", choices=["auto", *SCORING_PATHS], default=None,
+                   help="INT8: how the item table is scored: auto times the paths on this "
+                        "machine and takes the fastest that is never slower than float32 "
+                        "scoring (recorded in the metadata); int8, float, or fused (the fused "
+                        "graph); default: int8, fused for the fused graph (reproducible bytes)")
     p.add_argument("--fused", action="store_true",
                    help="INT8 runs: also write model_int8_fused.onnx (fused custom-op kernels) "
                         "and check its parity")
