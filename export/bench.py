@@ -23,11 +23,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import onnx
-
 from export import native_ops
 from export.bench_candidates import (
-    Candidate,
     SWEEP_BITS,
     SWEEP_CALIBRATION,
     SWEEP_METHOD,
@@ -182,8 +179,6 @@ def run_benchmark(settings: BenchSettings) -> BenchRecord:
                              what=f"catalogue of {num_items} items", **cases)
         for timing in timings:
             timing.sweep_items = num_items
-            timing.serving = "top_k" if timing.model.endswith(TOP_K_SUFFIX) else "scores"
-            timing.scoring = scoring_of(next(m for m in models if m.name == timing.model))
         add_ratios_by_name(timings, reference)
         catalogue += timings
     setup = BenchSetup(
@@ -211,17 +206,6 @@ def run_benchmark(settings: BenchSettings) -> BenchRecord:
                        models=[c.describe() for c in candidates],
                        baselines=[_baseline(r) for r in baselines], records=records,
                        quality=scores, sweep=sweep, notes=notes, catalogue=catalogue)
-
-
-TOP_K_SUFFIX = "_top_k"
-
-
-def scoring_of(candidate: Candidate) -> str | None:
-    """An INT8 ONNX candidate's scoring path (its ``sasrec_qat.scoring`` metadata)."""
-    if candidate.onnx is None or candidate.kind == "onnx_fp32":
-        return None
-    props = {p.key: p.value for p in onnx.load_from_string(candidate.onnx).metadata_props}
-    return props.get("sasrec_qat.scoring")
 
 
 def _baseline(result: PTQResult) -> Baseline:

@@ -57,6 +57,9 @@ class Candidate:
         sweep_hidden: the sweep's width (None: from a run).
         onnx_file: the run's ONNX file ``onnx`` was read from (None: built in memory).
         model_file, model_sha256: the run's torch model file and its sha256 at load time.
+        serving: ``"scores"`` (full-score graph) or ``"top_k"`` (top-k serving graph).
+        scoring: an INT8 graph's scoring path where the builder chose it (None: FP32, or the
+            backend's default).
     """
 
     name: str
@@ -71,6 +74,8 @@ class Candidate:
     onnx_file: str | None = None
     model_file: str | None = None
     model_sha256: str | None = None
+    serving: str = "scores"
+    scoring: str | None = None
 
     def call(self, threads: int, allow_spinning: bool) -> Call:
         """The timed callable at ``threads`` (a new session; the caller sets torch threads)."""
@@ -86,7 +91,8 @@ class Candidate:
                       bits=self.bits, batch=batch, threads=threads,
                       median_ms=float(stats["median_ms"]), p90_ms=float(stats["p90_ms"]),
                       min_ms=float(stats["min_ms"]), repeats=int(stats["repeats"]),
-                      ratio_to_fp32=None, sweep_hidden=self.sweep_hidden)
+                      ratio_to_fp32=None, sweep_hidden=self.sweep_hidden,
+                      serving=self.serving, scoring=self.scoring)
 
     def describe(self) -> TimedModel:
         """What bench.json says about it: identity, source, and the sha256 of what was timed."""
@@ -274,6 +280,21 @@ def baseline_candidates(fp32_run: BenchRun, fp32: Candidate, split: LeaveOneOutS
     return out, results
 
 
+def random_fp32_and_int8(config: SASRecConfig, seed: int) -> tuple[SASRec, SASRec]:
+    """A random FP32 SASRec (``torch.manual_seed(seed)``) and its INT8 twin, converted the
+    project's way: ``SWEEP_METHOD`` at ``SWEEP_BITS`` bits, calibrated on ``SWEEP_CALIBRATION``
+    random left-padded sequences (seeded by ``seed``)."""
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    fp32 = SASRec(config).eval()
+    calibration = torch.randint(1, config.num_items + 1, (SWEEP_CALIBRATION, config.max_len),
+                                generator=generator)
+    pads = torch.randint(0, config.max_len, (SWEEP_CALIBRATION, 1), generator=generator)
+    calibration[torch.arange(config.max_len).unsqueeze(0) < pads] = 0  # left padding
+    qat_model = prepare_for_method(fp32, get_method(SWEEP_METHOD), SWEEP_BITS, calibration)
+    return fp32, to_int8(qat_model)
+
+
 def sweep_candidates(hidden: int, first: SASRecConfig, seed: int = 0, *,
                      fused: bool = False) -> list[Candidate]:
     """Random FP32 SASRec of width ``hidden`` and its INT8 twin (STE, calibrated, converted),
@@ -284,15 +305,7 @@ def sweep_candidates(hidden: int, first: SASRecConfig, seed: int = 0, *,
     """
     config = SASRecConfig(num_items=first.num_items, max_len=first.max_len, hidden=hidden,
                           blocks=first.blocks, heads=first.heads, dropout=first.dropout)
-    generator = torch.Generator().manual_seed(seed + hidden)
-    torch.manual_seed(seed + hidden)
-    fp32 = SASRec(config).eval()
-    calibration = torch.randint(1, config.num_items + 1, (SWEEP_CALIBRATION, config.max_len),
-                                generator=generator)
-    pads = torch.randint(0, config.max_len, (SWEEP_CALIBRATION, 1), generator=generator)
-    calibration[torch.arange(config.max_len).unsqueeze(0) < pads] = 0  # left padding
-    qat_model = prepare_for_method(fp32, get_method(SWEEP_METHOD), SWEEP_BITS, calibration)
-    int8 = to_int8(qat_model)
+    fp32, int8 = random_fp32_and_int8(config, seed + hidden)
     source = f"random init (seed {seed + hidden}), hidden {hidden}"
     int8_source = (f"{source}, {SWEEP_METHOD} calibrated on {SWEEP_CALIBRATION} random "
                    "sequences, converted")

@@ -5,7 +5,8 @@
     add_ratios_by_name(timings, reference)
 
 For ``num_items`` items a random SASRec (the runs' width, depth, heads and max_len) in FP32 and
-converted to INT8 the project's way (``export.bench_candidates.sweep_candidates``'s recipe), each
+converted to INT8 the project's way (``export.bench_candidates.random_fp32_and_int8``, the width
+sweep's recipe), each
 exported twice: the full-score graph and the top-k serving graph (``build_sasrec_onnx(top_k=10)``,
 the history masked and the k best ids selected inside the graph). INT8 graphs use the fused
 kernels when they can be built (else the exact functions) and the scoring path the probe picks on
@@ -17,15 +18,11 @@ every item id redrawn uniformly from the catalogue (padding kept).
 from __future__ import annotations
 
 import numpy as np
-import torch
 
-from export.bench_candidates import SWEEP_BITS, SWEEP_CALIBRATION, SWEEP_METHOD, Candidate
+from export.bench_candidates import SWEEP_BITS, SWEEP_METHOD, Candidate, random_fp32_and_int8
 from export.sasrec_graph import build_sasrec_onnx
 from export.scoring_probe import choose_scoring
 from qat.config import SASRecConfig
-from qat.finetune import prepare_for_method, to_int8
-from qat.model import SASRec
-from qat.registry import get_method
 
 TOP_K = 10
 SERVINGS = ("scores", "top_k")
@@ -42,12 +39,7 @@ def catalogue_candidates(num_items: int, first: SASRecConfig, *, fused: bool,
     (FP32 and INT8, full scores and top-k), and for each INT8 one the name of its FP32 twin."""
     config = SASRecConfig(num_items=num_items, max_len=first.max_len, hidden=first.hidden,
                           blocks=first.blocks, heads=first.heads, dropout=first.dropout)
-    torch.manual_seed(seed + num_items)
-    generator = torch.Generator().manual_seed(seed + num_items)
-    fp32 = SASRec(config).eval()
-    calibration = torch.randint(1, num_items + 1, (SWEEP_CALIBRATION, config.max_len),
-                                generator=generator)
-    int8 = to_int8(prepare_for_method(fp32, get_method(SWEEP_METHOD), SWEEP_BITS, calibration))
+    fp32, int8 = random_fp32_and_int8(config, seed + num_items)
     int8_kind = "int8_fused" if fused else "int8"
     source = f"random init (seed {seed + num_items}), {num_items} items"
     candidates, reference = [], {}
@@ -59,13 +51,13 @@ def catalogue_candidates(num_items: int, first: SASRecConfig, *, fused: bool,
         candidates.append(Candidate(fp32_name, "onnx_fp32", None, "fp32", 32, source,
                                     onnx=build_sasrec_onnx(fp32, top_k=top_k)
                                     .SerializeToString(),
-                                    sweep_hidden=config.hidden))
+                                    sweep_hidden=config.hidden, serving=serving))
         candidates.append(Candidate(
             int8_name, "onnx_int8_fused" if fused else "onnx_int8", None, SWEEP_METHOD,
             SWEEP_BITS, f"{source}, {SWEEP_METHOD} calibrated, converted, {choice.path} scoring",
             onnx=build_sasrec_onnx(int8, top_k=top_k, fused=fused, scoring=choice.path,
                                    metadata=choice.metadata()).SerializeToString(),
-            sweep_hidden=config.hidden))
+            sweep_hidden=config.hidden, serving=serving, scoring=choice.path))
         reference[int8_name] = fp32_name
         reference[fp32_name] = fp32_name
     return candidates, reference

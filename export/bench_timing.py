@@ -51,14 +51,10 @@ def add_ratios(records: Sequence[Timing], reference: Mapping[int | None, str | N
     """Set ``ratio_to_fp32``: median over the reference model's median in the same case (None
     if there is no reference). ``reference`` maps ``sweep_hidden`` (None: the runs) to the
     reference model's name."""
-    medians = {(r.model, r.batch, r.threads): r.median_ms for r in records}
-    for r in records:
-        ref = reference.get(r.sweep_hidden)
-        base = medians.get((ref, r.batch, r.threads))
-        r.ratio_to_fp32 = None if base is None else r.median_ms / base
+    add_ratios_by_name(records, {r.model: reference.get(r.sweep_hidden) for r in records})
 
 
-def add_ratios_by_name(records: Sequence[Timing], reference: Mapping[str, str]) -> None:
+def add_ratios_by_name(records: Sequence[Timing], reference: Mapping[str, str | None]) -> None:
     """Set ``ratio_to_fp32`` of each record whose model ``reference`` names: its median over
     the named model's median in the same case (``export.bench_catalogue``'s pairs)."""
     medians = {(r.model, r.batch, r.threads): r.median_ms for r in records}
