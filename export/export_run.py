@@ -144,19 +144,18 @@ def _export_one(run: RunModel, split: LeaveOneOutSplit, *, fused: bool, scoring:
     return onnx_model, report, sampled
 
 
-def _export_top_k(run: RunModel, split: LeaveOneOutSplit, full: onnx.ModelProto, full_file: str,
+def _export_top_k(run: RunModel, inputs: np.ndarray, full: onnx.ModelProto, full_file: str,
                   *, fused: bool, top_k: int, scoring: str | None, threads: int,
                   item_ids: ItemIds,
                   batch_size: int) -> tuple[onnx.ModelProto, dict[str, Any]]:
     """The top-k graph beside ``full`` and how its lists agree with ``full``'s ranked scores on
-    the test users (``TopKParity`` fields but the file's)."""
+    ``inputs``, the test users' sequences (``TopKParity`` fields but the file's)."""
     path, probe = _scoring(run, scoring, fused=fused, top_k=top_k, threads=threads)
     meta = {"sasrec_qat.method": run.method, "sasrec_qat.bits": run.bits,
             METADATA_KEY: item_ids.dumps(), **probe}
     model = build_sasrec_onnx(run.model, top_k=top_k, metadata=meta, fused=fused, scoring=path)
     top_session = make_session(model, threads=threads)
     full_session = make_session(full, threads=threads)
-    inputs = eval_inputs(split, WHICH, max_len=run.model.config.max_len)
     same = 0
     for start in range(0, len(inputs), batch_size):
         x = inputs[start:start + batch_size]
@@ -264,9 +263,10 @@ def export_run(run_dir: str | Path, *, data: str | None = None, cache_dir: Path 
         graphs.append((run.run_dir / onnx_file_name(FUSED_KIND),
                        *_export_one(run, split, fused=True, scoring=scoring, **settings)))
     top_k_graphs = []
+    inputs = eval_inputs(split, WHICH, max_len=run.model.config.max_len)
     for (path, full, *_), is_fused in zip(graphs, (False, True)):
         model, fields = _export_top_k(
-            run, split, full, path.name, fused=is_fused, top_k=top_k, threads=threads,
+            run, inputs, full, path.name, fused=is_fused, top_k=top_k, threads=threads,
             scoring=exact_scoring if not is_fused else scoring, item_ids=item_ids,
             batch_size=batch_size)
         top_k_graphs.append((run.run_dir / top_k_file_name(path.name), model, fields))
