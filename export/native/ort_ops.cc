@@ -83,8 +83,8 @@ void sq_score_all(const uint8_t* hidden, int64_t row_begin, int64_t row_end, int
                   float* out);
 void sq_score_top_k(const uint8_t* hidden, int64_t row_begin, int64_t row_end, int64_t cols,
                     uint8_t z, const int8_t* packed, const float* scale, int64_t table_rows,
-                    const int64_t* excluded, const int64_t* excluded_count,
-                    int64_t excluded_width, int64_t k, float* out_scores, int64_t* out_ids);
+                    const int64_t* excluded, int64_t excluded_width, int64_t k,
+                    float* out_scores, int64_t* out_ids);
 }
 
 namespace {
@@ -382,13 +382,14 @@ void prepare_norm(const Kernel& kernel, ort::KernelContext* context, const Shape
 }
 
 // ---- ScoreTopK ---------------------------------------------------------------------------
-void check_score_table(const Tensor& table, const Tensor& row_scale) {
+void check_score_table(const OpSpec& op, const Tensor& table, const Tensor& row_scale) {
+  const std::string name = op.name;
   if (table.shape.size() != 2 || table.shape[0] < 2 || table.shape[1] < 1)
-    throw Failure{"ScoreTopK: the item table must be 2-d with the padding row and an item"};
+    throw Failure{name + ": the item table must be 2-d with the padding row and an item"};
   if (table.shape[1] > kMaxScoreColumns)
-    throw Failure{"ScoreTopK: hidden width " + std::to_string(table.shape[1]) + " is above " +
+    throw Failure{name + ": hidden width " + std::to_string(table.shape[1]) + " is above " +
                   std::to_string(kMaxScoreColumns) + " (int32 sums would round in float32)"};
-  expect_columns(row_scale, table.shape[0], "ScoreTopK", "row_scale (per item)");
+  expect_columns(row_scale, table.shape[0], op.name, "row_scale (per item)");
 }
 
 // The ids every row must not be given: its item_seq and its exclude row (or the shared one),
@@ -423,18 +424,20 @@ std::vector<int64_t> excluded_rows(const Tensor& item_seq, const Tensor& exclude
 // Score (every item) or ScoreTopK (the k best admissible items).
 void score(const Kernel& kernel, ort::KernelContext* context) {
   const Tensor hidden = input(kernel, context, 0);
-  if (hidden.shape.size() != 2) throw Failure{std::string(kernel.op->name) + ": hidden must be (batch, d)"};
+  if (hidden.shape.size() != 2)
+    throw Failure{std::string(kernel.op->name) + ": hidden must be (batch, d)"};
   const int64_t batch = hidden.shape[0], cols = hidden.shape[1];
   PackedTable scratch;
   const PackedTable* table = &kernel.table;
   if (table->rows == 0) {  // the table is a run-time input: pack it for this run
     const Tensor items = input(kernel, context, 1), row_scale = input(kernel, context, 2);
-    check_score_table(items, row_scale);
+    check_score_table(*kernel.op, items, row_scale);
     scratch = PackedTable::of(items, row_scale, kernel.p.s_h);
     table = &scratch;
   }
   if (table->cols != cols)
-    throw Failure{"ScoreTopK: hidden has " + std::to_string(cols) + " columns, the table " +
+    throw Failure{std::string(kernel.op->name) + ": hidden has " + std::to_string(cols) +
+                  " columns, the table " +
                   std::to_string(table->cols)};
   const int64_t num_items = table->rows - 1;
   const uint8_t* h = static_cast<const uint8_t*>(hidden.data);
@@ -458,7 +461,6 @@ void score(const Kernel& kernel, ort::KernelContext* context) {
   int64_t width = 0;
   const std::vector<int64_t> excluded = excluded_rows(
       input(kernel, context, 3), input(kernel, context, 4), batch, num_items, &width);
-  const std::vector<int64_t> counts(batch, width);
   Shape shape;
   shape.push_back(batch);
   shape.push_back(k);
@@ -467,7 +469,7 @@ void score(const Kernel& kernel, ort::KernelContext* context) {
   if (k == 0) return;
   for_row_tasks(context, batch, kTopKRowsPerTask, [&](int64_t b, int64_t e) {
     sq_score_top_k(h, b, e, cols, kernel.p.z, table->packed, table->scale.data(), table->rows,
-                   excluded.data(), counts.data(), width, k, scores, ids);
+                   excluded.data(), width, k, scores, ids);
   });
 }
 
@@ -724,7 +726,7 @@ Kernel* make_kernel(const OpSpec& op, const ort::KernelInfo* info) {
     case OpKind::kScore:
     case OpKind::kScoreTopK:
       if (constant(1) && constant(2)) {
-        check_score_table(c[1], c[2]);
+        check_score_table(op, c[1], c[2]);
         kernel->table = PackedTable::of(c[1], c[2], kernel->p.s_h);
       }
       break;

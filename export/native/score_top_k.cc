@@ -107,8 +107,9 @@ inline __m256i widen(const int8_t* pairs) {
 // scores[u][0..16) of users [0, users) against the 16 items of blocks b and b + 1 (b + 1 may be
 // past the table's end when `two` is false: only the first 8 are then valid).
 template <int kRows>
-__attribute__((always_inline)) inline void block_scores(const int32_t* const* users, const int8_t* packed, int64_t b, int64_t pairs,
-                  const float* scale, bool two, float (*scores)[16]) {
+__attribute__((always_inline)) inline void block_scores(
+    const int32_t* const* users, const int8_t* packed, int64_t b, int64_t pairs,
+    const float* scale, bool two, float (*scores)[16]) {
 #if defined(__AVX2__)
   __m256i acc0[kRows], acc1[kRows];
   for (int u = 0; u < kRows; ++u) acc0[u] = acc1[u] = _mm256_setzero_si256();
@@ -150,7 +151,8 @@ __attribute__((always_inline)) inline void block_scores(const int32_t* const* us
         int32_t acc = 0;
         for (int64_t p = 0; p < pairs; ++p) {
           const int32_t pair = users[u][p];
-          const int16_t lo = static_cast<int16_t>(pair & 0xffff), hi = static_cast<int16_t>(pair >> 16);
+          const int16_t lo = static_cast<int16_t>(pair & 0xffff);
+          const int16_t hi = static_cast<int16_t>(pair >> 16);
           acc += static_cast<int32_t>(lo) * t[p * 16] + static_cast<int32_t>(hi) * t[p * 16 + 1];
         }
         scores[u][half * 8 + lane] =
@@ -176,7 +178,8 @@ void offer_block(TopK* lists, float (*scores)[16], int64_t first_id, int64_t val
 #else
     mask = 0;
     const float t = list.threshold();
-    for (int lane = 0; lane < 16; ++lane) mask |= static_cast<uint32_t>(scores[u][lane] > t) << lane;
+    for (int lane = 0; lane < 16; ++lane)
+      mask |= static_cast<uint32_t>(scores[u][lane] > t) << lane;
 #endif
     if (valid < 16) mask &= (1u << valid) - 1u;
     while (mask != 0) {
@@ -227,11 +230,16 @@ void score_rows(const std::vector<int32_t>& users, int64_t rows, int64_t pairs,
       const int32_t* block_users[kUsers];
       const int64_t n = std::min<int64_t>(kUsers, rows - r);
       for (int64_t u = 0; u < n; ++u) block_users[u] = users.data() + (r + u) * pairs;
+      const auto run = [&](auto users_in_block) {  // std::integral_constant<int, n>
+        rows_chunk<decltype(users_in_block)::value>(block_users, packed, pairs, scale,
+                                                    table_rows, chunk, chunk_end,
+                                                    make_sink(r, users_in_block));
+      };
       switch (n) {
-        case 4: rows_chunk<4>(block_users, packed, pairs, scale, table_rows, chunk, chunk_end, make_sink(r, std::integral_constant<int, 4>())); break;
-        case 3: rows_chunk<3>(block_users, packed, pairs, scale, table_rows, chunk, chunk_end, make_sink(r, std::integral_constant<int, 3>())); break;
-        case 2: rows_chunk<2>(block_users, packed, pairs, scale, table_rows, chunk, chunk_end, make_sink(r, std::integral_constant<int, 2>())); break;
-        default: rows_chunk<1>(block_users, packed, pairs, scale, table_rows, chunk, chunk_end, make_sink(r, std::integral_constant<int, 1>())); break;
+        case 4: run(std::integral_constant<int, 4>()); break;
+        case 3: run(std::integral_constant<int, 3>()); break;
+        case 2: run(std::integral_constant<int, 2>()); break;
+        default: run(std::integral_constant<int, 1>()); break;
       }
     }
   }
@@ -262,17 +270,18 @@ void sq_score_pack(const int8_t* table, int64_t rows, int64_t cols, int8_t* pack
   std::memset(packed, 0, sq_score_pack_size(rows, cols));
   for (int64_t i = 0; i < rows; ++i) {
     int8_t* block = packed + (i / kBlockItems) * pairs * kBlockItems * 2 + (i % kBlockItems) * 2;
-    for (int64_t j = 0; j < cols; ++j) block[(j / 2) * kBlockItems * 2 + (j % 2)] = table[i * cols + j];
+    for (int64_t j = 0; j < cols; ++j)
+      block[(j / 2) * kBlockItems * 2 + (j % 2)] = table[i * cols + j];
   }
 }
 
 // Top-k of rows [row_begin, row_end) of `hidden` (rows x cols uint8, zero point z): for row r,
 // out_scores[r * k ..] / out_ids[r * k ..] get its k best items, best first. `scale` holds
 // blocks_of(table_rows) * 8 float32 products s_h * row_scale (0 past the table); `excluded`
-// holds excluded_width sorted ids per row, of which excluded_count[r] are used.
+// holds excluded_width sorted ids per row.
 void sq_score_top_k(const uint8_t* hidden, int64_t row_begin, int64_t row_end, int64_t cols,
                     uint8_t z, const int8_t* packed, const float* scale, int64_t table_rows,
-                    const int64_t* excluded, const int64_t* excluded_count, int64_t excluded_width,
+                    const int64_t* excluded, int64_t excluded_width,
                     int64_t k, float* out_scores, int64_t* out_ids) {
   const int64_t rows = row_end - row_begin;
   const std::vector<int32_t> users = pack_users(hidden, row_begin, row_end, cols, z);
@@ -280,7 +289,7 @@ void sq_score_top_k(const uint8_t* hidden, int64_t row_begin, int64_t row_end, i
   lists.reserve(rows);
   for (int64_t row = row_begin; row < row_end; ++row)
     lists.push_back(TopK{out_scores + row * k, out_ids + row * k, k, 0,
-                         excluded + row * excluded_width, excluded_count[row]});
+                         excluded + row * excluded_width, excluded_width});
   score_rows(users, rows, pairs_of(cols), packed, scale, table_rows,
              [&](int64_t r, auto n) {
                TopK* block = &lists[r];
