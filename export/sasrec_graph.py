@@ -35,9 +35,15 @@ same arithmetic as custom ops of ``export.native_ops``; ``"plain"``: standard ON
 backend's ``graph_passes`` then rewrite the built model (the fused backend's pass folds each
 LayerNorm into the op that wrote its input, ``export.fusion``).
 
-Outputs: ``scores``; with ``top_k`` also ``top_k_items`` (B, k) int64 item ids (the padding item
-excluded, history not masked) and ``top_k_scores``; with ``hidden_output`` also ``hidden``,
-the final LayerNorm output (uint8 for INT8), for parity checks.
+Outputs: ``scores`` (by the INT8 emitter's scoring path, ``SCORING_PATHS``); with
+``hidden_output`` also ``hidden``, the final LayerNorm output (uint8 for INT8), for parity checks.
+
+Top-k graph (``top_k=k``): the same model, then ``LayerEmitter.score_top_k`` (``export.top_k``
+for standard ops, ``ScoreTopK`` in the fused backend): extra inputs ``exclude`` ((B, E) or one
+shared (1, E) row of ids never to recommend; default none) and ``k`` (default ``top_k``), both
+graph inputs backed by initializers; the padding item, ``item_seq``'s ids and ``exclude``'s are
+masked; outputs ``top_k_scores`` and ``top_k_items`` (B, k), best first, ties by lower id, id 0
+and -inf past the admissible items; no ``scores``.
 """
 from __future__ import annotations
 

@@ -25,7 +25,7 @@ Embeddings (weight-only ``nnq.Embedding``, ``per_channel_affine_float_qparams`` 
 ``(u - 128) * scale``.
 
 Scoring (``scoring``), full-precision float scores, never requantized (docs/design.md,
-section 2), by one of two paths:
+section 2), by one of three paths:
 
 * ``"int8"``: ``Cast(MatMulInteger(h_u8, Transpose(table_s8), z_h)) * (s_h * row_scale)``, exact
   int32 products, then one float32 rounding per score;

@@ -70,10 +70,12 @@ class FusedEmitter(Int8Emitter):
     default_scoring = "fused"
     graph_passes = (fold_layer_norms,)
 
-    def _fused(self, op_type: str, inputs: list[str], hint: str, **attrs: object) -> str:
-        """A node of the fused custom-op domain (see ``fused_attrs``)."""
+    def _fused(self, op_type: str, inputs: list[str], hint: str, *, num_outputs: int = 1,
+               **attrs: object) -> str | list[str]:
+        """A node of the fused custom-op domain (see ``fused_attrs``); its output's name, or
+        the list of them with ``num_outputs > 1``."""
         return self.g.node(op_type, inputs, name=hint, domain=native_ops.DOMAIN,
-                           **fused_attrs(attrs))
+                           num_outputs=num_outputs, **fused_attrs(attrs))
 
     def _fused_matmul(self, x: QTensor, parts: LinearParts, hint: str) -> list[str]:
         """``[acc, bias_acc, multiplier]``: the MatMulInteger of a fused Linear and its
@@ -149,11 +151,9 @@ class FusedEmitter(Int8Emitter):
         if self.scoring != "fused":
             return super().score_top_k(hidden, items, item_seq, exclude, k, hint)
         table, row_scale = self._table(items, "item_emb")
-        values, ids = self.g.node("ScoreTopK", [hidden.name, table, row_scale, item_seq,
-                                                exclude, k], name=hint, num_outputs=2,
-                                  domain=native_ops.DOMAIN,
-                                  **fused_attrs({"s_h": np.float32(hidden.scale),
-                                                 "z": hidden.zero_point}))
+        values, ids = self._fused("ScoreTopK", [hidden.name, table, row_scale, item_seq, exclude,
+                                                k], hint, num_outputs=2,
+                                  s_h=np.float32(hidden.scale), z=hidden.zero_point)
         return values, ids
 
     def add_linear(self, residual: QTensor, x: QTensor, linear: nn.Module, add: nn.Module,
