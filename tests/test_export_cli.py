@@ -124,6 +124,18 @@ def test_corrupt_int8_model_leaves_no_new_files(runs, tmp_path):
     assert listing(folder) == before
 
 
+def test_bad_top_k_or_scoring_is_one_error_line_and_writes_nothing(runs, tmp_path):
+    _, _, lsq = runs
+    folder = copy_run(lsq, tmp_path / "run")
+    before = listing(folder)
+    num_items = json.loads((folder / "config.json").read_text())["model"]["num_items"]
+    for k in (0, num_items + 1):
+        message = bad_input(run(EXPORT, "--run", folder, "--top-k", k))
+        assert f"--top-k must be in [1, {num_items}]" in message and f"got {k}" in message
+    assert "invalid choice: 'int4'" in bad_input(run(EXPORT, "--run", folder, "--scoring", "int4"))
+    assert listing(folder) == before
+
+
 def test_truncated_model_files_name_the_file(runs, tmp_path, capsys):
     """A truncated model_int8.pt or checkpoint.pt (a copy cut short): exit 2 with one error line
     that names the file, no traceback, nothing written (in process: no subprocess start-up)."""
