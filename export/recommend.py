@@ -6,8 +6,15 @@
 
 A history is a user's raw item ids (as in their log: ``data.ItemIds`` maps them to the model's
 internal ids 1..N), oldest first. ``recommend`` maps every history to internal ids, keeps its
-last ``max_len`` items, left-pads it with 0 to ``max_len``, scores the whole batch in one
-session run (output ``scores``, ``(B, num_items + 1)``) and ranks each row.
+last ``max_len`` items, left-pads it with 0 to ``max_len`` and runs the whole batch in one
+session run. Both kinds of exported graph serve (``serving_kind`` tells them apart):
+
+* a full-score graph (``model_<kind>.onnx``, output ``scores`` (B, num_items + 1)): every row is
+  ranked here, in numpy;
+* a top-k graph (``model_<kind>_top_k.onnx``, ``export.top_k``): the graph masks and selects
+  itself; ``recommend`` feeds the whole history as its ``exclude`` row and ``k`` as its input,
+  and only (B, k) ids and scores come back. Same rules, same lists (tests/test_recommend.py
+  checks both kinds against the torch model); with a large catalogue it is the faster one.
 
 Rules (each has a test in tests/test_recommend.py):
 
@@ -54,7 +61,7 @@ import onnxruntime as ort
 from data import ItemIds, UnknownItemError
 from data.item_ids import METADATA_KEY
 from export.runtime import make_session, model_metadata
-from export.sasrec_graph import INPUT, SCORES
+from export.sasrec_graph import EXCLUDE, INPUT, K_INPUT, SCORES, TOP_K_ITEMS, TOP_K_SCORES
 
 EMPTY_HISTORY = "a history needs at least one item known to the model"
 
@@ -112,6 +119,24 @@ def model_num_items(session: ort.InferenceSession) -> int:
     return width - 1
 
 
+def serving_kind(session: ort.InferenceSession) -> str:
+    """``"scores"`` (a full-score graph, output ``scores``) or ``"top_k"`` (a top-k graph,
+    outputs ``top_k_items`` and ``top_k_scores``, inputs ``exclude`` and ``k``).
+
+    Raises:
+        ValueError: a graph with neither set of outputs (not a SASRec export).
+    """
+    outputs = {o.name for o in session.get_outputs()}
+    # exclude and k have defaults: onnxruntime lists them as overridable initializers
+    inputs = {i.name for i in [*session.get_inputs(), *session.get_overridable_initializers()]}
+    if {TOP_K_ITEMS, TOP_K_SCORES} <= outputs and {EXCLUDE, K_INPUT} <= inputs:
+        return "top_k"
+    if SCORES in outputs:
+        return "scores"
+    raise ValueError(f"the model has neither a {SCORES!r} output nor the top-k graph's "
+                     f"{TOP_K_ITEMS!r}/{TOP_K_SCORES!r}: not a SASRec export")
+
+
 def model_max_len(session: ort.InferenceSession) -> int:
     """The longest history the model reads: metadata ``sasrec_qat.max_len`` (the exported
     graph's input length is dynamic), else a fixed input length.
@@ -155,8 +180,9 @@ def recommend(session: ort.InferenceSession, histories: Sequence[Sequence[str | 
     """The top ``k`` unseen items for each history, as raw ids (see the module's rules).
 
     Args:
-        session: an onnxruntime session of an exported SASRec (``make_session`` or
-            ``load_recommender``: a fused model needs the kernels registered).
+        session: an onnxruntime session of an exported SASRec, full-score or top-k graph
+            (``make_session`` or ``load_recommender``: a fused model needs the kernels
+            registered).
         histories: a batch: one list of raw item ids per user, oldest first (``[history]`` for
             one user). Ids are compared as strings (``42`` is ``"42"``).
         k: recommendations per history (>= 1).
@@ -173,7 +199,8 @@ def recommend(session: ort.InferenceSession, histories: Sequence[Sequence[str | 
         data.UnknownItemError: raw ids the map lacks (every one of the batch named).
         ValueError: an empty history, ``k`` < 1, a bad ``max_len``, a map of another size
             than the model's, histories that are not a batch of lists.
-        FloatingPointError: the model gave a non-finite score to an unseen item.
+        FloatingPointError: the model gave a non-finite score to an unseen item (a top-k
+            graph: to a recommended item, or fewer items came back than are unseen).
     """
     if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
         raise ValueError(f"k must be a positive integer, got {k!r}")
@@ -205,6 +232,8 @@ def recommend(session: ort.InferenceSession, histories: Sequence[Sequence[str | 
     for row, items in enumerate(internal):
         tail = items[-max_len:]
         seqs[row, max_len - len(tail):] = tail
+    if serving_kind(session) == "top_k":
+        return _run_top_k(session, seqs, internal, ids, k)
     scores = session.run([SCORES], {INPUT: seqs})[0]
     if scores.shape != (len(internal), num_items + 1):
         raise ValueError(f"the model's scores have shape {scores.shape}, expected "
@@ -264,6 +293,40 @@ def _rank(row: int, scores: np.ndarray, history: list[int], ids: ItemIds,
     return [Recommendation(item=ids.raw_id(int(candidates[i])), score=float(values[i]),
                            title=ids.title(int(candidates[i])), rank=rank)
             for rank, i in enumerate(order, start=1)]
+
+
+def _run_top_k(session: ort.InferenceSession, seqs: np.ndarray, internal: list[list[int]],
+               ids: ItemIds, k: int) -> list[list[Recommendation]]:
+    """Lists from a top-k graph: ``exclude`` is each whole history (also the items before the
+    last ``max_len``), 0-padded to the longest; ``k`` at most the catalogue (the graph's bound).
+
+    The graph fills a row's slots past its admissible items with id 0; a row must come back
+    with exactly ``min(k, unseen items)`` real ids and finite scores, else the model is broken
+    (an unseen item scored -inf or NaN drops out or shows up non-finite).
+    """
+    exclude = np.zeros((len(internal), max(len(h) for h in internal)), dtype=np.int64)
+    for row, items in enumerate(internal):
+        exclude[row, :len(items)] = items
+    k_graph = min(k, ids.num_items)
+    values, items = session.run([TOP_K_SCORES, TOP_K_ITEMS],
+                                {INPUT: seqs, EXCLUDE: exclude,
+                                 K_INPUT: np.array([k_graph], dtype=np.int64)})
+    if items.shape != (len(internal), k_graph) or values.shape != items.shape:
+        raise ValueError(f"the model's top-k outputs have shapes {values.shape} and "
+                         f"{items.shape}, expected {(len(internal), k_graph)}")
+    out = []
+    for row, history in enumerate(internal):
+        expected = min(k, ids.num_items - len(set(history)))
+        real = items[row] != 0
+        if int(real.sum()) != expected or not real[:expected].all() or \
+                not np.isfinite(values[row, :expected]).all():
+            raise FloatingPointError(f"the model's scores for histories[{row}] are not finite: "
+                                     "the model file is broken")
+        out.append([Recommendation(item=ids.raw_id(int(i)), score=float(v),
+                                   title=ids.title(int(i)), rank=rank)
+                    for rank, (i, v) in enumerate(zip(items[row, :expected],
+                                                      values[row, :expected]), start=1)])
+    return out
 
 
 def read_history_file(path: str | os.PathLike) -> tuple[list[int], list[list[str]]]:

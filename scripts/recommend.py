@@ -2,7 +2,7 @@
 """Recommend the next items for a user's history with an exported model (onnxruntime).
 
 Examples:
-    python scripts/recommend.py --model runs/lsq/model_int8_fused.onnx --history 1193 661 914
+    python scripts/recommend.py --model runs/lsq/model_int8_fused_top_k.onnx --history 1193 661 914
     python scripts/recommend.py --model runs/fp32/model_fp32.onnx --history-file users.txt --k 5
 
 --history: one user's raw item ids (as in the data: ML-1M movie ids, ...), oldest first.
@@ -13,7 +13,8 @@ item id map has titles); with --history-file each line starts with the user's li
 Items of the history are never recommended; equal scores rank the lower internal id first; an
 empty history is refused (the model never learnt to predict from nothing). Any exported model
 works (model_fp32.onnx, model_int8.onnx, model_int8_fused.onnx: the fused kernels are built on
-first use). A model exported before item id maps were embedded uses its internal ids as raw
+first use), and their top-k graphs (model_*_top_k.onnx: the graph masks the history and selects
+the k best itself; the same lists, less work for a large catalogue). A model exported before item id maps were embedded uses its internal ids as raw
 ids (a note on stderr). The logic is export/recommend.py.
 
 Exit status: 0 done; 2 bad input (one error: line: unknown item ids, all named; a missing or
@@ -40,7 +41,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", type=Path, required=True, metavar="FILE",
                    help="an exported model (DIR/model_int8_fused.onnx, model_int8.onnx, "
-                        "model_fp32.onnx)")
+                        "model_fp32.onnx, or their _top_k graphs)")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--history", nargs="+", metavar="RAW_ID",
                         help="one user's raw item ids, oldest first")

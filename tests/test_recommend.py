@@ -32,6 +32,8 @@ from qat.model import SASRec
 
 NUM_ITEMS, MAX_LEN = 20, 10  # the tiny runs' (conftest.TINY_TRAIN, cyclic_dataset)
 KINDS = ["fp32", "int8", "int8_fused"]
+TOP_K_KINDS = [f"{kind}_top_k" for kind in KINDS]  # the same models' top-k graphs
+SERVED = KINDS + TOP_K_KINDS
 
 
 def shuffled_ids(num_items: int = NUM_ITEMS, seed: int = 0) -> ItemIds:
@@ -52,19 +54,23 @@ def runs(tmp_path_factory):
 def models(runs):
     """{kind: torch model}: the FP32 model and the converted INT8 model (also behind fused)."""
     fp32, int8 = load_run(runs[1]).model, load_run(runs[2]).model
-    return {"fp32": fp32, "int8": int8, "int8_fused": int8}
+    by_kind = {"fp32": fp32, "int8": int8, "int8_fused": int8}
+    return {**by_kind, **{f"{kind}_top_k": model for kind, model in by_kind.items()}}
 
 
 def session_of(model: SASRec, kind: str, ids: ItemIds | None):
+    """A session of ``kind`` (``SERVED``): the full-score graph, or with ``_top_k`` the top-k
+    graph (default k 10 or the catalogue, fed by ``recommend`` with its own k)."""
     meta = None if ids is None else {METADATA_KEY: ids.dumps()}
-    proto = build_sasrec_onnx(model, metadata=meta, fused=kind == "int8_fused")
+    proto = build_sasrec_onnx(model, metadata=meta, fused=kind.startswith("int8_fused"),
+                              top_k=min(10, model.config.num_items) if kind.endswith("_top_k") else None)
     return make_session(proto.SerializeToString(), threads=1)
 
 
 @pytest.fixture(scope="module")
 def sessions(models):
-    """{kind: session} of graphs carrying ``shuffled_ids()`` in their metadata."""
-    return {kind: session_of(models[kind], kind, shuffled_ids()) for kind in KINDS}
+    """{kind: session} of graphs (``SERVED``) carrying ``shuffled_ids()`` in their metadata."""
+    return {kind: session_of(models[kind], kind, shuffled_ids()) for kind in SERVED}
 
 
 def histories(ids: ItemIds) -> list[list[str]]:
@@ -104,10 +110,11 @@ def constant_scorer(scores: list[float]) -> SASRec:
     return model
 
 
-def test_known_answer_history_excluded_and_ties_by_lower_internal_id():
+@pytest.mark.parametrize("kind", ["fp32", "fp32_top_k"])
+def test_known_answer_history_excluded_and_ties_by_lower_internal_id(kind):
     ids = ItemIds(tuple("abcdefgh"), tuple(f"Film {c.upper()}" for c in "abcdefgh"))
     model = constant_scorer([2.0, 5.0, 1.0, 5.0, 3.0, 5.0, 4.0, -1.0])
-    session = session_of(model, "fp32", ids)
+    session = session_of(model, kind, ids)
     got = recommend(session, [["c", "f"], ["b"]], k=4)
     # c (3) and f (6) are seen; b, d, f tie at 5: b (2) before d (4), f excluded
     assert got[0] == [Recommendation("b", 5.0, "Film B", 1), Recommendation("d", 5.0, "Film D", 2),
@@ -119,13 +126,15 @@ def test_known_answer_history_excluded_and_ties_by_lower_internal_id():
         ["g", "e", "c"]  # internal 2, 4, 6 tie at 5; f is internal 3 (score 1), seen
 
 
-def test_non_finite_scores_raise():
-    session = session_of(constant_scorer([1.0, float("nan"), 2.0, 0.5]), "fp32", None)
+@pytest.mark.parametrize("kind", ["fp32", "fp32_top_k"])
+@pytest.mark.parametrize("broken", [float("nan"), float("-inf"), float("inf")])
+def test_non_finite_scores_raise(kind, broken):
+    session = session_of(constant_scorer([1.0, broken, 2.0, 0.5]), kind, None)
     with pytest.raises(FloatingPointError, match=r"histories\[0\] are not finite"):
-        recommend(session, [["3"], ["1"]])  # item 2 scores NaN
+        recommend(session, [["3"], ["1"]], k=3)  # every unseen item, item 2 among them
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", SERVED)
 def test_matches_the_torch_models_masked_top_k(kind, models, sessions):
     """Items and order exactly those of the torch model's masked scores, mapped to raw ids."""
     ids = shuffled_ids()
@@ -141,7 +150,7 @@ def test_matches_the_torch_models_masked_top_k(kind, models, sessions):
         assert all(r.title == f"Title of {r.item}" for r in recs)
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", SERVED)
 def test_history_items_are_never_recommended(kind, sessions):
     ids = shuffled_ids()
     batch = histories(ids)
@@ -152,12 +161,14 @@ def test_history_items_are_never_recommended(kind, sessions):
         assert [r.score for r in recs] == sorted((r.score for r in recs), reverse=True)
 
 
-def test_k_larger_than_the_catalogue_returns_every_unseen_item(sessions):
+@pytest.mark.parametrize("kind", ["int8", "int8_top_k", "int8_fused_top_k"])
+def test_k_larger_than_the_catalogue_returns_every_unseen_item(kind, sessions):
     ids = shuffled_ids()
     history = [ids.raw_id(i) for i in (4, 5, 6)]
-    recs = recommend(sessions["int8"], [history], k=1000)[0]
+    recs = recommend(sessions[kind], [history], k=1000)[0]
     assert len(recs) == NUM_ITEMS - 3 and [r.rank for r in recs] == list(range(1, 18))
-    full = recommend(sessions["int8"], [ids.raw[:-1]], k=5)[0]  # one unseen item left
+    assert recs == recommend(sessions["int8"], [history], k=1000)[0]
+    full = recommend(sessions[kind], [ids.raw[:-1]], k=5)[0]  # one unseen item left
     assert [r.item for r in full] == [ids.raw[-1]]
 
 
@@ -205,7 +216,7 @@ def permuted(model: SASRec, perm: torch.Tensor) -> SASRec:
     return out
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", SERVED)
 def test_permuted_model_gives_identical_raw_id_recommendations(kind, models, sessions):
     """The shuffled-id copy: item rows and the map permuted alike recommend the same raw ids in
     the same order with the same scores."""
@@ -224,11 +235,13 @@ def test_permuted_model_gives_identical_raw_id_recommendations(kind, models, ses
         assert [r.score for r in b] == pytest.approx([r.score for r in a], abs=1e-6)
 
 
-def test_batch_composition_and_truncation(sessions):
+@pytest.mark.parametrize("kind", ["int8_fused", "int8_fused_top_k", "fp32_top_k"])
+def test_batch_composition_and_truncation(kind, sessions):
     """A user's list does not depend on the rest of the batch; a history longer than max_len
     (read from the model's metadata) scores its last max_len items and excludes all."""
     ids = shuffled_ids()
-    session = sessions["int8_fused"]
+    session = sessions[kind]
+    full_scores = sessions[kind.removesuffix("_top_k")]
     assert model_max_len(session) == MAX_LEN
     assert session.get_inputs()[0].shape == ["batch", "length"]  # why: dynamic length
     batch = histories(ids)
@@ -239,7 +252,7 @@ def test_batch_composition_and_truncation(sessions):
     assert {r.item for r in recs} == set(ids.raw[15:])
     seq = np.zeros((1, MAX_LEN), np.int64)
     seq[0, -4:] = ids.internal_ids(long[-4:])
-    scores = session.run(["scores"], {"item_seq": seq})[0][0]
+    scores = full_scores.run(["scores"], {"item_seq": seq})[0][0]
     unseen = sorted(set(range(1, NUM_ITEMS + 1)) - set(ids.internal_ids(long)),
                     key=lambda i: (-scores[i], i))
     shorter = recommend(session, [long], k=3, max_len=4)[0]  # reads the last 4, excludes all
@@ -324,7 +337,10 @@ def model_files(models, tmp_path_factory):
                                 metadata={METADATA_KEY: shuffled_ids().dumps()}), with_map)
     bare = root / "model_fp32.onnx"
     save_onnx(build_sasrec_onnx(models["fp32"]), bare)
-    return {"with_map": with_map, "bare": bare}
+    top_k = root / "model_int8_fused_top_k.onnx"
+    save_onnx(build_sasrec_onnx(models["int8"], fused=True, top_k=10,
+                                metadata={METADATA_KEY: shuffled_ids().dumps()}), top_k)
+    return {"with_map": with_map, "bare": bare, "top_k": top_k}
 
 
 def error_line(result):
@@ -335,10 +351,11 @@ def error_line(result):
     return errors[0]
 
 
-def test_cli_prints_rank_raw_id_score_and_title(model_files, sessions):
+@pytest.mark.parametrize("file", ["with_map", "top_k"])
+def test_cli_prints_rank_raw_id_score_and_title(file, model_files, sessions):
     ids = shuffled_ids()
     history = histories(ids)[2]
-    result = run_in_process("recommend", "--model", model_files["with_map"], "--history",
+    result = run_in_process("recommend", "--model", model_files[file], "--history",
                             *history, "--k", 4)
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
