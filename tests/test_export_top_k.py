@@ -110,6 +110,43 @@ def test_top_k_graph_equals_the_ranked_full_scores(name, kind, options):
     assert np.all(values[:, -1] == -np.inf)  # ... and -inf
 
 
+# a catalogue the fused ScoreTopK splits into item ranges for small batches (ort_ops.cc: ranges
+# of at least kTopKMinItemsPerTask = 8192 items, here 3; below kTopKSplitBelow = 4 tasks of 16
+# users; k <= 256)
+WIDE = SASRecConfig(num_items=25000, max_len=6, hidden=8, blocks=1, heads=2, dropout=0.1)
+PERIOD = 4000  # item i > PERIOD repeats item ((i - 1) % PERIOD + 1)'s row: ties across ranges
+
+
+def test_fused_top_k_split_over_item_ranges_equals_the_ranked_full_scores():
+    """Small batches (one user task up to 48 users) are split over item ranges and merged: the
+    lists must be those of one pass, ties across range borders by lower id included."""
+    model = tiny_model("lsq", config=WIDE)
+    table = model.item_emb.weight()
+    ints, scales = table.int_repr().clone(), table.q_per_channel_scales().clone()
+    twin = (torch.arange(PERIOD + 1, WIDE.num_items + 1) - 1) % PERIOD + 1
+    ints[PERIOD + 1:], scales[PERIOD + 1:] = ints[twin], scales[twin]
+    model.item_emb.set_weight(torch._make_per_channel_quantized_tensor(
+        ints, scales, table.q_per_channel_zero_points(), 0))
+    full = make_session(build_sasrec_onnx(model, scoring="int8"), threads=1)
+    rng = np.random.default_rng(7)
+    x = rng.integers(1, WIDE.num_items + 1, (50, WIDE.max_len))
+    scores = full.run(["scores"], {"item_seq": x})[0]
+    fused = build_sasrec_onnx(model, fused=True, top_k=10)
+    twins_ranked = 0
+    for threads in (1, 2):
+        top = make_session(fused, threads=threads)
+        for rows, k in ((1, 10), (3, 25), (40, 10), (50, 10), (2, 300)):
+            # split: 1, 3 and 40 users (1 to 3 user tasks), k <= 256; one pass: 50 users, k=300
+            exclude = rng.integers(0, WIDE.num_items + 1, (rows, 30))
+            values, items = top.run(None, {"item_seq": x[:rows], "exclude": exclude,
+                                           "k": np.array([k])})
+            want_items, want_values = reference_top_k(scores[:rows], x[:rows], exclude, k)
+            np.testing.assert_array_equal(items, want_items)
+            np.testing.assert_array_equal(values, want_values)
+            twins_ranked += int(np.sum(np.diff(values, axis=1) == 0))
+    assert twins_ranked > 100  # equal scores side by side, from rows in different ranges
+
+
 def test_top_k_graph_interface_and_metadata():
     model = tied_model("lsq")
     proto = build_sasrec_onnx(model, top_k=7, fused=True)

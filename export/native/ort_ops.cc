@@ -40,6 +40,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -83,8 +84,11 @@ void sq_score_all(const uint8_t* hidden, int64_t row_begin, int64_t row_end, int
                   float* out);
 void sq_score_top_k(const uint8_t* hidden, int64_t row_begin, int64_t row_end, int64_t cols,
                     uint8_t z, const int8_t* packed, const float* scale, int64_t table_rows,
+                    int64_t item_begin, int64_t item_end,
                     const int64_t* excluded, int64_t excluded_width, int64_t k,
-                    float* out_scores, int64_t* out_ids);
+                    float* floors, float* out_scores, int64_t* out_ids);
+void sq_merge_top_k(const float* scores, const int64_t* ids, int64_t parts, int64_t rows,
+                    int64_t k, float* out_scores, int64_t* out_ids);
 }
 
 namespace {
@@ -95,6 +99,15 @@ constexpr int64_t kLayerNormVector = 32;      // columns per vectorised chunk (x
 constexpr int64_t kSerialElements = 1 << 15;  // below this, one thread does the whole tensor
 constexpr int64_t kChunkElements = 1 << 13;   // elements per parallel task, about
 constexpr int64_t kTopKRowsPerTask = 16;       // ScoreTopK: users per task (each streams the table)
+// ScoreTopK with fewer than kTopKSplitBelow user tasks (a small batch) and k <= kTopKSplitMaxK also
+// splits the catalogue into equal ranges of at least kTopKMinItemsPerTask items (multiples of 16),
+// one task each, and merges the ranges' lists, so one user's request uses the intra-op threads.
+// Measured on a 2-core AVX2 EPYC, 100,000 items, d = 50, B = 1 or 8: 15-25% faster on 2 threads,
+// the same on 1 (the ranges share a floor, TopK in score_top_k.cc, so they skip what one pass
+// would); ranges of 4096 items cost up to 15% on 1 thread before the floor was shared.
+constexpr int64_t kTopKSplitBelow = 4;
+constexpr int64_t kTopKMinItemsPerTask = 8192;
+constexpr int64_t kTopKSplitMaxK = 256;
 constexpr int64_t kMaxScoreColumns = 517;      // d * 255 * 127 < 2^24: float(acc) stays exact
 
 const ort::Api* g_api = nullptr;
@@ -467,10 +480,36 @@ void score(const Kernel& kernel, ort::KernelContext* context) {
   float* scores = output<float>(context, shape, 0);
   int64_t* ids = output<int64_t>(context, shape, 1);
   if (k == 0) return;
-  for_row_tasks(context, batch, kTopKRowsPerTask, [&](int64_t b, int64_t e) {
-    sq_score_top_k(h, b, e, cols, kernel.p.z, table->packed, table->scale.data(), table->rows,
-                   excluded.data(), width, k, scores, ids);
+  const int64_t user_tasks = (batch + kTopKRowsPerTask - 1) / kTopKRowsPerTask;
+  const int64_t parts = user_tasks < kTopKSplitBelow && k <= kTopKSplitMaxK
+                            ? std::max<int64_t>(1, table->rows / kTopKMinItemsPerTask)
+                            : 1;
+  const int64_t part_items = ((table->rows + parts - 1) / parts + 15) / 16 * 16;
+  if (parts == 1) {
+    for_row_tasks(context, batch, kTopKRowsPerTask, [&](int64_t b, int64_t e) {
+      sq_score_top_k(h, b, e, cols, kernel.p.z, table->packed, table->scale.data(), table->rows,
+                     0, table->rows, excluded.data(), width, k, nullptr, scores, ids);
+    });
+    return;
+  }
+  // task t: users of user task t / parts, items of range t % parts; its lists go to part
+  // (t % parts) of the scratch, merged per user afterwards (the same lists as one pass)
+  std::vector<float> part_scores(parts * batch * k);
+  std::vector<int64_t> part_ids(parts * batch * k);
+  std::vector<float> floors(batch, -std::numeric_limits<float>::infinity());
+  for_row_tasks(context, user_tasks * parts, 1, [&](int64_t first, int64_t last) {
+    for (int64_t t = first; t < last; ++t) {
+      const int64_t part = t % parts, user_begin = (t / parts) * kTopKRowsPerTask;
+      const int64_t user_end = std::min(batch, user_begin + kTopKRowsPerTask);
+      const int64_t item_begin = std::min(table->rows, part * part_items);
+      const int64_t item_end = std::min(table->rows, item_begin + part_items);
+      sq_score_top_k(h, user_begin, user_end, cols, kernel.p.z, table->packed,
+                     table->scale.data(), table->rows, item_begin, item_end, excluded.data(),
+                     width, k, floors.data(), part_scores.data() + part * batch * k,
+                     part_ids.data() + part * batch * k);
+    }
   });
+  sq_merge_top_k(part_scores.data(), part_ids.data(), parts, batch, k, scores, ids);
 }
 
 // ---- the ops ----------------------------------------------------------------------------

@@ -48,15 +48,39 @@ inline int64_t pairs_of(int64_t cols) { return (cols + 1) / 2; }
 inline int64_t blocks_of(int64_t rows) { return (rows + kBlockItems - 1) / kBlockItems; }
 
 // The k best (score, id) of one row so far, best first.
+//
+// When one row's items are split into ranges scored by separate calls (sq_score_top_k with an
+// item range, possibly on other threads), the calls share the row's `floor`: the highest k-th
+// best score any range's full list has reached. k items already score >= floor, so an item below
+// it cannot be among the row's k best and is skipped; an item equal to it may be (ties go to the
+// lower id), so it is still offered. Ranges run in sequence then skip as much as one pass would.
 struct TopK {
   float* scores;
   int64_t* ids;
   int64_t k, count = 0;
   const int64_t* excluded;  // sorted ascending
   int64_t excluded_count;
+  float* floor = nullptr;   // shared with the row's other item ranges (atomic access), or none
 
   float threshold() const {
     return count < k ? -std::numeric_limits<float>::infinity() : scores[k - 1];
+  }
+
+  float floor_value() const {
+    if (floor == nullptr) return -std::numeric_limits<float>::infinity();
+    float value;
+    __atomic_load(floor, &value, __ATOMIC_RELAXED);
+    return value;
+  }
+
+  // Raises the shared floor to this list's k-th best once the list is full.
+  void publish() const {
+    if (floor == nullptr || count < k) return;
+    float kth = scores[k - 1], seen = floor_value();
+    while (kth > seen &&
+           !__atomic_compare_exchange(floor, &seen, &kth, true, __ATOMIC_RELAXED,
+                                      __ATOMIC_RELAXED)) {
+    }
   }
 
   bool is_excluded(int64_t id) const {
@@ -170,23 +194,29 @@ void offer_block(TopK* lists, float (*scores)[16], int64_t first_id, int64_t val
   for (int u = 0; u < kRows; ++u) {
     TopK& list = lists[u];
     uint32_t mask;
+    // offered: above the list's k-th best and not below the row's shared floor
 #if defined(__AVX2__)
-    const __m256 t = _mm256_set1_ps(list.threshold());
+    const __m256 t = _mm256_set1_ps(list.threshold()), f = _mm256_set1_ps(list.floor_value());
+    const __m256 lo = _mm256_loadu_ps(scores[u]), hi = _mm256_loadu_ps(scores[u] + 8);
     mask = static_cast<uint32_t>(
-        _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(scores[u]), t, _CMP_GT_OQ)) |
-        (_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(scores[u] + 8), t, _CMP_GT_OQ)) << 8));
+        _mm256_movemask_ps(_mm256_and_ps(_mm256_cmp_ps(lo, t, _CMP_GT_OQ),
+                                         _mm256_cmp_ps(lo, f, _CMP_GE_OQ))) |
+        (_mm256_movemask_ps(_mm256_and_ps(_mm256_cmp_ps(hi, t, _CMP_GT_OQ),
+                                          _mm256_cmp_ps(hi, f, _CMP_GE_OQ))) << 8));
 #else
     mask = 0;
-    const float t = list.threshold();
+    const float t = list.threshold(), f = list.floor_value();
     for (int lane = 0; lane < 16; ++lane)
-      mask |= static_cast<uint32_t>(scores[u][lane] > t) << lane;
+      mask |= static_cast<uint32_t>(scores[u][lane] > t && scores[u][lane] >= f) << lane;
 #endif
     if (valid < 16) mask &= (1u << valid) - 1u;
+    if (mask == 0) continue;
     while (mask != 0) {
       const int lane = __builtin_ctz(mask);
       mask &= mask - 1;
       list.offer(scores[u][lane], first_id + lane);
     }
+    list.publish();
   }
 }
 
@@ -218,14 +248,15 @@ void rows_chunk(const int32_t* const* users, const int8_t* packed, int64_t pairs
   }
 }
 
-// Every L2 chunk of the table against every block of 4 users of [0, rows): user u's packed row
-// is users + u * pairs; make_sink(first user, users in the block) gives the block's sink.
+// Every L2 chunk of items [item_begin, item_end) (item_begin a multiple of 16) against every
+// block of 4 users of [0, rows): user u's packed row is users + u * pairs; make_sink(first user,
+// users in the block) gives the block's sink.
 template <typename MakeSink>
 void score_rows(const std::vector<int32_t>& users, int64_t rows, int64_t pairs,
                 const int8_t* packed, const float* scale, int64_t table_rows,
-                const MakeSink& make_sink) {
-  for (int64_t chunk = 0; chunk < table_rows; chunk += kChunkItems) {
-    const int64_t chunk_end = std::min(table_rows, chunk + kChunkItems);
+                int64_t item_begin, int64_t item_end, const MakeSink& make_sink) {
+  for (int64_t chunk = item_begin; chunk < item_end; chunk += kChunkItems) {
+    const int64_t chunk_end = std::min(item_end, chunk + kChunkItems);
     for (int64_t r = 0; r < rows; r += kUsers) {
       const int32_t* block_users[kUsers];
       const int64_t n = std::min<int64_t>(kUsers, rows - r);
@@ -275,22 +306,28 @@ void sq_score_pack(const int8_t* table, int64_t rows, int64_t cols, int8_t* pack
   }
 }
 
-// Top-k of rows [row_begin, row_end) of `hidden` (rows x cols uint8, zero point z): for row r,
+// Top-k of rows [row_begin, row_end) of `hidden` (rows x cols uint8, zero point z) among items
+// [item_begin, item_end) (item_begin a multiple of 16; the whole table: 0, table_rows): for row r,
 // out_scores[r * k ..] / out_ids[r * k ..] get its k best items, best first. `scale` holds
 // blocks_of(table_rows) * 8 float32 products s_h * row_scale (0 past the table); `excluded`
-// holds excluded_width sorted ids per row.
+// holds excluded_width sorted ids per row. Lists of consecutive item ranges merge into the whole
+// table's list by sq_merge_top_k; `floors` (one float per row, -inf at first, shared by the calls
+// of one row's ranges and accessed atomically; nullptr for a whole-table call) lets each range
+// skip items that another range's full list already rules out (TopK).
 void sq_score_top_k(const uint8_t* hidden, int64_t row_begin, int64_t row_end, int64_t cols,
                     uint8_t z, const int8_t* packed, const float* scale, int64_t table_rows,
+                    int64_t item_begin, int64_t item_end,
                     const int64_t* excluded, int64_t excluded_width,
-                    int64_t k, float* out_scores, int64_t* out_ids) {
+                    int64_t k, float* floors, float* out_scores, int64_t* out_ids) {
   const int64_t rows = row_end - row_begin;
   const std::vector<int32_t> users = pack_users(hidden, row_begin, row_end, cols, z);
   std::vector<TopK> lists;
   lists.reserve(rows);
   for (int64_t row = row_begin; row < row_end; ++row)
     lists.push_back(TopK{out_scores + row * k, out_ids + row * k, k, 0,
-                         excluded + row * excluded_width, excluded_width});
-  score_rows(users, rows, pairs_of(cols), packed, scale, table_rows,
+                         excluded + row * excluded_width, excluded_width,
+                         floors == nullptr ? nullptr : floors + row});
+  score_rows(users, rows, pairs_of(cols), packed, scale, table_rows, item_begin, item_end,
              [&](int64_t r, auto n) {
                TopK* block = &lists[r];
                return [block](float (*scores)[16], int64_t first, int64_t valid) {
@@ -307,7 +344,7 @@ void sq_score_all(const uint8_t* hidden, int64_t row_begin, int64_t row_end, int
                   float* out) {
   const int64_t rows = row_end - row_begin;
   const std::vector<int32_t> users = pack_users(hidden, row_begin, row_end, cols, z);
-  score_rows(users, rows, pairs_of(cols), packed, scale, table_rows,
+  score_rows(users, rows, pairs_of(cols), packed, scale, table_rows, 0, table_rows,
              [&](int64_t r, auto n) {
                constexpr int kRows = decltype(n)::value;
                std::array<float*, kUsers> block{};
@@ -316,6 +353,39 @@ void sq_score_all(const uint8_t* hidden, int64_t row_begin, int64_t row_end, int
                  store_block<kRows>(block.data(), scores, first, valid);
                };
              });
+}
+
+// Merges `parts` lists per row (part p of row r at scores[(p * rows + r) * k ..], the lists of
+// consecutive item ranges, each best first and filled with id 0 / -inf past its items) into
+// out_scores / out_ids[r * k ..]: the k best of their union, equal scores by lower id. Ranges
+// are in increasing id order, so among equal scores the lower part holds the lower id; only
+// real entries (score > -inf) are taken, the slots past them get id 0 and -inf.
+void sq_merge_top_k(const float* scores, const int64_t* ids, int64_t parts, int64_t rows,
+                    int64_t k, float* out_scores, int64_t* out_ids) {
+  std::vector<int64_t> head(parts);
+  for (int64_t r = 0; r < rows; ++r) {
+    std::fill(head.begin(), head.end(), 0);
+    for (int64_t slot = 0; slot < k; ++slot) {
+      int64_t best = -1;
+      float best_score = -std::numeric_limits<float>::infinity();
+      for (int64_t p = 0; p < parts; ++p) {
+        if (head[p] == k) continue;
+        const float s = scores[(p * rows + r) * k + head[p]];
+        if (s > best_score) {  // strictly: a tie keeps the lower part, the lower id
+          best = p;
+          best_score = s;
+        }
+      }
+      if (best < 0) {
+        out_scores[r * k + slot] = -std::numeric_limits<float>::infinity();
+        out_ids[r * k + slot] = 0;
+        continue;
+      }
+      out_scores[r * k + slot] = best_score;
+      out_ids[r * k + slot] = ids[(best * rows + r) * k + head[best]];
+      ++head[best];
+    }
+  }
 }
 
 }  // extern "C"
