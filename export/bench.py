@@ -28,12 +28,14 @@ from export.bench_candidates import (
     SWEEP_BITS,
     SWEEP_CALIBRATION,
     SWEEP_METHOD,
+    TOP_K_SUFFIX,
     baseline_candidates,
     fast_candidates,
     fused_candidates,
     load_runs,
     run_candidates,
     sweep_candidates,
+    top_k_candidates,
     torch_int8_candidates,
 )
 from export.bench_quality import WHICH, quality
@@ -70,6 +72,8 @@ class BenchSettings:
         sweep_hidden: also time random FP32/INT8 models of these widths.
         sweep_items: also time random FP32/INT8 models of these catalogue sizes, full-score and
             top-k graphs (``--items``; ``export.bench_catalogue``).
+        top_k: also time the top-k serving graph (this k) of every run's FP32, INT8 and fused
+            INT8 graph (``--top-k``; None: not), each compared with the FP32 run's top-k graph.
         ort_spinning: let onnxruntime's worker threads spin between runs.
     """
 
@@ -88,6 +92,7 @@ class BenchSettings:
     torch_int8: bool = False
     sweep_hidden: tuple[int, ...] = ()
     sweep_items: tuple[int, ...] = ()
+    top_k: int | None = None
     ort_spinning: bool = False
 
     def __post_init__(self) -> None:
@@ -106,6 +111,8 @@ class BenchSettings:
             if bad:
                 raise ValueError(f"{flag} values must be >= {low}, got {bad[0]}")
             object.__setattr__(self, name, values)
+        if self.top_k is not None and self.top_k < 1:
+            raise ValueError(f"--top-k must be >= 1, got {self.top_k}")
         if not self.batches or not self.threads:
             raise ValueError("--batches and --threads need at least one value each")
         for flag, value, low in (("--repeats", self.repeats, 1), ("--warmup", self.warmup, 0),
@@ -147,6 +154,11 @@ def run_benchmark(settings: BenchSettings) -> BenchRecord:
         candidates += fast_candidates(runs)
     if settings.torch_int8:
         candidates += torch_int8_candidates(runs)
+    if settings.top_k is not None:
+        if settings.top_k > first.num_items:
+            raise ValueError(f"--top-k must be in [1, {first.num_items}] (the runs' items), got "
+                             f"{settings.top_k}")
+        candidates += top_k_candidates(candidates, runs, settings.top_k)
     baselines: list[PTQResult] = []
     fp32_index = next((i for i, r in enumerate(runs) if r.run.kind == "fp32"), None)
     if settings.baselines and fp32_index is None:
@@ -160,13 +172,17 @@ def run_benchmark(settings: BenchSettings) -> BenchRecord:
                 notes.append(f"ort {result.name} failed, not timed: {result.error}")
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
-    print(f"quality of {len(candidates)} models on {data} ({WHICH})", file=sys.stderr)
+    graded = sum(c.serving == "scores" for c in candidates)
+    print(f"quality of {graded} models on {data} ({WHICH})", file=sys.stderr)
     scores = quality(candidates, runs, data, split)
     inputs = eval_inputs(split, WHICH, max_len=first.max_len)
     cases = dict(batches=settings.batches, threads=settings.threads, warmup=settings.warmup,
                  repeats=settings.repeats, allow_spinning=settings.ort_spinning)
     records = time_cases(candidates, inputs, what="runs", **cases)
-    add_ratios(records, {None: None if fp32_index is None else candidates[fp32_index].name})
+    fp32_name = None if fp32_index is None else candidates[fp32_index].name
+    # like with like: a top-k graph against the FP32 run's top-k graph
+    add_ratios_by_name(records, {c.name: fp32_name if fp32_name is None or c.serving == "scores"
+                                 else f"{fp32_name}{TOP_K_SUFFIX}" for c in candidates})
     sweep: list[Timing] = []
     for hidden in settings.sweep_hidden:
         models = sweep_candidates(hidden, first, fused=fused)
@@ -201,7 +217,7 @@ def run_benchmark(settings: BenchSettings) -> BenchRecord:
                     "torch.set_num_threads(threads)",
         sweep_quantization=f"{SWEEP_METHOD}, {SWEEP_BITS}-bit weights, "
                            f"{SWEEP_CALIBRATION} random calibration sequences",
-        sweep_items=list(settings.sweep_items))
+        sweep_items=list(settings.sweep_items), top_k=settings.top_k)
     return BenchRecord(machine=machine_info(), settings=setup,
                        models=[c.describe() for c in candidates],
                        baselines=[_baseline(r) for r in baselines], records=records,

@@ -41,6 +41,8 @@ from qat.registry import get_method
 TORCH_EAGER = f"{TORCH_EAGER_PREFIX}fp32"
 ORT_DYNAMIC, ORT_STATIC = "ort_quantize_dynamic", "ort_quantize_static"
 SWEEP_METHOD, SWEEP_BITS, SWEEP_CALIBRATION = "ste", 8, 64
+TOP_K_SUFFIX = "_top_k"
+TOP_K_KINDS = ("onnx_fp32", "onnx_int8", "onnx_int8_fused")  # graphs with a top-k twin
 
 
 @dataclass
@@ -225,6 +227,34 @@ def fused_candidates(runs: Sequence[BenchRun]) -> list[Candidate]:
 def fast_candidates(runs: Sequence[BenchRun]) -> list[Candidate]:
     """Every INT8 run's plain-op graph (``torch_exact=False``)."""
     return int8_variant_candidates(runs, FAST_SUFFIX, "onnx_int8_fast", torch_exact=False)
+
+
+def top_k_candidates(graphs: Sequence[Candidate], runs: Sequence[BenchRun],
+                     k: int) -> list[Candidate]:
+    """The top-k serving graph of every run graph among ``graphs`` (FP32, INT8 and fused INT8;
+    not the baselines), named ``<name>_top_k``: the same run's model and backend built with
+    ``build_sasrec_onnx(top_k=k)`` in memory (the backend's default scoring path), so the history
+    is masked and the k best selected inside the graph.
+
+    Raises:
+        ValueError: ``k`` outside [1, num_items].
+    """
+    by_dir = {str(r.run.run_dir): r for r in runs}
+    out = []
+    for graph in graphs:
+        if graph.kind not in TOP_K_KINDS or graph.run not in by_dir:
+            continue
+        bench_run = by_dir[graph.run]
+        run = bench_run.run
+        meta = {"sasrec_qat.method": run.method, "sasrec_qat.bits": run.bits}
+        payload = build_sasrec_onnx(run.model, metadata=meta, top_k=k,
+                                    fused=graph.kind == "onnx_int8_fused")
+        candidate = bench_run.candidate(f"{graph.name}{TOP_K_SUFFIX}", graph.kind,
+                                        f"built in memory, top-k graph (k={k})",
+                                        onnx=payload.SerializeToString())
+        candidate.serving = "top_k"
+        out.append(candidate)
+    return out
 
 
 def torch_int8_candidates(runs: Sequence[BenchRun]) -> list[Candidate]:

@@ -8,7 +8,9 @@ A run's exported graph (and its torch model, parity.json's torch side) reuses th
 dataset, on the model file now in the folder (its sha256) and on the ONNX bytes timed (their
 sha256; the size alone proves nothing, two graphs of one architecture have the same). The fused
 and plain-op INT8 graphs are compared with the torch INT8 model (``check_parity``); everything
-else is evaluated (``qat.evaluate``).
+else is evaluated (``qat.evaluate``). Top-k serving graphs (``serving == "top_k"``) have no
+entry: they output k items, not the full ranking the metrics need, and their lists equal their
+full-score twin's (parity.json's ``top_k``, tests/test_export_top_k.py).
 """
 from __future__ import annotations
 
@@ -33,11 +35,14 @@ PARITY_CHECKED = ("onnx_int8_fast", "onnx_int8_fused")  # kinds compared with th
 
 def quality(candidates: Sequence[Candidate], runs: Sequence[BenchRun], data: str,
             split: LeaveOneOutSplit) -> list[Quality]:
-    """Test nDCG@10/Hit@10 of every candidate (parity.json when it matches, else computed)."""
+    """Test nDCG@10/Hit@10 of every full-score candidate (parity.json when it matches, else
+    computed)."""
     by_dir = {str(r.run.run_dir): r.run for r in runs}
     max_len = runs[0].run.model.config.max_len
     out = []
     for c in candidates:
+        if c.serving != "scores":
+            continue
         if c.kind in PARITY_CHECKED:
             assert c.onnx is not None
             report = check_parity(by_dir[c.run or ""].model, make_session(c.onnx), split, WHICH,

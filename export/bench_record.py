@@ -68,6 +68,8 @@ class BenchSetup(Record):
         onnxruntime: the timing sessions' settings (``graph_optimization``,
             ``inter_op_threads``, ``execution_mode``, ``allow_spinning``).
         inputs, schedule, timer, torch_eager, sweep_quantization: what was measured, in words.
+        sweep_items: the synthetic catalogues' item counts (``--items``).
+        top_k: k of the runs' top-k graphs timed (``--top-k``; None: none were).
     """
 
     KIND = "bench_settings"
@@ -97,6 +99,7 @@ class BenchSetup(Record):
     torch_eager: str
     sweep_quantization: str
     sweep_items: list[int] = field(default_factory=list)
+    top_k: int | None = None
 
 
 @dataclass

@@ -40,6 +40,11 @@ pass/fail at export/parity.py's thresholds) is measured and recorded in "quality
 (``torch_eager_<model>``: torch's own fbgemm INT8 kernels, the reference the exact ONNX graph
 reproduces).
 
+--top-k K: also time the top-k serving graph of every run's FP32, INT8 and fused INT8 graph
+(``build_sasrec_onnx(top_k=K)`` built in memory, named ``<model>_top_k``, the batch's history
+masked and the K best selected in the graph), each INT8 one against the FP32 run's top-k graph.
+They have no quality entry (their lists are the full graphs': parity.json's ``top_k``).
+
 --sweep-hidden D...: for each width D, a randomly initialised SASRec (the runs' num_items and
 max_len, the first run's blocks and heads) in FP32 and converted to INT8 the project's way (STE,
 8 bits, calibrated on random sequences), both timed at every batch/threads case.
@@ -119,6 +124,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--items", type=int, nargs="+", default=[], metavar="N",
                    help="also time random FP32/INT8 models of N items (e.g. 20000 100000), "
                         "full-score and top-k graphs: how latency scales with the catalogue")
+    p.add_argument("--top-k", type=int, default=None, metavar="K",
+                   help="also time every run's top-k serving graph (k = K, history masked in "
+                        "the graph): FP32, INT8 and fused INT8, each against the FP32 run's")
     p.add_argument("--sweep-hidden", type=int, nargs="+", default=[], metavar="D",
                    help="also time random FP32/INT8 SASRec at these hidden sizes")
     p.add_argument("--ort-spinning", action="store_true",
@@ -140,8 +148,7 @@ def _main(argv: list[str] | None) -> int:
         warmup=args.warmup, data=args.data, mirror=args.mirror, cache_dir=args.cache_dir,
         baselines=args.baselines, calibration_users=args.calibration_users, fused=args.fused,
         int8_fast=args.int8_fast, torch_int8=args.torch_int8, sweep_hidden=args.sweep_hidden,
-        sweep_items=args.items,
-        ort_spinning=args.ort_spinning)
+        sweep_items=args.items, top_k=args.top_k, ort_spinning=args.ort_spinning)
     benchmark_to_file(settings, args.out)
     return 0
 

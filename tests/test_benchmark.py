@@ -291,6 +291,29 @@ def test_catalogue_records_full_and_top_k_graphs_with_like_for_like_ratios(bench
         assert r.scoring in (None, "fused", "int8", "float")
 
 
+def test_run_top_k_graphs_are_timed_against_the_fp32_top_k_graph(runs):
+    """--top-k: every run graph's top-k twin (FP32, INT8, fused INT8; not the baselines) is
+    timed, its ratio taken against the FP32 run's top-k graph; no quality entry for them."""
+    result = run_benchmark(BenchSettings(runs=(runs[1], runs[2]), **ONE, top_k=3,
+                                         baselines=False))
+    assert result.settings.top_k == 3
+    twins = {f"{name}_top_k": name for name in RUN_MODELS}
+    assert {r.model for r in result.records} == set(RUN_MODELS) | set(twins)
+    median = {r.model: r.median_ms for r in result.records}
+    for r in result.records:
+        top_k = r.model in twins
+        assert r.serving == ("top_k" if top_k else "scores")
+        assert r.kind == next(t.kind for t in result.records if t.model == twins.get(r.model,
+                                                                                      r.model))
+        reference = "fp32_top_k" if top_k else "fp32"
+        assert r.ratio_to_fp32 == pytest.approx(r.median_ms / median[reference])
+    assert {q.model for q in result.quality} == set(RUN_MODELS)
+    described = {m.model: m for m in result.models}
+    assert described["lsq_w8_fused_top_k"].source == "built in memory, top-k graph (k=3)"
+    with pytest.raises(ValueError, match=r"--top-k must be in \[1, 20\]"):
+        run_benchmark(BenchSettings(runs=(runs[1],), **ONE, top_k=21, baselines=False))
+
+
 def test_sweep_models_are_fp32_and_converted_int8_graphs(runs):
     first = load_run(runs[1]).model.config
     fp32, int8 = sweep_candidates(16, first)
@@ -462,6 +485,7 @@ def listing(folder: Path) -> dict[str, bytes]:
     ("threads", (0,), "--threads values must be >= 1"),
     ("sweep_hidden", (0,), "--sweep-hidden values must be >= 1"),
     ("calibration_users", 0, "--calibration-users must be >= 1"),
+    ("top_k", 0, "--top-k must be >= 1"),
     ("runs", (), "--runs needs at least one run folder"),
     ("batches", (), "--batches and --threads need at least one value"),
 ])
