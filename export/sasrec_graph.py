@@ -148,17 +148,7 @@ def build_sasrec_onnx(model: SASRec, *, top_k: int | None = None, hidden_output:
     if not last_position_only or not len(model.blocks):
         x = layers.last_position(x, "last_position")
     hidden = layers.layer_norm(x, model.final_norm, "final_norm")
-    if top_k is None:
-        g.add_output(layers.score(hidden, model.item_emb, SCORES), FLOAT,
-                     ["batch", config.num_items + 1])
-    else:
-        exclude = g.initializer(np.zeros((1, 1), np.int64), EXCLUDE)  # default: nothing more
-        g.add_input(exclude, INT64, ["exclude_rows", "exclude_length"])
-        k = g.initializer(np.array([top_k], np.int64), K_INPUT)
-        g.add_input(k, INT64, [1])
-        values, items = layers.score_top_k(hidden, model.item_emb, item_seq, exclude, k, "top_k")
-        g.add_output(_rename(g, values, TOP_K_SCORES), FLOAT, ["batch", "k"])
-        g.add_output(_rename(g, items, TOP_K_ITEMS), INT64, ["batch", "k"])
+    add_serving_outputs(g, layers, hidden, model.item_emb, item_seq, config.num_items, top_k)
     if hidden_output:
         g.add_output(_rename(g, layers.hidden_value(hidden), HIDDEN), layers.hidden_type,
                      ["batch", config.hidden])
@@ -176,6 +166,24 @@ def build_sasrec_onnx(model: SASRec, *, top_k: int | None = None, hidden_output:
     for graph_pass in layers.graph_passes:
         graph_pass(onnx_model)
     return onnx_model
+
+
+def add_serving_outputs(g: GraphBuilder, layers: Layers, hidden: Any, item_emb: nn.Module,
+                        item_seq: str | None, num_items: int, top_k: int | None) -> None:
+    """The graph's serving tail after the final hidden state: output ``scores``
+    (B, num_items + 1) when ``top_k`` is None, else inputs ``exclude`` (default: none) and ``k``
+    (default ``top_k``) and outputs ``top_k_scores`` and ``top_k_items`` (B, k)
+    (``export.scoring_probe`` builds the same tail on a hidden-state input)."""
+    if top_k is None:
+        g.add_output(layers.score(hidden, item_emb, SCORES), FLOAT, ["batch", num_items + 1])
+        return
+    exclude = g.initializer(np.zeros((1, 1), np.int64), EXCLUDE)  # default: nothing more
+    g.add_input(exclude, INT64, ["exclude_rows", "exclude_length"])
+    k = g.initializer(np.array([top_k], np.int64), K_INPUT)
+    g.add_input(k, INT64, [1])
+    values, items = layers.score_top_k(hidden, item_emb, item_seq, exclude, k, "top_k")
+    g.add_output(_rename(g, values, TOP_K_SCORES), FLOAT, ["batch", "k"])
+    g.add_output(_rename(g, items, TOP_K_ITEMS), INT64, ["batch", "k"])
 
 
 def _rename(g: GraphBuilder, value: str, name: str) -> str:

@@ -34,10 +34,10 @@ from typing import Any
 
 import numpy as np
 
-from export.graph_builder import FLOAT, INT64, UINT8, GraphBuilder
+from export.graph_builder import INT64, UINT8, GraphBuilder
 from export.int8_emitters import QTensor, backend_name, get_emitter
 from export.latency import latency_stats, machine_info, time_interleaved, timing_session
-from export.sasrec_graph import INPUT, SCORES, TOP_K_ITEMS, TOP_K_SCORES, model_kind
+from export.sasrec_graph import INPUT, add_serving_outputs, model_kind
 from qat.model import SASRec
 
 PROBE_BATCHES = (1, 256)
@@ -95,16 +95,9 @@ def scoring_graph(model: SASRec, path: str, *, fused: bool, top_k: int | None) -
     scale, zero_point = float(norm.scale), int(norm.zero_point)
     hidden = QTensor(g.add_input(HIDDEN_INPUT, UINT8, ["batch", model.config.hidden]), scale,
                      zero_point, *layers._qparams(scale, zero_point))
-    if top_k is None:
-        g.add_output(layers.score(hidden, model.item_emb, SCORES), FLOAT,
-                     ["batch", model.config.num_items + 1])
-    else:
-        item_seq = g.add_input(INPUT, INT64, ["batch", "length"])
-        exclude = g.initializer(np.zeros((1, 1), np.int64), "exclude")
-        k = g.initializer(np.array([top_k], np.int64), "k")
-        values, items = layers.score_top_k(hidden, model.item_emb, item_seq, exclude, k, "top_k")
-        g.add_output(g.node("Identity", [values], name=TOP_K_SCORES), FLOAT, ["batch", top_k])
-        g.add_output(g.node("Identity", [items], name=TOP_K_ITEMS), INT64, ["batch", top_k])
+    item_seq = None if top_k is None else g.add_input(INPUT, INT64, ["batch", "length"])
+    add_serving_outputs(g, layers, hidden, model.item_emb, item_seq, model.config.num_items,
+                        top_k)
     onnx_model = g.build(metadata={}, doc="scoring probe")
     return onnx_model.SerializeToString()
 
