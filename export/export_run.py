@@ -118,10 +118,11 @@ def _scoring(run: RunModel, scoring: str | None, *, fused: bool, top_k: int | No
 def _export_one(run: RunModel, split: LeaveOneOutSplit, *, fused: bool, scoring: str | None,
                 threads: int, batch_size: int, optimization: str, item_ids: ItemIds,
                 eval_negatives: int, eval_seed: int, torch_sampled: dict[str, Any] | None
-                ) -> tuple[onnx.ModelProto, ParityReport, dict[str, Any] | None]:
+                ) -> tuple[onnx.ModelProto, ParityReport, dict[str, Any] | None, Any]:
     """Build one graph of ``run`` (exact or fused) and compare it with the torch model; with
     ``eval_negatives`` also its sampled metrics (``GraphParity.sampled``; ``torch_sampled``:
-    the torch side's, computed once for every graph)."""
+    the torch side's, computed once for every graph). Returns the graph, its report, its
+    sampled metrics and its session (the top-k graph's check reuses it)."""
     path, probe = _scoring(run, scoring, fused=fused, top_k=None, threads=threads)
     meta = {"sasrec_qat.method": run.method, "sasrec_qat.bits": run.bits,
             METADATA_KEY: item_ids.dumps(), **probe}
@@ -141,21 +142,21 @@ def _export_one(run: RunModel, split: LeaveOneOutSplit, *, fused: bool, scoring:
         sampled = sampled_metrics(run, session, split, negatives=eval_negatives,
                                   seed=eval_seed, batch_size=batch_size,
                                   reference=torch_sampled)
-    return onnx_model, report, sampled
+    return onnx_model, report, sampled, session
 
 
-def _export_top_k(run: RunModel, inputs: np.ndarray, full: onnx.ModelProto, full_file: str,
+def _export_top_k(run: RunModel, inputs: np.ndarray, full_session: Any, full_file: str,
                   *, fused: bool, top_k: int, scoring: str | None, threads: int,
                   item_ids: ItemIds,
                   batch_size: int) -> tuple[onnx.ModelProto, dict[str, Any]]:
-    """The top-k graph beside ``full`` and how its lists agree with ``full``'s ranked scores on
-    ``inputs``, the test users' sequences (``TopKParity`` fields but the file's)."""
+    """The top-k graph beside the full-score graph ``full_file`` and how its lists agree with
+    that graph's ranked scores (``full_session``) on ``inputs``, the test users' sequences
+    (``TopKParity`` fields but the file's)."""
     path, probe = _scoring(run, scoring, fused=fused, top_k=top_k, threads=threads)
     meta = {"sasrec_qat.method": run.method, "sasrec_qat.bits": run.bits,
             METADATA_KEY: item_ids.dumps(), **probe}
     model = build_sasrec_onnx(run.model, top_k=top_k, metadata=meta, fused=fused, scoring=path)
     top_session = make_session(model, threads=threads)
-    full_session = make_session(full, threads=threads)
     same = 0
     for start in range(0, len(inputs), batch_size):
         x = inputs[start:start + batch_size]
@@ -257,16 +258,19 @@ def export_run(run_dir: str | Path, *, data: str | None = None, cache_dir: Path 
             run.model.score_last, split, WHICH, max_len=run.model.config.max_len,
             batch_size=batch_size, k=K, sampled_negatives=eval_negatives, seed=eval_seed)
     exact_scoring = None if scoring == "fused" else scoring
-    graphs = [(run.onnx_path, *_export_one(run, split, fused=False, scoring=exact_scoring,
-                                           **settings))]
+    *exact, exact_session = _export_one(run, split, fused=False, scoring=exact_scoring,
+                                        **settings)
+    graphs, sessions = [(run.onnx_path, *exact)], [exact_session]
     if fused:
-        graphs.append((run.run_dir / onnx_file_name(FUSED_KIND),
-                       *_export_one(run, split, fused=True, scoring=scoring, **settings)))
+        *fused_graph, fused_session = _export_one(run, split, fused=True, scoring=scoring,
+                                                  **settings)
+        graphs.append((run.run_dir / onnx_file_name(FUSED_KIND), *fused_graph))
+        sessions.append(fused_session)
     top_k_graphs = []
     inputs = eval_inputs(split, WHICH, max_len=run.model.config.max_len)
-    for (path, full, *_), is_fused in zip(graphs, (False, True)):
+    for (path, *_), session, is_fused in zip(graphs, sessions, (False, True)):
         model, fields = _export_top_k(
-            run, inputs, full, path.name, fused=is_fused, top_k=top_k, threads=threads,
+            run, inputs, session, path.name, fused=is_fused, top_k=top_k, threads=threads,
             scoring=exact_scoring if not is_fused else scoring, item_ids=item_ids,
             batch_size=batch_size)
         top_k_graphs.append((run.run_dir / top_k_file_name(path.name), model, fields))
