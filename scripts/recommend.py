@@ -14,8 +14,9 @@ Items of the history are never recommended; equal scores rank the lower internal
 empty history is refused (the model never learnt to predict from nothing). Any exported model
 works (model_fp32.onnx, model_int8.onnx, model_int8_fused.onnx: the fused kernels are built on
 first use), and their top-k graphs (model_*_top_k.onnx: the graph masks the history and selects
-the k best itself; the same lists, less work for a large catalogue). A model exported before item id maps were embedded uses its internal ids as raw
-ids (a note on stderr). The logic is export/recommend.py.
+the k best itself; the same lists, less work for a large catalogue). A model exported before
+item id maps were embedded uses its internal ids as raw ids (a note on stderr). The logic is
+export/recommend.py.
 
 Exit status: 0 done; 2 bad input (one error: line: unknown item ids, all named; a missing or
 unloadable model file; an empty history).

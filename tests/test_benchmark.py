@@ -303,8 +303,8 @@ def test_run_top_k_graphs_are_timed_against_the_fp32_top_k_graph(runs):
     for r in result.records:
         top_k = r.model in twins
         assert r.serving == ("top_k" if top_k else "scores")
-        assert r.kind == next(t.kind for t in result.records if t.model == twins.get(r.model,
-                                                                                      r.model))
+        twin = twins.get(r.model, r.model)
+        assert r.kind == next(t.kind for t in result.records if t.model == twin)
         reference = "fp32_top_k" if top_k else "fp32"
         assert r.ratio_to_fp32 == pytest.approx(r.median_ms / median[reference])
     assert {q.model for q in result.quality} == set(RUN_MODELS)

@@ -62,8 +62,9 @@ def session_of(model: SASRec, kind: str, ids: ItemIds | None):
     """A session of ``kind`` (``SERVED``): the full-score graph, or with ``_top_k`` the top-k
     graph (default k 10 or the catalogue, fed by ``recommend`` with its own k)."""
     meta = None if ids is None else {METADATA_KEY: ids.dumps()}
+    top_k = min(10, model.config.num_items) if kind.endswith("_top_k") else None
     proto = build_sasrec_onnx(model, metadata=meta, fused=kind.startswith("int8_fused"),
-                              top_k=min(10, model.config.num_items) if kind.endswith("_top_k") else None)
+                              top_k=top_k)
     return make_session(proto.SerializeToString(), threads=1)
 
 
