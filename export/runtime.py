@@ -26,8 +26,8 @@ OPTIMIZATION_LEVELS = {
 
 def make_session(model: str | os.PathLike | bytes | onnx.ModelProto, *, threads: int = 0,
                  optimization: str = "all", optimized_model_path: str | os.PathLike | None = None,
-                 deterministic: bool = True,
-                 allow_spinning: bool = True) -> ort.InferenceSession:
+                 deterministic: bool = True, allow_spinning: bool = True,
+                 profile_prefix: str | os.PathLike | None = None) -> ort.InferenceSession:
     """A CPU onnxruntime session.
 
     Args:
@@ -39,6 +39,8 @@ def make_session(model: str | os.PathLike | bytes | onnx.ModelProto, *, threads:
         deterministic: ``use_deterministic_compute`` (reproducible reductions).
         allow_spinning: intra-op workers busy-wait after a run (onnxruntime's default); see
             ``export.latency.timing_session`` for when to turn it off.
+        profile_prefix: turn on onnxruntime's profiler, its JSON file named from this prefix
+            (``session.end_profiling()`` returns the path; ``export.op_profile`` reads it).
 
     Raises:
         ValueError: unknown ``optimization``, negative ``threads`` or a model onnxruntime
@@ -59,6 +61,9 @@ def make_session(model: str | os.PathLike | bytes | onnx.ModelProto, *, threads:
                                      "1" if allow_spinning else "0")
     if optimized_model_path is not None:
         options.optimized_model_filepath = str(optimized_model_path)
+    if profile_prefix is not None:
+        options.enable_profiling = True
+        options.profile_file_prefix = str(profile_prefix)
     proto = model
     if isinstance(model, onnx.ModelProto):
         model = model.SerializeToString()
