@@ -62,6 +62,7 @@ from export.latency import eval_inputs
 from export.runtime import OnnxScorer, make_session
 from export.sasrec_graph import SCORES, SCORING_PATHS, TOP_K_ITEMS, build_sasrec_onnx
 from export.scoring_probe import choose_scoring
+from export.top_k import rank_masked
 from qat.evaluate import evaluate
 from qat.records import file_sha256
 
@@ -160,10 +161,7 @@ def _export_top_k(run: RunModel, inputs: np.ndarray, full_session: Any, full_fil
     same = 0
     for start in range(0, len(inputs), batch_size):
         x = inputs[start:start + batch_size]
-        scores = full_session.run([SCORES], {"item_seq": x})[0]
-        scores[:, 0] = -np.inf  # the padding item and each row's history (export.top_k rules)
-        np.put_along_axis(scores, x, -np.inf, axis=1)
-        want = np.argsort(-scores, axis=1, kind="stable")[:, :top_k]
+        want = rank_masked(full_session.run([SCORES], {"item_seq": x})[0], x, top_k)[0]
         got = top_session.run([TOP_K_ITEMS], {"item_seq": x})[0]
         same += int(np.sum(np.all(got == want, axis=1)))
     agreement = same / len(inputs)

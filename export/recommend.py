@@ -62,6 +62,7 @@ from data import ItemIds, UnknownItemError
 from data.item_ids import METADATA_KEY
 from export.runtime import make_session, model_metadata
 from export.sasrec_graph import EXCLUDE, INPUT, K_INPUT, SCORES, TOP_K_ITEMS, TOP_K_SCORES
+from export.top_k import rank_masked
 
 EMPTY_HISTORY = "a history needs at least one item known to the model"
 
@@ -283,16 +284,14 @@ def _rank(row: int, scores: np.ndarray, history: list[int], ids: ItemIds,
     unseen = np.ones(scores.shape[0], dtype=bool)
     unseen[0] = False
     unseen[history] = False
-    candidates = np.flatnonzero(unseen)  # ascending internal ids
-    values = scores[candidates]
-    if not np.isfinite(values).all():
+    if not np.isfinite(scores[unseen]).all():
         raise FloatingPointError(f"the model's scores for histories[{row}] are not finite: "
                                  "the model file is broken")
-    # stable: equal scores keep ascending internal-id order (negation is exact)
-    order = np.argsort(-values, kind="stable")[:k]
-    return [Recommendation(item=ids.raw_id(int(candidates[i])), score=float(values[i]),
-                           title=ids.title(int(candidates[i])), rank=rank)
-            for rank, i in enumerate(order, start=1)]
+    # the top-k graph's rules in numpy (equal scores: lower internal id first)
+    items, values = rank_masked(scores[None], [history], min(k, int(unseen.sum())))
+    return [Recommendation(item=ids.raw_id(int(i)), score=float(v), title=ids.title(int(i)),
+                           rank=rank)
+            for rank, (i, v) in enumerate(zip(items[0], values[0]), start=1)]
 
 
 def _run_top_k(session: ort.InferenceSession, seqs: np.ndarray, internal: list[list[int]],

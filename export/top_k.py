@@ -16,9 +16,12 @@ Rules (``export.recommend`` ranks the same way from full scores, and the fused k
 
 The full score matrix is written once (the scoring op) and masked in place by
 ``ScatterElements``, so the graph costs a (B, num_items + 1) write and read that the fused
-kernel avoids.
+kernel avoids. ``rank_masked`` applies the same rules to full scores in numpy (the export's
+list check and ``export.recommend``'s full-score path use it).
 """
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -59,3 +62,24 @@ def masked_top_k(g: GraphBuilder, scores: str, item_seq: str, exclude: str,
     items = g.node("Where", [unfilled, g.scalar(0, np.int64, "zero"), indices],
                    name="top_k.items")
     return values, items
+
+
+def rank_masked(scores: np.ndarray, masked: np.ndarray | Sequence[Sequence[int]],
+                k: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(items, values)`` (B, k) of full ``scores`` (B, num_items + 1) by the module's rules:
+    the padding item and row r's ``masked[r]`` ids get -inf, a stable descending sort ranks
+    (equal scores: lower id first), and slots past the admissible items hold id 0 and -inf.
+
+    ``masked`` is a (B, E) id array (0 entries are padding) or one id sequence per row; ``k``
+    is at most num_items + 1. An admissible item scored -inf counts as not admissible.
+    """
+    out = np.array(scores, dtype=np.float32, copy=True)
+    out[:, 0] = -np.inf
+    if isinstance(masked, np.ndarray) and masked.ndim == 2:
+        np.put_along_axis(out, masked, -np.inf, axis=1)
+    else:
+        for row, ids in enumerate(masked):
+            out[row, np.asarray(ids, dtype=np.int64)] = -np.inf
+    order = np.argsort(-out, axis=1, kind="stable")[:, :k]  # negation is exact
+    values = np.take_along_axis(out, order, axis=1)
+    return np.where(values == -np.inf, 0, order), values

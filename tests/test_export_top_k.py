@@ -19,6 +19,7 @@ import torch
 from export import build_sasrec_onnx, make_session
 from export.int8_emitters import EMITTERS
 from export.scoring_probe import candidate_paths, choose_scoring, pick_path
+from export.top_k import rank_masked
 from qat import SASRec, SASRecConfig
 from tests.test_export_models import one_torch_thread, tiny_model  # noqa: F401 (fixture)
 
@@ -145,6 +146,24 @@ def test_fused_top_k_split_over_item_ranges_equals_the_ranked_full_scores():
             np.testing.assert_array_equal(values, want_values)
             twins_ranked += int(np.sum(np.diff(values, axis=1) == 0))
     assert twins_ranked > 100  # equal scores side by side, from rows in different ranges
+
+
+def test_rank_masked_is_the_reference_rule_in_numpy():
+    """export.top_k.rank_masked (the export's list check, recommend's full-score path) against
+    the tests' own reference, ties and fewer-than-k rows included, both forms of ``masked``."""
+    scores = make_session(build_sasrec_onnx(tied_model("lsq")), threads=1).run(
+        ["scores"], {"item_seq": sequences(1)})[0]
+    x = sequences(1)
+    wide = np.concatenate([x, np.tile(np.arange(1, 33), (len(x), 1))], axis=1)  # <= 8 unseen
+    for masked in (x, wide):
+        for k in (1, 10, 40):
+            want_items, want_values = reference_top_k(scores, masked, np.zeros((1, 1), np.int64),
+                                                      k)
+            for form in (masked, [list(row) for row in masked]):
+                items, values = rank_masked(scores, form, k)
+                np.testing.assert_array_equal(items, want_items)
+                np.testing.assert_array_equal(values, want_values)
+    assert np.all(rank_masked(scores, wide, 10)[0][:, -1] == 0)
 
 
 def test_top_k_graph_interface_and_metadata():
