@@ -30,7 +30,7 @@ whatever the sizes and modification times say.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -311,7 +311,8 @@ class BenchRecord(Record):
     def missing(self, runs: Sequence[tuple[str | Path, str]], *, batches: Sequence[int],
                 threads: Sequence[int], repeats: int, baselines: bool = True,
                 int8_fast: bool = False, torch_int8: bool = False,
-                sweep_hidden: Sequence[int] = ()) -> str | None:
+                sweep_hidden: Sequence[int] = (),
+                machine: Mapping[str, Any] | None = None) -> str | None:
         """Why this record does not cover the request (it must be remade), or None.
 
         Args:
@@ -322,8 +323,12 @@ class BenchRecord(Record):
             baselines: the baselines must have been timed.
             int8_fast, torch_int8: those variants must have been timed (extra ones are fine).
             sweep_hidden: when given, the sweep must be exactly these widths.
+            machine: when given (``export.latency.machine_info()`` of this machine), the
+                record must come from the same CPU: model name and int8-relevant flags
+                (latency on another CPU class is not this machine's).
 
-        The rules, in order (the first that fails is the reason): the same ``repeats``; the
+        The rules, in order (the first that fails is the reason): the same CPU when
+        ``machine`` is given; the same ``repeats``; the
         baselines when asked for; ``--int8-fast`` / ``--torch-int8`` when asked for; the same
         sweep when one is asked for; then for each run: its model file's sha256 is the one
         timed, its ONNX file's sha256 is that of the bytes timed (a graph that was built in
@@ -331,6 +336,11 @@ class BenchRecord(Record):
         ``batches`` x ``threads`` case.
         """
         s = self.settings
+        if machine is not None:
+            for key in ("cpu", "flags"):
+                if self.machine.get(key) != machine.get(key):
+                    return (f"it was made on another CPU ({key} {self.machine.get(key)!r}, "
+                            f"here {machine.get(key)!r})")
         if s.repeats != repeats:
             return f"it has {s.repeats} repeats, not {repeats}"
         if baselines and not s.baselines:

@@ -17,7 +17,7 @@ records"), matched to the files they describe by sha256: training when ``metrics
 (``MetricsRecord``) describes the checkpoint (and INT8 model) now in the folder; export when
 ``parity.json`` (``ParityRecord``) describes the model file and the ONNX file(s) as they are;
 the benchmark when ``bench.json`` has a record of every run's current files at every batch size
-and thread count, made with the requested settings. A step that ran must leave its record
+and thread count, made with the requested settings on this machine's CPU (model name and flags). A step that ran must leave its record
 current; one that exits 0 (or, for export, 1: parity failed) without it has failed. A run folder
 with a checkpoint but no current metrics (an interrupted run) is continued with ``--resume``.
 """
@@ -37,6 +37,7 @@ from typing import Any, Callable, Sequence
 from tqdm.auto import tqdm
 
 from export.bench_record import BenchRecord
+from export.latency import machine_info
 from export.parity_record import ParityRecord
 from export.results_plot import plot_comparison
 from export.results_table import FP32_MODEL, RunResult, model_name, summary_rows
@@ -213,13 +214,15 @@ def export_done(run: Run) -> bool:
 
 
 def bench_missing(bench_path: Path, runs: list[Run], settings: PipelineSettings) -> str | None:
-    """Why bench.json must be (re)made (``BenchRecord.missing_at``: settings, the sha256 of
-    every run's model and ONNX file, a timing at every batch size and thread count), or None."""
+    """Why bench.json must be (re)made (``BenchRecord.missing_at``: this machine's CPU,
+    settings, the sha256 of every run's model and ONNX file, a timing at every batch size and
+    thread count), or None."""
     return BenchRecord.missing_at(
         bench_path, [(run.folder, run.name) for run in runs], batches=settings.bench_batches,
         threads=settings.bench_threads, repeats=settings.bench_repeats,
         baselines=not settings.no_baselines, int8_fast=settings.int8_fast,
-        torch_int8=settings.torch_int8, sweep_hidden=settings.sweep_hidden)
+        torch_int8=settings.torch_int8, sweep_hidden=settings.sweep_hidden,
+        machine=machine_info())
 
 
 # -- the steps -----------------------------------------------------------------------------------

@@ -755,6 +755,20 @@ def test_missing_settings_reasons(study):
     assert record.missing(runs, **REQUEST, baselines=False) is None
 
 
+def test_missing_on_another_cpu(study):
+    """Latency from another CPU class is not this machine's: model name and flags must match
+    (run_all passes this machine's; the date, load and versions may differ)."""
+    record, runs = study
+    here = {**record.machine, "date": "later", "load_average": [9.0, 9.0, 9.0]}
+    assert record.missing(runs, **REQUEST, machine=here) is None
+    other_flags = {**here, "flags": {**here["flags"], "avx512_vnni": not here["flags"].get(
+        "avx512_vnni")}}
+    assert record.missing(runs, **REQUEST, machine=other_flags).startswith(
+        "it was made on another CPU (flags")
+    assert record.missing(runs, **REQUEST, machine={**here, "cpu": "Other CPU"}) == (
+        f"it was made on another CPU (cpu {record.machine['cpu']!r}, here 'Other CPU')")
+
+
 def test_missing_when_a_file_is_not_the_one_timed(study):
     """Same size, other content: the sha256 tells; so does a file that is gone."""
     record, runs = study

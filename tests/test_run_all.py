@@ -15,6 +15,7 @@ from conftest import cyclic_dataset, load_script
 
 from export import pipeline
 from export.bench_record import BenchRecord, BenchSetup, TimedModel, Timing
+from export.latency import machine_info
 from export.parity_record import ParityRecord
 
 from data import write_sasrec_text
@@ -140,8 +141,10 @@ def bench_template() -> BenchRecord:
     timing = Timing(model="m", kind="onnx_int8", run=None, method="m", bits=8, batch=1,
                     threads=1, median_ms=1.0, p90_ms=1.0, min_ms=1.0, repeats=1,
                     ratio_to_fp32=None)
-    return BenchRecord(machine={}, settings=setup, models=[model], baselines=[],
-                       records=[timing], quality=[], sweep=[], notes=[])
+    here = machine_info()  # run_all keeps a bench.json only from this very CPU
+    return BenchRecord(machine={"cpu": here["cpu"], "flags": here["flags"]}, settings=setup,
+                       models=[model], baselines=[], records=[timing], quality=[], sweep=[],
+                       notes=[])
 
 
 @pytest.fixture
