@@ -10,9 +10,10 @@ Rules (``export.recommend`` ranks the same way from full scores, and the fused k
 * ``TopK(largest=1, sorted=1)`` over the (B, num_items + 1) masked scores: best first, equal
   scores by lower item id first (ONNX's TopK tie rule, the project's rule);
 * a row with fewer than k admissible items ends with item id 0 and score -inf;
-* ids in ``exclude`` must lie in 0..num_items (onnxruntime's ScatterElements refuses larger ones;
-  the fused kernel refuses negative ones too); ``k`` above num_items is an error, ``k = 0``
-  gives empty (B, 0) lists.
+* ids in ``exclude`` must lie in 0..num_items, else the run fails (onnxruntime's
+  ScatterElements refuses ids past the table; it would read a negative id from the end, so
+  negative ids are moved past the table first; the fused kernel checks both itself); ``k``
+  above num_items is an error, ``k = 0`` gives empty (B, 0) lists.
 
 The full score matrix is written once (the scoring op) and masked in place by
 ``ScatterElements``, so the graph costs a (B, num_items + 1) write and read that the fused
@@ -44,6 +45,12 @@ def masked_top_k(g: GraphBuilder, scores: str, item_seq: str, exclude: str,
     exclude_rows = g.node("Expand", [exclude, g.node("Concat", [batch, g.ints([1], "one_1d")],
                                                      name="top_k.exclude_shape", axis=0)],
                           name="top_k.exclude_rows")  # (B, E), also from a shared (1, E) row
+    width = g.node("Gather", [g.node("Shape", [scores], name="top_k.scores_shape"),
+                              g.ints([1], "second_axis")], name="top_k.width", axis=0)
+    exclude_rows = g.node("Where", [g.node("Less", [exclude_rows, g.scalar(0, np.int64, "zero")],
+                                           name="top_k.negative"),
+                                    width, exclude_rows],
+                          name="top_k.negative_refused")  # N + 1: out of range, an error
     padding = g.node("Mul", [g.node("Slice", [item_seq, g.ints([0], "zero_1d"),
                                               g.ints([1], "one_1d"), g.ints([1], "one_1d")],
                                     name="top_k.first_column"),

@@ -211,7 +211,8 @@ def test_bad_top_k_inputs_are_errors(fused):
                            threads=1)
     x = sequences(6)
     nothing = np.zeros((1, 1), np.int64)
-    for exclude, k in ((np.array([[CONFIG.num_items + 1]]), 5), (nothing, CONFIG.num_items + 2)):
+    for exclude, k in ((np.array([[CONFIG.num_items + 1]]), 5), (np.array([[3, -1]]), 5),
+                       (nothing, CONFIG.num_items + 2)):
         with pytest.raises(ORT_ERRORS):
             session.run(None, {"item_seq": x, "exclude": exclude, "k": np.array([k])})
     values, items = session.run(None, {"item_seq": x, "exclude": nothing, "k": np.array([0])})
