@@ -17,9 +17,10 @@ records"), matched to the files they describe by sha256: training when ``metrics
 (``MetricsRecord``) describes the checkpoint (and INT8 model) now in the folder; export when
 ``parity.json`` (``ParityRecord``) describes the model file and the ONNX file(s) as they are;
 the benchmark when ``bench.json`` has a record of every run's current files at every batch size
-and thread count, made with the requested settings on this machine's CPU (model name and flags). A step that ran must leave its record
-current; one that exits 0 (or, for export, 1: parity failed) without it has failed. A run folder
-with a checkpoint but no current metrics (an interrupted run) is continued with ``--resume``.
+and thread count, made with the requested settings on this machine's CPU (model name and
+flags). A step that ran must leave its record current; one that exits 0 (or, for export, 1:
+parity failed) without it has failed. A run folder with a checkpoint but no current metrics (an
+interrupted run) is continued with ``--resume``.
 """
 from __future__ import annotations
 

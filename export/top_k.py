@@ -13,7 +13,8 @@ Rules (``export.recommend`` ranks the same way from full scores, and the fused k
 * ids in ``exclude`` must lie in 0..num_items, else the run fails (onnxruntime's
   ScatterElements refuses ids past the table; it would read a negative id from the end, so
   negative ids are moved past the table first; the fused kernel checks both itself); ``k``
-  above num_items is an error, ``k = 0`` gives empty (B, 0) lists.
+  is at most num_items + 1 (the score columns; the padding item's slot is always id 0 / -inf),
+  above is an error; ``k = 0`` gives empty (B, 0) lists.
 
 The full score matrix is written once (the scoring op) and masked in place by
 ``ScatterElements``, so the graph costs a (B, num_items + 1) write and read that the fused
@@ -38,7 +39,7 @@ def masked_top_k(g: GraphBuilder, scores: str, item_seq: str, exclude: str,
         scores: float32 (B, num_items + 1) scores, column 0 the padding item.
         item_seq: the (B, T) int64 input sequence (its ids are masked).
         exclude: (B, E) or (1, E) int64 ids also masked (0 entries are padding).
-        k: a 1-element int64 tensor, the list length (0 <= k <= num_items).
+        k: a 1-element int64 tensor, the list length (0 <= k <= num_items + 1).
     """
     batch = g.node("Gather", [g.node("Shape", [item_seq], name="top_k.seq_shape"),
                               g.ints([0], "first_axis")], name="top_k.batch", axis=0)

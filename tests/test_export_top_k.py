@@ -217,6 +217,10 @@ def test_bad_top_k_inputs_are_errors(fused):
             session.run(None, {"item_seq": x, "exclude": exclude, "k": np.array([k])})
     values, items = session.run(None, {"item_seq": x, "exclude": nothing, "k": np.array([0])})
     assert values.shape == items.shape == (len(x), 0)  # k = 0: empty lists (ONNX TopK's rule)
+    # k = num_items + 1 (every score column): the padding item's slot ends each list, in both
+    values, items = session.run(None, {"item_seq": x, "exclude": nothing,
+                                       "k": np.array([CONFIG.num_items + 1])})
+    assert np.all(items[:, -1] == 0) and np.all(values[:, -1] == -np.inf)
     for bad in (0, CONFIG.num_items + 1):
         with pytest.raises(ValueError, match="top_k must be in"):
             build_sasrec_onnx(model, top_k=bad)

@@ -468,8 +468,10 @@ void score(const Kernel& kernel, ort::KernelContext* context) {
   const Tensor k_tensor = input(kernel, context, 5);
   if (k_tensor.size != 1) throw Failure{"ScoreTopK: k must hold one value"};
   const int64_t k = *static_cast<const int64_t*>(k_tensor.data);
-  if (k < 0 || k > num_items)  // k = 0: empty lists, as ONNX TopK gives
-    throw Failure{"ScoreTopK: k must be in [0, " + std::to_string(num_items) + "], got " +
+  // as ONNX TopK over the num_items + 1 score columns: k = 0 gives empty lists, k = num_items + 1
+  // ends with the padding item's slot (id 0, -inf), as every slot past the admissible items
+  if (k < 0 || k > num_items + 1)
+    throw Failure{"ScoreTopK: k must be in [0, " + std::to_string(num_items + 1) + "], got " +
                   std::to_string(k)};
   int64_t width = 0;
   const std::vector<int64_t> excluded = excluded_rows(
