@@ -274,16 +274,14 @@ def _attention_core(g: GraphBuilder, q: str, k: str, v: str, allowed: str, heads
     (B, 1, 1, T), and the result is (B, d).
     """
     split = g.ints([0, 0, heads, head_dim], "head_split")
-    k, v = (g.node("Reshape", [t, split], name=f"{hint}.{n}_heads") for t, n in
-            ((k, "k"), (v, "v")))
+    k = g.node("Transpose", [g.node("Reshape", [k, split], name=f"{hint}.k_heads")],
+               name=f"{hint}.k_t", perm=[0, 2, 3, 1])  # (B, nh, hs, T)
     if single_query:  # (B, d) -> (B, nh, 1, hs)
         q = g.node("Reshape", [q, g.ints([0, heads, 1, head_dim], "head_split_one")],
                    name=f"{hint}.q_heads")
     else:
-        q = g.node("Transpose", [g.node("Reshape", [q, split], name=f"{hint}.q_heads")],
-                   name=f"{hint}.q_t", perm=[0, 2, 1, 3])  # (B, nh, T, hs)
-    k = g.node("Transpose", [k], name=f"{hint}.k_t", perm=[0, 2, 3, 1])  # (B, nh, hs, T)
-    v = g.node("Transpose", [v], name=f"{hint}.v_t", perm=[0, 2, 1, 3])  # (B, nh, T, hs)
+        q = _split_heads(g, q, heads, head_dim, f"{hint}.q")  # (B, nh, T, hs)
+    v = _split_heads(g, v, heads, head_dim, f"{hint}.v")  # (B, nh, T, hs)
     logits = g.node("Mul", [g.node("MatMul", [q, k], name=f"{hint}.qk"),
                             g.scalar(np.float32(1.0 / math.sqrt(head_dim)), np.float32,
                                      "attn_scale")], name=f"{hint}.logits")  # (B, nh, T, T)
@@ -294,6 +292,19 @@ def _attention_core(g: GraphBuilder, q: str, k: str, v: str, allowed: str, heads
     if single_query:  # (B, nh, 1, hs) -> (B, d)
         return g.node("Reshape", [context, g.ints([0, heads * head_dim], "head_merge_one")],
                       name=hint)
-    context = g.node("Transpose", [context], name=f"{hint}.context_t", perm=[0, 2, 1, 3])
-    return g.node("Reshape", [context, g.ints([0, 0, heads * head_dim], "head_merge")],
+    if heads > 1:
+        context = g.node("Transpose", [context], name=f"{hint}.context_t", perm=[0, 2, 1, 3])
+    return g.node("Reshape", [context, g.ints([0, -1, heads * head_dim], "head_merge")],
                   name=hint)  # (B, T, d)
+
+
+def _split_heads(g: GraphBuilder, x: str, heads: int, head_dim: int, hint: str) -> str:
+    """(B, T, d) -> (B, nh, T, hs), as ``view(B, T, nh, hs).transpose(1, 2)``; with one head the
+    transpose moves nothing, so it is a Reshape alone (no copy)."""
+    if heads == 1:
+        return g.node("Reshape", [x, g.ints([0, 1, -1, head_dim], "one_head")],
+                      name=f"{hint}_heads")
+    return g.node("Transpose", [g.node("Reshape", [x, g.ints([0, 0, heads, head_dim],
+                                                             "head_split")],
+                                       name=f"{hint}_heads")],
+                  name=f"{hint}_t", perm=[0, 2, 1, 3])

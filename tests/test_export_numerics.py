@@ -167,6 +167,32 @@ def test_fp32_export_matches_torch_fp32(level):
     torch.testing.assert_close(scorer(x), expected, rtol=1e-5, atol=1e-5)
 
 
+ONE_HEAD = dataclasses.replace(CONFIG, heads=1)
+
+
+@pytest.mark.parametrize("last_only", [True, False])
+def test_one_head_splits_by_reshape_and_matches_torch(last_only):
+    """With one head the head split is a Reshape (no Transpose copying q, v or the context; only
+    k's, which onnxruntime folds into the q.k^T product), and the scores are torch's: FP32 to
+    1e-5, INT8 (LSQ) the same top-10 sets, on batches trimmed to several lengths."""
+    for name in ("fp32", "lsq"):
+        model = tiny_model(name, config=ONE_HEAD)
+        proto = build_sasrec_onnx(model, last_position_only=last_only)
+        transposes = [n.output[0] for n in proto.graph.node
+                      if n.op_type == "Transpose" and ".attn." in n.output[0]]
+        assert transposes == [f"blocks.{i}.attn.core.k_t" for i in range(ONE_HEAD.blocks)], \
+            transposes
+        scorer = OnnxScorer(make_session(proto, threads=1))
+        x = batch(12, size=16, config=ONE_HEAD)
+        with torch.no_grad():
+            for inputs in (x, x[:, -5:].contiguous()):
+                want = model.score_last(inputs)
+                if name == "fp32":
+                    torch.testing.assert_close(scorer(inputs), want, rtol=1e-5, atol=1e-5)
+                else:
+                    assert top_k_sets_agree(scorer(inputs), want, 10)[0].all()
+
+
 @pytest.mark.parametrize("name", ["fp32", "ste"])
 def test_dynamic_batch_and_length(name):
     """Any batch size; a batch trimmed to its longest sequence (T < max_len) keeps the
