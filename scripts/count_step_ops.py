@@ -1,0 +1,132 @@
+#!/usr/bin/env python
+"""Operators (and, on CUDA, kernels) one QAT training step launches, per method: the measure
+behind "QAT on a GPU is bound by launching small kernels" (issue 12).
+
+    python scripts/count_step_ops.py                       # CPU, FP32 and the six methods
+    python scripts/count_step_ops.py --device cuda --methods ste lsq
+
+One training step of a random SASRec (``--num-items``, ``--max-len``, ``--hidden``,
+``--blocks``; the counts depend on the architecture, not the weights): forward, full-softmax
+cross-entropy (``qat.losses.softmax_ce``), the method's regularizer, backward and Adam, after
+``--warmup`` untimed steps (lazy initialisation, probes), under ``torch.profiler``. Printed per
+method: aten operators (all, and leaves: those calling no other aten operator, about one kernel
+each), host reads of device scalars (``aten::_local_scalar_dense``: a device sync each on CUDA),
+copies (``aten::copy_``) and, on CUDA, the kernels launched; then each method's ratio of leaf
+operators to FP32's. Exit status: 0 done; 2 bad input (one error: line).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import Counter
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from qat.cli import ArgumentParser, run_cli
+from qat.config import SASRecConfig
+from qat.distributed import resolve_device
+from qat.finetune import prepare_for_method, qat_hooks
+from qat.losses import softmax_ce
+from qat.model import SASRec
+from qat.quantize import ignore_torch_quantization_warnings
+from qat.registry import METHODS, get_method
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--methods", nargs="+", default=[m for m in METHODS if m != "fp32"],
+                   choices=[m for m in METHODS if m != "fp32"], help="QAT methods (FP32 always)")
+    p.add_argument("--bits", type=int, default=8, help="weight bits (default 8)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
+    p.add_argument("--num-items", type=int, default=3416)
+    p.add_argument("--max-len", type=int, default=50)
+    p.add_argument("--hidden", type=int, default=50)
+    p.add_argument("--blocks", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: 0 done, 2 bad input (one ``error:`` line)."""
+    return run_cli(_main, argv)
+
+
+def _main(argv: list[str] | None) -> int:
+    args = parse_args(argv)
+    for flag in ("num_items", "max_len", "hidden", "blocks", "batch_size"):
+        if getattr(args, flag) < 1:
+            raise ValueError(f"--{flag.replace('_', '-')} must be >= 1")
+    if args.warmup < 0:
+        raise ValueError("--warmup must be >= 0")
+    device = resolve_device(args.device)
+    ignore_torch_quantization_warnings()
+    config = SASRecConfig(num_items=args.num_items, max_len=args.max_len, hidden=args.hidden,
+                          blocks=args.blocks, heads=1, dropout=0.2)
+    generator = torch.Generator().manual_seed(0)
+    inputs = torch.randint(1, args.num_items + 1, (args.batch_size, args.max_len),
+                           generator=generator)
+    targets = torch.randint(1, args.num_items + 1, (args.batch_size, args.max_len),
+                            generator=generator)
+    print(f"device {device}, torch {torch.__version__}, {config}")
+    print(f"{'method':10s} {'aten ops':>9s} {'leaf ops':>9s} {'x FP32':>7s} {'scalar reads':>13s} "
+          f"{'copies':>7s} {'kernels':>8s}")
+    baseline = None
+    for name in ["fp32", *args.methods]:
+        counts = count_step(name, config, args.bits, inputs.to(device), targets.to(device),
+                            device, args.warmup)
+        baseline = baseline or counts["leaf"]
+        kernels = "-" if counts["kernels"] is None else str(counts["kernels"])
+        print(f"{name:10s} {counts['aten']:9d} {counts['leaf']:9d} "
+              f"{counts['leaf'] / baseline:6.2f}x {counts['scalar_reads']:13d} "
+              f"{counts['copies']:7d} {kernels:>8s}")
+    return 0
+
+
+def count_step(name: str, config: SASRecConfig, bits: int, inputs: torch.Tensor,
+               targets: torch.Tensor, device: torch.device, warmup: int) -> dict:
+    """Operator counts of one training step of ``name`` (``"fp32"`` or a QAT method)."""
+    torch.manual_seed(0)
+    model = SASRec(config).to(device).train()
+    regularizer = None
+    if name == "fp32":
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    else:
+        method = get_method(name)
+        model = prepare_for_method(model, method, bits, inputs).to(device).train()
+        hooks = qat_hooks(model, method, lr=1e-3, quant_lr=method.quant_lr)
+        optimizer = torch.optim.Adam(hooks.param_groups)
+        regularizer = hooks.regularizer
+
+    def step() -> None:
+        loss = softmax_ce(model(inputs), targets, model.item_table())
+        if regularizer is not None:
+            loss = loss + regularizer(0.5)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    for _ in range(warmup):
+        step()
+    activities = [ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(ProfilerActivity.CUDA)
+        torch.cuda.synchronize()
+    with profile(activities=activities) as prof:
+        step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    events = prof.events()
+    aten = [e for e in events if e.name.startswith("aten::")]
+    leaf = [e for e in aten if not any(c.name.startswith("aten::") for c in e.cpu_children)]
+    names = Counter(e.name for e in aten)
+    kernels = None
+    if device.type == "cuda":
+        kernels = sum(1 for e in events if str(e.device_type).endswith("CUDA"))
+    return {"aten": len(aten), "leaf": len(leaf), "kernels": kernels,
+            "scalar_reads": names["aten::_local_scalar_dense"], "copies": names["aten::copy_"]}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,32 @@
+"""scripts/count_step_ops.py: operators per QAT training step, against FP32."""
+from __future__ import annotations
+
+import torch
+from conftest import run_in_process
+
+TINY = ["--num-items", "30", "--max-len", "6", "--hidden", "8", "--blocks", "1",
+        "--batch-size", "4", "--warmup", "1"]
+
+
+def test_counts_fp32_and_each_method_with_their_ratio():
+    result = run_in_process("count_step_ops", *TINY, "--methods", "ste", "lsq")
+    assert result.returncode == 0, result.stderr
+    rows = {line.split()[0]: line.split() for line in result.stdout.splitlines()[2:]}
+    assert list(rows) == ["fp32", "ste", "lsq"]
+    leaf = {name: int(row[2]) for name, row in rows.items()}
+    assert rows["fp32"][3] == "1.00x" and rows["fp32"][6] == "-"  # no kernels on the CPU
+    for name in ("ste", "lsq"):
+        assert leaf[name] > leaf["fp32"]  # fake quantization adds operators
+        assert rows[name][3] == f"{leaf[name] / leaf['fp32']:.2f}x"
+        assert int(rows[name][1]) >= leaf[name] and int(rows[name][5]) > 0
+
+
+def test_bad_input_is_one_error_line():
+    cases = [(["--hidden", "0"], "--hidden must be >= 1")]
+    if not torch.cuda.is_available():  # where it is, --device cuda is good input
+        cases.append((["--device", "cuda"], "CUDA is not available"))
+    for args, message in cases:
+        result = run_in_process("count_step_ops", *TINY, *args)
+        assert result.returncode == 2
+        errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+        assert len(errors) == 1 and message in errors[0], result.stderr
