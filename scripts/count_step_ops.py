@@ -12,7 +12,10 @@ cross-entropy (``qat.losses.softmax_ce``), the method's regularizer, backward an
 method: aten operators (all, and leaves: those calling no other aten operator, about one kernel
 each), host reads of device scalars (``aten::_local_scalar_dense``: a device sync each on CUDA),
 copies (``aten::copy_``) and, on CUDA, the kernels launched; then each method's ratio of leaf
-operators to FP32's. Exit status: 0 done; 2 bad input (one error: line).
+operators to FP32's. Every operator costs host time, which is what bounds a QAT step on a GPU;
+not every one launches a kernel (the quantizers' flags are host tensors, observers.grid
+HOST_BUFFERS), so on a GPU read the kernel column for launches. Exit status: 0 done; 2 bad input
+(one error: line).
 """
 from __future__ import annotations
 
