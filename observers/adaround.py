@@ -49,7 +49,7 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from observers.grid import EPS, WEIGHT_BITS, WeightFakeQuantize, absmax_scale, channel_view
+from observers.grid import EPS, WEIGHT_BITS, WeightFakeQuantize, absmax_scale, channel_view, flag
 
 __all__ = [
     "AdaRoundFakeQuantize",
@@ -221,7 +221,7 @@ class AdaRoundFakeQuantize(WeightFakeQuantize):
         self.register_buffer("hard", torch.tensor([0], dtype=torch.uint8))  # host flag
 
     def _observe(self, w: torch.Tensor) -> None:
-        if self.initialized[0] == 1:
+        if flag(self.initialized):
             return
         if self.scale_init == "mse":
             scale = mse_scale(w, self.int_max, ch_axis=0)
@@ -234,7 +234,7 @@ class AdaRoundFakeQuantize(WeightFakeQuantize):
         self.initialized.fill_(1)
 
     def _check_ready(self, w: torch.Tensor) -> None:
-        if self.initialized[0] == 0:
+        if not flag(self.initialized):
             raise ValueError(
                 "AdaRound is not initialised: run one forward with the observer enabled "
                 "(enable_observer()) or load a state_dict before using it"
@@ -250,7 +250,7 @@ class AdaRoundFakeQuantize(WeightFakeQuantize):
 
     def _quantize(self, w: torch.Tensor) -> torch.Tensor:
         self._check_ready(w)
-        if self.hard[0] == 1:
+        if flag(self.hard):
             return adaround_hard_quant(w, self.scale, self.v, self.int_max)
         return adaround_soft_quant(w, self.scale, self.v, self.int_max)
 

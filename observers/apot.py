@@ -74,6 +74,7 @@ from observers.grid import (
     WeightFakeQuantize,
     channel_view,
     check_bits,
+    flag,
     straight_through,
     weight_qmax,
 )
@@ -240,7 +241,7 @@ class ApotWeightFakeQuantize(WeightFakeQuantize):
         dims = list(range(1, w.dim()))
         sigma = torch.clamp(w.std(dim=dims, correction=0) if dims else w.abs(), min=EPS)
         self._set_lazy("sigma", sigma)
-        if self.initialized[0] == 0:
+        if not flag(self.initialized):
             if self.init == "max":
                 alpha = w.abs().amax(dim=dims) / sigma if dims else w.abs() / sigma
             else:

@@ -44,6 +44,7 @@ import torch
 from observers.grid import (
     EPS,
     channel_view,
+    flag,
     round_ste,
 )
 from observers.ste import SteActivationFakeQuantize, SteWeightFakeQuantize
@@ -138,7 +139,7 @@ class DorefaActivationFakeQuantize(SteActivationFakeQuantize):
         self.register_buffer("steps", torch.zeros(1, dtype=torch.int64))  # host flag
 
     def _update_range(self, batch_min: torch.Tensor, batch_max: torch.Tensor) -> None:
-        if self.initialized[0] == 1:  # running min/max instead of STE's moving average
+        if flag(self.initialized):  # running min/max instead of STE's moving average
             batch_min = torch.minimum(batch_min, self.min_val)
             batch_max = torch.maximum(batch_max, self.max_val)
         self.min_val.copy_(batch_min)

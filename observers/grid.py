@@ -163,6 +163,19 @@ def round_ste(x: torch.Tensor) -> torch.Tensor:
     return StraightThrough.apply(x, torch.round)
 
 
+def flag(buffer: torch.Tensor) -> bool:
+    """A one-element 0/1 flag buffer (``observer_enabled``, ``initialized``...) as a bool.
+
+    One operator (``item``) where ``buffer[0] == 1`` costs three (select, eq, item): a quantized
+    SASRec reads ~80 flags per training step, and on a GPU the step is bound by host time per
+    operator. The flags are host tensors (``_GridFakeQuantize.HOST_BUFFERS``): no device sync.
+
+    >>> flag(torch.tensor([1], dtype=torch.uint8)), flag(torch.tensor([0], dtype=torch.uint8))
+    (True, False)
+    """
+    return bool(buffer.item())
+
+
 def channel_view(t: torch.Tensor, x: torch.Tensor, ch_axis: int = 0) -> torch.Tensor:
     """Reshape a per-channel vector ``t`` so it broadcasts against ``x`` along ``ch_axis``."""
     if t.numel() == 1:
@@ -452,10 +465,10 @@ class _GridFakeQuantize(FakeQuantizeBase):
 
     # -- template -----------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.observer_enabled[0] == 1:
+        if flag(self.observer_enabled):
             with torch.no_grad():
                 self._observe(x.detach())
-        if self.fake_quant_enabled[0] == 0:
+        if not flag(self.fake_quant_enabled):
             return x
         return self._quantize(x)
 
@@ -567,8 +580,8 @@ class WeightFakeQuantize(_GridFakeQuantize):
 
     # -- forward / fold -----------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.folded[0] == 1:  # frozen: no observer, round-to-nearest on the fixed grid
-            return x if self.fake_quant_enabled[0] == 0 else self._rtn(x)
+        if flag(self.folded):  # frozen: no observer, round-to-nearest on the fixed grid
+            return x if not flag(self.fake_quant_enabled) else self._rtn(x)
         return super().forward(x)
 
     def _fold_values(self, w: torch.Tensor) -> torch.Tensor:
@@ -585,9 +598,9 @@ class WeightFakeQuantize(_GridFakeQuantize):
         tensor; ``fold`` of an already folded module is round-to-nearest (idempotent).
         """
         with torch.no_grad():
-            if self.folded[0] == 1:
+            if flag(self.folded):
                 return self._rtn(weight).detach()
-            if self.observer_enabled[0] == 1:
+            if flag(self.observer_enabled):
                 self._observe(weight.detach())
             values = self._fold_values(weight.detach()).detach()
             self.disable_observer()

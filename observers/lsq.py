@@ -60,6 +60,7 @@ from observers.grid import (
     affine_qparams,
     fake_quant_affine,
     fake_quant_per_tensor,
+    flag,
     round_ste,
 )
 
@@ -190,7 +191,7 @@ class LsqWeightFakeQuantize(WeightFakeQuantize):
         self.scale = nn.Parameter(torch.ones(1, device=self._factory_device))
 
     def _observe(self, w: torch.Tensor) -> None:
-        if self.initialized[0] == 1:
+        if flag(self.initialized):
             return
         if self.init == "max":
             scale = absmax_scale(w, self.int_max, ch_axis=0)
@@ -237,7 +238,7 @@ class LsqActivationFakeQuantize(ActivationFakeQuantize):
         self.zero_point = nn.Parameter(torch.zeros(1, device=self._factory_device))
 
     def _observe(self, x: torch.Tensor) -> None:
-        if self.initialized[0] == 1 or x.numel() == 0:
+        if flag(self.initialized) or x.numel() == 0:
             return
         if self.init == "minmax":
             scale, zero_point = affine_qparams(

@@ -46,7 +46,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from observers.grid import EPS, ActivationFakeQuantize, fake_quant_per_tensor
+from observers.grid import EPS, ActivationFakeQuantize, fake_quant_per_tensor, flag
 
 __all__ = ["PactActivationFakeQuantize", "pact_fake_quant", "pact_regularization", "pact_scale"]
 
@@ -129,7 +129,7 @@ class PactActivationFakeQuantize(ActivationFakeQuantize):
             self.initialized.fill_(1)
 
     def _observe(self, x: torch.Tensor) -> None:
-        if self.initialized[0] == 1 or x.numel() == 0:
+        if flag(self.initialized) or x.numel() == 0:
             return
         hi = x.max().float()
         if self.signed:

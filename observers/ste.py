@@ -35,6 +35,7 @@ from observers.grid import (
     affine_qparams,
     fake_quant_affine,
     fake_quant_per_tensor,
+    flag,
 )
 from observers.sync import global_min_max, world_size
 
@@ -147,7 +148,7 @@ class SteActivationFakeQuantize(ActivationFakeQuantize):
         self.register_buffer("zero_point", torch.zeros(1, dtype=torch.int64, device=device))
 
     def _update_range(self, batch_min: torch.Tensor, batch_max: torch.Tensor) -> None:
-        if self.initialized[0] == 0:
+        if not flag(self.initialized):
             self.min_val.copy_(batch_min)
             self.max_val.copy_(batch_max)
         else:
@@ -162,7 +163,8 @@ class SteActivationFakeQuantize(ActivationFakeQuantize):
             inf = torch.full((1,), float("inf"), device=self.min_val.device)
             batch_min, batch_max = inf, -inf
         else:
-            batch_min, batch_max = x.min().float().reshape(1), x.max().float().reshape(1)
+            lo, hi = torch.aminmax(x)  # one pass over x (min() and max() took two)
+            batch_min, batch_max = lo.float().reshape(1), hi.float().reshape(1)
         if world_size() > 1:
             batch_min, batch_max = global_min_max(batch_min, batch_max)
             empty = bool(batch_min > batch_max)  # every shard was empty
