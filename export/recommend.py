@@ -156,21 +156,45 @@ def model_max_len(session: ort.InferenceSession) -> int:
                      "dynamic: pass max_len")
 
 
+# A run folder's exported graphs, the one to serve first: top-k graphs (the selection runs in
+# the graph), fused INT8 before exact INT8, INT8 before FP32 (export_int8.py writes them).
+SERVING_PREFERENCE = ("model_int8_fused_top_k.onnx", "model_int8_top_k.onnx",
+                      "model_int8_fused.onnx", "model_int8.onnx", "model_fp32_top_k.onnx",
+                      "model_fp32.onnx")
+
+
+def serving_model_path(path: str | os.PathLike) -> Path:
+    """``path`` itself for a file; for a run folder its first graph in ``SERVING_PREFERENCE``.
+
+    Raises:
+        FileNotFoundError: nothing at ``path``, or a folder without an exported graph.
+    """
+    path = Path(path)
+    if path.is_dir():
+        for name in SERVING_PREFERENCE:
+            if (path / name).is_file():
+                return path / name
+        raise FileNotFoundError(f"{path} holds no exported model ({', '.join(SERVING_PREFERENCE)})"
+                                f": export it first, scripts/export_int8.py --run {path}")
+    if not path.is_file():
+        raise FileNotFoundError(f"no model file at {path}")
+    return path
+
+
 def load_recommender(path: str | os.PathLike, *,
                      threads: int = 0) -> tuple[ort.InferenceSession, ItemIds]:
-    """``(session, item id map)`` of an exported model file (FP32, INT8 or fused INT8).
+    """``(session, item id map)`` of an exported model file (FP32, INT8 or fused INT8, full-score
+    or top-k graph), or of a run folder's preferred graph (``serving_model_path``).
 
     The map is the model's embedded one, or ``ItemIds.identity(num_items)`` for a model that
     carries none (``embedded_item_ids(session) is None`` tells).
 
     Raises:
-        FileNotFoundError: no file at ``path``.
+        FileNotFoundError: no file at ``path``, or a folder without an exported graph.
         ValueError: a file onnxruntime cannot load, or a bad embedded map.
         export.native_ops.NativeBuildError: a fused model where the kernels cannot be built.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no model file at {path}")
+    path = serving_model_path(path)
     session = make_session(path, threads=threads)
     return session, _item_ids(session, None)
 

@@ -4,6 +4,7 @@
 Examples:
     python scripts/recommend.py --model runs/lsq/model_int8_fused_top_k.onnx --history 1193 661 914
     python scripts/recommend.py --model runs/fp32/model_fp32.onnx --history-file users.txt --k 5
+    python scripts/recommend.py --model runs/lsq --history 1193 661 914   # the run's fastest graph
 
 --history: one user's raw item ids (as in the data: ML-1M movie ids, ...), oldest first.
 --history-file: one user per line, raw ids separated by spaces or commas; blank lines are
@@ -34,15 +35,17 @@ from export.recommend import (
     load_recommender,
     read_history_file,
     recommend,
+    serving_model_path,
 )
 from qat.cli import ArgumentParser, run_cli
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", type=Path, required=True, metavar="FILE",
+    p.add_argument("--model", type=Path, required=True, metavar="FILE_OR_RUN",
                    help="an exported model (DIR/model_int8_fused.onnx, model_int8.onnx, "
-                        "model_fp32.onnx, or their _top_k graphs)")
+                        "model_fp32.onnx, or their _top_k graphs), or a run folder: its fastest "
+                        "exported graph (top-k, fused INT8 first; the choice goes to stderr)")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--history", nargs="+", metavar="RAW_ID",
                         help="one user's raw item ids, oldest first")
@@ -65,9 +68,12 @@ def _main(argv: list[str] | None) -> int:
         lines, histories = read_history_file(args.history_file)
     else:
         lines, histories = [], [args.history]
-    session, item_ids = load_recommender(args.model, threads=args.threads)
+    model = serving_model_path(args.model)
+    if model != args.model:
+        print(f"note: serving {model}", file=sys.stderr)
+    session, item_ids = load_recommender(model, threads=args.threads)
     if embedded_item_ids(session) is None:
-        print(f"note: {args.model} carries no item id map (exported before maps were "
+        print(f"note: {model} carries no item id map (exported before maps were "
               f"embedded): raw ids are its internal ids 1..{item_ids.num_items}",
               file=sys.stderr)
     results = recommend(session, histories, args.k, item_ids=item_ids)

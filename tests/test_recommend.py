@@ -21,11 +21,13 @@ from export.onnx_file import save_onnx
 from export.parity_record import ParityRecord
 from export.recommend import (
     EMPTY_HISTORY,
+    SERVING_PREFERENCE,
     Recommendation,
     embedded_item_ids,
     load_recommender,
     model_max_len,
     recommend,
+    serving_model_path,
 )
 from qat.config import SASRecConfig
 from qat.model import SASRec
@@ -363,6 +365,30 @@ def test_cli_prints_rank_raw_id_score_and_title(file, model_files, sessions):
     want = recommend(sessions["int8_fused"], [history], k=4)[0]
     assert result.stdout.splitlines() == [
         f"{r.rank}\t{r.item}\t{r.score:.6f}\tTitle of {r.item}" for r in want]
+
+
+def test_a_run_folder_serves_its_fastest_exported_graph(model_files, tmp_path):
+    """--model DIR: the first of SERVING_PREFERENCE there (top-k, fused INT8 first), named on
+    stderr; a folder without an exported graph is one error line naming the export command."""
+    root = model_files["top_k"].parent  # model_int8_fused_top_k.onnx, model_int8_fused.onnx, ...
+    assert serving_model_path(root) == model_files["top_k"]
+    assert serving_model_path(model_files["bare"]) == model_files["bare"]  # a file: itself
+    history = histories(shuffled_ids())[2]
+    by_folder = run_in_process("recommend", "--model", root, "--history", *history, "--k", 4)
+    by_file = run_in_process("recommend", "--model", model_files["top_k"], "--history",
+                             *history, "--k", 4)
+    assert by_folder.returncode == 0 and by_folder.stdout == by_file.stdout
+    assert by_folder.stderr == f"note: serving {model_files['top_k']}\n"
+    fp32_only = tmp_path / "fp32"
+    fp32_only.mkdir()
+    shutil.copy(model_files["bare"], fp32_only / "model_fp32.onnx")
+    assert serving_model_path(fp32_only) == fp32_only / "model_fp32.onnx"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    message = error_line(run_in_process("recommend", "--model", empty, "--history", "1"))
+    assert "holds no exported model" in message and f"export_int8.py --run {empty}" in message
+    assert list(SERVING_PREFERENCE) == sorted(SERVING_PREFERENCE, key=lambda n: (
+        "fp32" in n, "top_k" not in n, "fused" not in n))
 
 
 def test_cli_history_file_and_model_without_map(model_files, models, tmp_path):
