@@ -311,7 +311,7 @@ class BenchRecord(Record):
     def missing(self, runs: Sequence[tuple[str | Path, str]], *, batches: Sequence[int],
                 threads: Sequence[int], repeats: int, baselines: bool = True,
                 int8_fast: bool = False, torch_int8: bool = False,
-                sweep_hidden: Sequence[int] = (),
+                sweep_hidden: Sequence[int] = (), top_k: int | None = None,
                 machine: Mapping[str, Any] | None = None) -> str | None:
         """Why this record does not cover the request (it must be remade), or None.
 
@@ -323,14 +323,16 @@ class BenchRecord(Record):
             baselines: the baselines must have been timed.
             int8_fast, torch_int8: those variants must have been timed (extra ones are fine).
             sweep_hidden: when given, the sweep must be exactly these widths.
+            top_k: when given, the runs' top-k graphs must have been timed with this k.
             machine: when given (``export.latency.machine_info()`` of this machine), the
                 record must come from the same CPU: model name and int8-relevant flags
                 (latency on another CPU class is not this machine's).
 
         The rules, in order (the first that fails is the reason): the same CPU when
-        ``machine`` is given; the same ``repeats``; the
-        baselines when asked for; ``--int8-fast`` / ``--torch-int8`` when asked for; the same
-        sweep when one is asked for; then for each run: its model file's sha256 is the one
+        ``machine`` is given; the same ``repeats``; the baselines when asked for;
+        ``--int8-fast`` / ``--torch-int8`` when asked for; the same sweep when one is asked for;
+        the same top-k ``k`` when one is asked for; then for each run: its model file's sha256
+        is the one
         timed, its ONNX file's sha256 is that of the bytes timed (a graph that was built in
         memory, because the run was not exported then, does not count), and a timing at every
         ``batches`` x ``threads`` case.
@@ -351,6 +353,9 @@ class BenchRecord(Record):
                 return f"it was made without --{flag}"
         if sweep_hidden and list(s.sweep_hidden) != list(sweep_hidden):
             return f"its sweep is {s.sweep_hidden}, not {list(sweep_hidden)}"
+        if top_k is not None and s.top_k != top_k:
+            return (f"it was made without --top-k {top_k}" if s.top_k is None else
+                    f"it timed top-k graphs of k={s.top_k}, not {top_k}")
         have = {(r.model, r.batch, r.threads) for r in self.records}
         for run_dir, name in runs:
             why = self._files_changed(Path(run_dir), name)

@@ -70,6 +70,8 @@ class PipelineSettings:
             parity and latency run on the CPU.
         bench_batches, bench_threads, bench_repeats: the latency grid and repeats.
         no_baselines, int8_fast, torch_int8, sweep_hidden: benchmark.py options.
+        bench_top_k: benchmark.py ``--top-k``: also time every run's top-k serving graph
+            (None: not).
         summary_threads: the thread count whose latencies the summary shows (default: the
             largest of ``bench_threads``).
         quiet: the steps' output only in OUT/logs/; progress: a progress bar over the steps.
@@ -102,6 +104,7 @@ class PipelineSettings:
     int8_fast: bool = False
     torch_int8: bool = False
     sweep_hidden: tuple[int, ...] = ()
+    bench_top_k: int | None = None
     summary_threads: int | None = None
     quiet: bool = False
     progress: bool = True
@@ -126,6 +129,8 @@ class PipelineSettings:
                                      f"{', '.join(map(str, supported))}, not {bits}")
         positive = {"--bench-batches": self.bench_batches, "--bench-threads": self.bench_threads,
                     "--bench-repeats": (self.bench_repeats,)}
+        if self.bench_top_k is not None:
+            positive["--bench-top-k"] = (self.bench_top_k,)
         for flag, values in positive.items():
             if not values or min(values) < 1:
                 raise ValueError(f"{flag} must be >= 1")
@@ -223,7 +228,7 @@ def bench_missing(bench_path: Path, runs: list[Run], settings: PipelineSettings)
         threads=settings.bench_threads, repeats=settings.bench_repeats,
         baselines=not settings.no_baselines, int8_fast=settings.int8_fast,
         torch_int8=settings.torch_int8, sweep_hidden=settings.sweep_hidden,
-        machine=machine_info())
+        top_k=settings.bench_top_k, machine=machine_info())
 
 
 # -- the steps -----------------------------------------------------------------------------------
@@ -293,6 +298,8 @@ def bench_step(runs: list[Run], settings: PipelineSettings) -> Step:
         flags += ["--no-baselines"] if settings.no_baselines else []
         flags += ["--int8-fast"] if settings.int8_fast else []
         flags += ["--torch-int8"] if settings.torch_int8 else []
+        if settings.bench_top_k is not None:
+            flags += ["--top-k", str(settings.bench_top_k)]
         if settings.sweep_hidden:
             flags += ["--sweep-hidden", *map(str, settings.sweep_hidden)]
         return Plan(args=flags, note=why)

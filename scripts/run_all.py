@@ -90,6 +90,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     bench.add_argument("--sweep-hidden", nargs="+", type=int, default=[], metavar="D",
                        help="benchmark.py --sweep-hidden: INT8/FP32 latency of random models "
                             "of these widths")
+    bench.add_argument("--bench-top-k", type=int, default=None, metavar="K",
+                       help="benchmark.py --top-k: also time every run's top-k serving graph "
+                            "(k = K, history masked in the graph)")
     bench.add_argument("--summary-threads", type=int, default=None, metavar="T",
                        help="thread count whose latencies the summary shows (default the largest "
                             "--bench-threads)")

@@ -750,6 +750,11 @@ def test_missing_settings_reasons(study):
         "it was made without --torch-int8"
     assert record.missing(runs, **REQUEST, sweep_hidden=[8, 16]) == \
         "its sweep is [], not [8, 16]"
+    assert record.missing(runs, **REQUEST, top_k=10) == "it was made without --top-k 10"
+    record.settings.top_k = 5
+    assert record.missing(runs, **REQUEST, top_k=10) == "it timed top-k graphs of k=5, not 10"
+    assert record.missing(runs, **REQUEST, top_k=5) is None
+    record.settings.top_k = None
     record.settings.baselines = False
     assert record.missing(runs, **REQUEST) == "it has no baselines"
     assert record.missing(runs, **REQUEST, baselines=False) is None

@@ -111,7 +111,8 @@ else:
     bench["settings"].update(
         repeats=int(value("--repeats")), baselines="--no-baselines" not in args,
         int8_fast="--int8-fast" in args, torch_int8="--torch-int8" in args,
-        sweep_hidden=[int(d) for d in sweep], batches=batches, threads=threads)
+        sweep_hidden=[int(d) for d in sweep], batches=batches, threads=threads,
+        top_k=int(value("--top-k")) if "--top-k" in args else None)
     model_entry, timing = bench.pop("models")[0], bench.pop("records")[0]
     bench["models"], bench["records"] = [], []
     for folder in map(pathlib.Path, args[1:args.index("--out")]):
@@ -178,7 +179,8 @@ def test_flags_reach_each_script(fake_pipeline, capsys):
     run, calls, out = fake_pipeline
     status, stdout, _ = run(capsys, {}, "--hidden", "16", "--qat-epochs", "3", "--epochs", "7",
                             "--threads", "1", "--bench-repeats", "5", "--no-baselines",
-                            "--int8-fast", "--torch-int8", "--sweep-hidden", "8", "16")
+                            "--int8-fast", "--torch-int8", "--bench-top-k", "5",
+                            "--sweep-hidden", "8", "16")
     assert status == 0
     by_step = {(c[0], c[c.index("--out") + 1] if "--out" in c else c[c.index("--run") + 1]): c
                for c in calls()}
@@ -195,6 +197,7 @@ def test_flags_reach_each_script(fake_pipeline, capsys):
     assert bench[bench.index("--batches") + 1:bench.index("--threads")] == ["1", "8"]
     assert "--no-baselines" in bench and bench[bench.index("--repeats") + 1] == "5"
     assert "--int8-fast" in bench and "--torch-int8" in bench
+    assert bench[bench.index("--top-k") + 1] == "5"
     assert bench[bench.index("--sweep-hidden") + 1:] == ["8", "16"]
     assert (out / "logs" / "train_pact_w8.log").read_text().count("=== exit status 0") == 1
     assert [r["model"] for r in read_csv(out / "results_summary.csv")[1]] == [
