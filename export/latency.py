@@ -29,7 +29,7 @@ import onnxruntime as ort
 import torch
 
 from data import LeaveOneOutSplit, eval_batches
-from export.runtime import make_session
+from export.runtime import make_session, serving_kind
 from export.sasrec_graph import INPUT, SCORES, TOP_K_ITEMS, TOP_K_SCORES
 
 Call = Callable[[np.ndarray], Any]
@@ -133,11 +133,13 @@ def ort_call(session: ort.InferenceSession, output: str | None = None) -> Call:
 
     ``output`` None: what the graph serves, ``scores`` of a full-score graph or both outputs of
     a top-k graph (``top_k_items``, ``top_k_scores``; ``exclude`` and ``k`` at their defaults:
-    the history in the batch masked, k as exported).
+    the history in the batch masked, k as exported), as ``export.runtime.serving_kind`` tells.
+
+    Raises:
+        ValueError: ``output`` None and a graph of neither kind.
     """
-    names = [o.name for o in session.get_outputs()]
-    outputs = ([output] if output is not None else [SCORES] if SCORES in names
-               else [n for n in (TOP_K_ITEMS, TOP_K_SCORES) if n in names])
+    outputs = ([output] if output is not None else [SCORES]
+               if serving_kind(session) == "scores" else [TOP_K_ITEMS, TOP_K_SCORES])
 
     def call(batch: np.ndarray) -> Any:
         return session.run(outputs, {INPUT: batch})

@@ -7,7 +7,8 @@
 A history is a user's raw item ids (as in their log: ``data.ItemIds`` maps them to the model's
 internal ids 1..N), oldest first. ``recommend`` maps every history to internal ids, keeps its
 last ``max_len`` items, left-pads it with 0 to ``max_len`` and runs the whole batch in one
-session run. Both kinds of exported graph serve (``serving_kind`` tells them apart):
+session run. Both kinds of exported graph serve (``export.runtime.serving_kind`` tells them
+apart):
 
 * a full-score graph (``model_<kind>.onnx``, output ``scores`` (B, num_items + 1)): every row is
   ranked here, in numpy;
@@ -60,7 +61,7 @@ import onnxruntime as ort
 
 from data import ItemIds, UnknownItemError
 from data.item_ids import METADATA_KEY
-from export.runtime import make_session, model_metadata
+from export.runtime import make_session, model_metadata, serving_kind
 from export.sasrec_graph import EXCLUDE, INPUT, K_INPUT, SCORES, TOP_K_ITEMS, TOP_K_SCORES
 from export.top_k import rank_masked
 
@@ -118,24 +119,6 @@ def model_num_items(session: ort.InferenceSession) -> int:
         raise ValueError("the model records no sasrec_qat.num_items and its scores have no "
                          "fixed width")
     return width - 1
-
-
-def serving_kind(session: ort.InferenceSession) -> str:
-    """``"scores"`` (a full-score graph, output ``scores``) or ``"top_k"`` (a top-k graph,
-    outputs ``top_k_items`` and ``top_k_scores``, inputs ``exclude`` and ``k``).
-
-    Raises:
-        ValueError: a graph with neither set of outputs (not a SASRec export).
-    """
-    outputs = {o.name for o in session.get_outputs()}
-    # exclude and k have defaults: onnxruntime lists them as overridable initializers
-    inputs = {i.name for i in [*session.get_inputs(), *session.get_overridable_initializers()]}
-    if {TOP_K_ITEMS, TOP_K_SCORES} <= outputs and {EXCLUDE, K_INPUT} <= inputs:
-        return "top_k"
-    if SCORES in outputs:
-        return "scores"
-    raise ValueError(f"the model has neither a {SCORES!r} output nor the top-k graph's "
-                     f"{TOP_K_ITEMS!r}/{TOP_K_SCORES!r}: not a SASRec export")
 
 
 def model_max_len(session: ort.InferenceSession) -> int:

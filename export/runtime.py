@@ -14,7 +14,7 @@ import onnxruntime as ort
 import torch
 
 from export import native_ops
-from export.sasrec_graph import INPUT, SCORES
+from export.sasrec_graph import EXCLUDE, INPUT, K_INPUT, SCORES, TOP_K_ITEMS, TOP_K_SCORES
 
 OPTIMIZATION_LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -94,6 +94,24 @@ def uses_fused_ops(model: str | os.PathLike | bytes | onnx.ModelProto) -> bool:
             raise ValueError(f"onnxruntime cannot load {where}: {str(err).splitlines()[0]}") \
                 from err
     return any(op.domain == native_ops.DOMAIN for op in model.opset_import)
+
+
+def serving_kind(session: ort.InferenceSession) -> str:
+    """``"scores"`` (a full-score graph, output ``scores``) or ``"top_k"`` (a top-k graph,
+    outputs ``top_k_items`` and ``top_k_scores``, inputs ``exclude`` and ``k``).
+
+    Raises:
+        ValueError: a graph with neither set of outputs (not a SASRec export).
+    """
+    outputs = {o.name for o in session.get_outputs()}
+    # exclude and k have defaults: onnxruntime lists them as overridable initializers
+    inputs = {i.name for i in [*session.get_inputs(), *session.get_overridable_initializers()]}
+    if {TOP_K_ITEMS, TOP_K_SCORES} <= outputs and {EXCLUDE, K_INPUT} <= inputs:
+        return "top_k"
+    if SCORES in outputs:
+        return "scores"
+    raise ValueError(f"the model has neither a {SCORES!r} output nor the top-k graph's "
+                     f"{TOP_K_ITEMS!r}/{TOP_K_SCORES!r}: not a SASRec export")
 
 
 def model_metadata(session: ort.InferenceSession) -> dict[str, str]:
