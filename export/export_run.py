@@ -60,7 +60,7 @@ from export.run_folder import (
 )
 from export.latency import eval_inputs
 from export.runtime import OnnxScorer, make_session
-from export.sasrec_graph import SCORES, SCORING_PATHS, TOP_K_ITEMS, build_sasrec_onnx
+from export.sasrec_graph import INPUT, SCORES, SCORING_PATHS, TOP_K_ITEMS, build_sasrec_onnx
 from export.scoring_probe import choose_scoring
 from export.top_k import rank_masked
 from qat.evaluate import evaluate
@@ -161,8 +161,8 @@ def _export_top_k(run: RunModel, inputs: np.ndarray, full_session: Any, full_fil
     same = 0
     for start in range(0, len(inputs), batch_size):
         x = inputs[start:start + batch_size]
-        want = rank_masked(full_session.run([SCORES], {"item_seq": x})[0], x, top_k)[0]
-        got = top_session.run([TOP_K_ITEMS], {"item_seq": x})[0]
+        want = rank_masked(full_session.run([SCORES], {INPUT: x})[0], x, top_k)[0]
+        got = top_session.run([TOP_K_ITEMS], {INPUT: x})[0]
         same += int(np.sum(np.all(got == want, axis=1)))
     agreement = same / len(inputs)
     props = {p.key: p.value for p in model.metadata_props}
