@@ -14,18 +14,31 @@ each), host reads of device scalars (``aten::_local_scalar_dense``: a device syn
 copies (``aten::copy_``) and, on CUDA, the kernels launched; then each method's ratio of leaf
 operators to FP32's. Every operator costs host time, which is what bounds a QAT step on a GPU;
 not every one launches a kernel (the quantizers' flags are host tensors, observers.grid
-HOST_BUFFERS), so on a GPU read the kernel column for launches. Exit status: 0 done; 2 bad input
-(one error: line).
+HOST_BUFFERS), so on a GPU read the kernel column for launches.
+
+``--time-rounds N`` then times the same steps: N rounds of one step of every model, in a balanced
+order (``export.latency.round_order``), median ms per step and its ratio to FP32's. On a tiny
+model on the CPU with ``--threads 1 --foreach`` (multi-tensor Adam, which torch picks on CUDA)
+this is a host-bound proxy of the GPU step, where time is the host's per-operator cost too::
+
+    python scripts/count_step_ops.py --num-items 200 --max-len 20 --hidden 16 \
+        --threads 1 --foreach --time-rounds 80
+
+Exit status: 0 done; 2 bad input (one error: line).
 """
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
+import time
 from collections import Counter
+from typing import Callable
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from export.latency import round_order
 from qat.cli import ArgumentParser, run_cli
 from qat.config import SASRecConfig
 from qat.distributed import resolve_device
@@ -48,6 +61,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--blocks", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3)")
+    p.add_argument("--foreach", action="store_true",
+                   help="multi-tensor Adam (torch's choice on CUDA; default: torch's choice for "
+                        "the device)")
+    p.add_argument("--time-rounds", type=int, default=0,
+                   help="also time this many interleaved rounds of one step per model (default "
+                        "0: count only)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch intra-op threads (default: torch's)")
     return p.parse_args(argv)
 
 
@@ -61,8 +82,12 @@ def _main(argv: list[str] | None) -> int:
     for flag in ("num_items", "max_len", "hidden", "blocks", "batch_size"):
         if getattr(args, flag) < 1:
             raise ValueError(f"--{flag.replace('_', '-')} must be >= 1")
-    if args.warmup < 0:
-        raise ValueError("--warmup must be >= 0")
+    if args.warmup < 0 or args.time_rounds < 0:
+        raise ValueError("--warmup and --time-rounds must be >= 0")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError("--threads must be >= 1")
+        torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     ignore_torch_quantization_warnings()
     config = SASRecConfig(num_items=args.num_items, max_len=args.max_len, hidden=args.hidden,
@@ -76,30 +101,41 @@ def _main(argv: list[str] | None) -> int:
     print(f"{'method':10s} {'aten ops':>9s} {'leaf ops':>9s} {'x FP32':>7s} {'scalar reads':>13s} "
           f"{'copies':>7s} {'kernels':>8s}")
     baseline = None
+    steps = {}
+    foreach = True if args.foreach else None
     for name in ["fp32", *args.methods]:
-        counts = count_step(name, config, args.bits, inputs.to(device), targets.to(device),
-                            device, args.warmup)
+        steps[name] = training_step(name, config, args.bits, inputs.to(device),
+                                    targets.to(device), device, foreach)
+        counts = count_step(steps[name], device, args.warmup)
         baseline = baseline or counts["leaf"]
         kernels = "-" if counts["kernels"] is None else str(counts["kernels"])
         print(f"{name:10s} {counts['aten']:9d} {counts['leaf']:9d} "
               f"{counts['leaf'] / baseline:6.2f}x {counts['scalar_reads']:13d} "
               f"{counts['copies']:7d} {kernels:>8s}")
+    if args.time_rounds:
+        medians = time_steps(steps, args.time_rounds, device)
+        print(f"\n{'method':10s} {'median ms':>10s} {'x FP32':>7s}   "
+              f"({args.time_rounds} interleaved rounds, {torch.get_num_threads()} threads)")
+        for name, ms in medians.items():
+            print(f"{name:10s} {ms:10.2f} {ms / medians['fp32']:6.2f}x")
     return 0
 
 
-def count_step(name: str, config: SASRecConfig, bits: int, inputs: torch.Tensor,
-               targets: torch.Tensor, device: torch.device, warmup: int) -> dict:
-    """Operator counts of one training step of ``name`` (``"fp32"`` or a QAT method)."""
+def training_step(name: str, config: SASRecConfig, bits: int, inputs: torch.Tensor,
+                  targets: torch.Tensor, device: torch.device,
+                  foreach: bool | None = None) -> Callable[[], None]:
+    """One training step of a fresh ``name`` model (``"fp32"`` or a QAT method), as a closure:
+    forward, loss, regularizer, backward, Adam (``foreach`` as ``torch.optim.Adam``'s)."""
     torch.manual_seed(0)
     model = SASRec(config).to(device).train()
     regularizer = None
     if name == "fp32":
-        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, foreach=foreach)
     else:
         method = get_method(name)
         model = prepare_for_method(model, method, bits, inputs).to(device).train()
         hooks = qat_hooks(model, method, lr=1e-3, quant_lr=method.quant_lr)
-        optimizer = torch.optim.Adam(hooks.param_groups)
+        optimizer = torch.optim.Adam(hooks.param_groups, foreach=foreach)
         regularizer = hooks.regularizer
 
     def step() -> None:
@@ -109,7 +145,29 @@ def count_step(name: str, config: SASRecConfig, bits: int, inputs: torch.Tensor,
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+    return step
 
+
+def time_steps(steps: dict[str, Callable[[], None]], rounds: int,
+               device: torch.device) -> dict[str, float]:
+    """Median ms per step of each model over ``rounds`` rounds, one step of every model per
+    round in a balanced order (``export.latency.round_order``: drift hits all alike)."""
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    names = list(steps)
+    for r in range(rounds):
+        for name in (names[i] for i in round_order(len(names), r)):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            steps[name]()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times[name].append((time.perf_counter() - start) * 1e3)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def count_step(step: Callable[[], None], device: torch.device, warmup: int) -> dict:
+    """Operator counts of one ``step()``, after ``warmup`` uncounted ones."""
     for _ in range(warmup):
         step()
     activities = [ProfilerActivity.CPU]

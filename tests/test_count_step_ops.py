@@ -21,8 +21,24 @@ def test_counts_fp32_and_each_method_with_their_ratio():
         assert int(rows[name][1]) >= leaf[name] and int(rows[name][5]) > 0
 
 
+def test_time_rounds_print_a_median_per_model_against_fp32():
+    result = run_in_process("count_step_ops", *TINY, "--methods", "pact", "--threads", "1",
+                            "--foreach", "--time-rounds", "3")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if "median ms" in line)
+    assert "3 interleaved rounds, 1 threads" in lines[header]
+    rows = {line.split()[0]: line.split() for line in lines[header + 1:] if line.strip()}
+    assert list(rows) == ["fp32", "pact"] and rows["fp32"][2] == "1.00x"
+    ms = {name: float(row[1]) for name, row in rows.items()}
+    assert all(v > 0 for v in ms.values())
+    assert abs(float(rows["pact"][2][:-1]) - ms["pact"] / ms["fp32"]) < 0.01  # printed rounded
+
+
 def test_bad_input_is_one_error_line():
-    cases = [(["--hidden", "0"], "--hidden must be >= 1")]
+    cases = [(["--hidden", "0"], "--hidden must be >= 1"),
+             (["--time-rounds", "-1"], "--time-rounds must be >= 0"),
+             (["--threads", "0"], "--threads must be >= 1")]
     if not torch.cuda.is_available():  # where it is, --device cuda is good input
         cases.append((["--device", "cuda"], "CUDA is not available"))
     for args, message in cases:
