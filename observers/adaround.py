@@ -53,6 +53,7 @@ from observers.grid import EPS, WEIGHT_BITS, WeightFakeQuantize, absmax_scale, c
 
 __all__ = [
     "AdaRoundFakeQuantize",
+    "AdaRoundSoftQuant",
     "adaround_hard_quant",
     "adaround_regularization",
     "adaround_soft_quant",
@@ -89,8 +90,41 @@ def adaround_soft_quant(
     w: torch.Tensor, scale: torch.Tensor, v: torch.Tensor, qmax: int, *, ch_axis: int = 0
 ) -> torch.Tensor:
     """Soft AdaRound ``s * clamp(floor(w/s) + h(V), -Qw, Qw)`` (gradient to ``V`` only)."""
-    s = channel_view(scale, w, ch_axis)
-    return torch.clamp(torch.floor(w.detach() / s) + rectified_sigmoid(v), -qmax, qmax) * s
+    if ch_axis != 0:
+        raise ValueError(f"adaround_soft_quant: ch_axis must be 0 (per row), got {ch_axis}")
+    return AdaRoundSoftQuant.apply(w, scale, v, qmax)
+
+
+class AdaRoundSoftQuant(torch.autograd.Function):
+    """Soft AdaRound forward and its gradient to ``V``, as one autograd node.
+
+    Forward (``s`` per row, ``w`` and ``s`` detached; Nagel et al. 2020, eq. 22)::
+
+        p = sigmoid(V) (zeta - gamma) + gamma,  h = clamp(p, 0, 1),
+        w_soft = clamp(floor(w / s) + h, -Q_w, Q_w) * s
+
+    Backward: ``dL/dV = dL/dw_soft * s * [-Q_w <= floor(w/s) + h <= Q_w] * [0 <= p <= 1]
+    * (zeta - gamma) * sigmoid(V) (1 - sigmoid(V))``; no gradient to ``w`` (AdaRound learns
+    the rounding, the float weight is frozen). The derivative of the composed ops, in fewer.
+    """
+
+    @staticmethod
+    def forward(ctx, w: torch.Tensor, scale: torch.Tensor,  # type: ignore[override]
+                v: torch.Tensor, qmax: int) -> torch.Tensor:
+        s = channel_view(scale.detach(), w, 0)
+        sig = torch.sigmoid(v.detach())
+        p = torch.mul(sig, ZETA - GAMMA).add_(GAMMA)
+        h = torch.clamp(p, 0.0, 1.0)
+        total = torch.floor(w.detach() / s).add_(h)
+        out = torch.clamp(total, -qmax, qmax)
+        ctx.save_for_backward(sig, (out == total).logical_and_(h == p), s)
+        return out.mul_(s)
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):  # type: ignore[override]
+        sig, inside, s = ctx.saved_tensors
+        slope = torch.sub(1.0, sig).mul_(sig).mul_(ZETA - GAMMA)  # dh/dV inside the clamp
+        return None, None, (grad_output * s).mul_(inside).mul_(slope), None
 
 
 def adaround_hard_quant(

@@ -63,7 +63,6 @@ from __future__ import annotations
 import itertools
 import math
 from fractions import Fraction
-from functools import partial
 from typing import Optional
 
 import torch
@@ -75,12 +74,12 @@ from observers.grid import (
     channel_view,
     check_bits,
     flag,
-    straight_through,
     weight_qmax,
 )
 
 __all__ = [
     "APOT_BITS",
+    "ApotFakeQuant",
     "ApotWeightFakeQuantize",
     "apot_fake_quant",
     "apot_levels",
@@ -182,10 +181,57 @@ def apot_fake_quant(
 
     Straight-through projection; gradients as in the module docstring (times ``sigma``).
     """
-    s = channel_view(apot_scale(alpha, sigma, denominator), w, ch_axis)
-    x = torch.clamp(w / s, -denominator, denominator)
-    q = straight_through(x, partial(project_to_levels, magnitudes=magnitudes))
-    return q * s
+    if ch_axis != 0:
+        raise ValueError(f"apot_fake_quant: ch_axis must be 0 (one clip per row), got {ch_axis}")
+    return ApotFakeQuant.apply(w, alpha, sigma, magnitudes, denominator, EPS)
+
+
+class ApotFakeQuant(torch.autograd.Function):
+    """APoT's clip, projection and their gradients, as one autograd node.
+
+    Forward, per row ``c`` (``raw_c = |alpha_c| sigma_c / D``, ``s_c = max(raw_c, eps)``)::
+
+        x = clamp(w / s_c, -D, D),    w_q = project(x) * s_c
+
+    Backward (straight-through projection; ``m = [-D <= w / s_c <= D]``)::
+
+        dL/dw       = dL/dw_q * m
+        dL/dalpha_c = sgn(alpha_c) sigma_c / D [raw_c >= eps]
+                      * sum_row(dL/dw_q (project(x) - m w / s_c))
+
+    i.e. the module docstring's clipping gradient times ``sigma_c``: ``project(x) - x`` inside
+    the clip, ``+-D`` (the clipped level) outside. The derivatives of the composed ops, in
+    about a third of their operators.
+    """
+
+    @staticmethod
+    def forward(ctx, w: torch.Tensor, alpha: torch.Tensor,  # type: ignore[override]
+                sigma: torch.Tensor, magnitudes: torch.Tensor, denominator: int,
+                eps: float) -> torch.Tensor:
+        raw = alpha.detach().abs() * sigma / denominator
+        s = channel_view(torch.clamp(raw, min=eps), w, 0)
+        ratio = w / s
+        x = torch.clamp(ratio, -denominator, denominator)
+        inside = x == ratio
+        q = project_to_levels(x, magnitudes)
+        ctx.save_for_backward(ratio, q, inside, alpha, sigma, raw)
+        ctx.config = (denominator, eps, w.dtype)
+        return q * s
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):  # type: ignore[override]
+        ratio, q, inside, alpha, sigma, raw = ctx.saved_tensors
+        denominator, eps, w_dtype = ctx.config
+        grad_w = grad_output * inside
+        grad_alpha = None
+        if ctx.needs_input_grad[1]:
+            term = torch.mul(ratio, inside)
+            term = torch.sub(q, term).mul_(grad_output)
+            dims = tuple(range(1, term.dim()))
+            total = term.sum(dim=dims) if dims else term
+            slope = torch.where(raw >= eps, alpha.sgn() * sigma / denominator, 0.0)
+            grad_alpha = total.mul_(slope)
+        return grad_w.to(w_dtype), grad_alpha, None, None, None, None
 
 
 class ApotWeightFakeQuantize(WeightFakeQuantize):

@@ -45,12 +45,12 @@ from observers.grid import (
     EPS,
     channel_view,
     flag,
-    round_ste,
 )
 from observers.ste import SteActivationFakeQuantize, SteWeightFakeQuantize
 
 __all__ = [
     "DorefaActivationFakeQuantize",
+    "DorefaWeightFakeQuant",
     "DorefaWeightFakeQuantize",
     "dorefa_normalize",
     "dorefa_weight_fake_quant",
@@ -77,8 +77,66 @@ def dorefa_weight_fake_quant(
 
     ``scale`` is the per-channel grid step (``max|w| / Qw`` in :class:`DorefaWeightFakeQuantize`).
     """
-    q = torch.clamp(round_ste(qmax * dorefa_normalize(w, ch_axis=ch_axis)), -qmax, qmax)
-    return q * channel_view(scale, w, ch_axis)
+    if ch_axis != 0:
+        raise ValueError(f"dorefa_weight_fake_quant: ch_axis must be 0 (per row), got {ch_axis}")
+    return DorefaWeightFakeQuant.apply(w, scale, qmax, EPS)
+
+
+class DorefaWeightFakeQuant(torch.autograd.Function):
+    """DoReFa's weight transform, rounding and their gradients, as one autograd node.
+
+    Forward, per row (``dorefa_normalize``; ``s`` the detached per-row scale)::
+
+        t = tanh(w),  m = max_row |t|,  u = t / max(m, eps),
+        q = round(Q_w u),  w_q = q * s
+
+    ``|t| <= m`` makes ``|u| <= 1`` and ``|q| <= Q_w`` (float division and products are
+    monotonic), so the clamp to ``[-Q_w, Q_w]`` of :func:`dorefa_weight_fake_quant`'s formula is
+    never active and its straight-through mask is all ones: neither is computed.
+
+    Backward (straight-through rounding)::
+
+        g      = dL/dw_q * s * Q_w                           (dL/du)
+        dL/dm  = -sum_row(g * t) / max(m, eps)**2 * [m >= eps]
+        dL/dt  = g / max(m, eps) + dL/dm * sgn(t) * [|t| = m] / #{|t| = m}
+        dL/dw  = dL/dt * (1 - t**2)
+
+    the derivatives autograd takes of the composed ops (the row max passes its gradient to the
+    row's arg-max elements, split evenly between ties), in about half of their operators.
+    """
+
+    @staticmethod
+    def forward(ctx, w: torch.Tensor, scale: torch.Tensor,  # type: ignore[override]
+                qmax: int, eps: float) -> torch.Tensor:
+        t = torch.tanh(w)
+        dims = tuple(range(1, w.dim()))
+        m = t.abs().amax(dim=dims, keepdim=True) if dims else t.abs()
+        m_clamped = torch.clamp(m, min=eps)
+        q = torch.div(t, m_clamped).mul_(qmax).round_()
+        s = channel_view(scale.detach(), w, 0)
+        ctx.save_for_backward(t, m, m_clamped, s)
+        ctx.config = (qmax, eps, dims, w.dtype)
+        return q.mul_(s)
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):  # type: ignore[override]
+        t, m, m_clamped, s = ctx.saved_tensors
+        qmax, eps, dims, w_dtype = ctx.config
+        g = (grad_output * s).mul_(qmax)
+        grad_m = torch.mul(g, t)
+        if dims:
+            grad_m = grad_m.sum(dim=dims, keepdim=True)
+        grad_m = grad_m.neg_().div_(m_clamped * m_clamped).mul_(m >= eps)
+        abs_t = t.abs()
+        if dims:
+            at_max = abs_t == m
+            grad_m = grad_m / at_max.sum(dim=dims, keepdim=True)
+            grad_abs = torch.mul(at_max, grad_m)
+        else:
+            grad_abs = grad_m
+        grad_t = g.div_(m_clamped).add_(grad_abs.mul_(t.sgn()))
+        grad_w = grad_t.mul_(1.0 - t * t)
+        return grad_w.to(w_dtype), None, None, None
 
 
 class DorefaWeightFakeQuantize(SteWeightFakeQuantize):

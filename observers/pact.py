@@ -46,9 +46,16 @@ from typing import Optional
 import torch
 from torch import nn
 
-from observers.grid import EPS, ActivationFakeQuantize, fake_quant_per_tensor, flag
+from observers.grid import (EPS, ActivationFakeQuantize, flag,
+                            quantize_per_tensor_rint)
 
-__all__ = ["PactActivationFakeQuantize", "pact_fake_quant", "pact_regularization", "pact_scale"]
+__all__ = [
+    "PactActivationFakeQuantize",
+    "PactFakeQuant",
+    "pact_fake_quant",
+    "pact_regularization",
+    "pact_scale",
+]
 
 SIGNED_ZERO_POINT = 128  # integer 128 <-> real 0 in the symmetric variant
 
@@ -63,20 +70,63 @@ def pact_fake_quant(
 ) -> torch.Tensor:
     """PACT clip + uniform quantization (formula and gradients in the module docstring).
 
+    One autograd node (:class:`PactFakeQuant`).
+
     >>> pact_fake_quant(torch.tensor([-1.0, 0.3, 2.0]), torch.tensor([1.0]), signed=False)
     tensor([0.0000, 0.2980, 1.0000])
     """
-    a = torch.clamp(alpha.abs(), min=eps)
-    step = (a / (127.0 if signed else 255.0)).detach()  # == pact_scale(alpha)
-    # torch.where routes the gradient of clipped elements to alpha (PACT's dy/dalpha = 1).
-    y = torch.where(x >= a, a, x)
-    if signed:
-        lo = a * (-128.0 / 127.0)
-        y = torch.where(x <= lo, lo, y)
-    else:
-        y = torch.where(x <= 0, torch.zeros_like(x), y)
-    zero_point = float(SIGNED_ZERO_POINT if signed else 0)
-    return fake_quant_per_tensor(y, step, zero_point, 0, 255)
+    return PactFakeQuant.apply(x, alpha, signed, eps)
+
+
+class PactFakeQuant(torch.autograd.Function):
+    """PACT's clip and quantization with its gradients, as one autograd node.
+
+    Forward, with ``a = max(|alpha|, eps)``, ``lo = -128/127 a`` (signed) or 0, ``s`` and ``z``
+    as in :func:`pact_scale`::
+
+        y = clamp(x, lo, a),    x_out = (clamp(rint(fma(y, 1/s, z)), 0, 255) - z) * s
+
+    Backward (the paper's eq. 3 with the straight-through rounding; ``m`` the grid's
+    ``[0 <= q <= 255]``)::
+
+        dL/dx     = dL/dx_out * m * [lo < x < a]
+        dL/dalpha = sgn(alpha) [|alpha| >= eps] (sum(dL/dx_out m [x >= a])
+                    - 128/127 sum(dL/dx_out m [x <= lo]))     (second term signed only)
+
+    the derivatives of ``where(x >= a, a, x)``, ``where(x <= lo, lo, y)`` and the fixed-grid
+    fake quantization, composed.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, alpha: torch.Tensor,  # type: ignore[override]
+                signed: bool, eps: float) -> torch.Tensor:
+        a = torch.clamp(alpha.detach().abs(), min=eps)
+        step = a / (127.0 if signed else 255.0)  # == pact_scale(alpha)
+        lo = a * (-128.0 / 127.0) if signed else torch.zeros_like(a)
+        zero_point = float(SIGNED_ZERO_POINT if signed else 0)
+        q = quantize_per_tensor_rint(torch.clamp(x, lo, a), step, zero_point)
+        clamped = torch.clamp(q, 0, 255)
+        grid_inside = clamped == q
+        ctx.save_for_backward(x, a, lo, grid_inside, alpha)
+        ctx.config = (signed, eps, x.dtype)
+        return clamped.sub_(zero_point).mul_(step)
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):  # type: ignore[override]
+        x, a, lo, grid_inside, alpha = ctx.saved_tensors
+        signed, eps, x_dtype = ctx.config
+        grad = grad_output * grid_inside
+        above = x >= a
+        below = x <= lo
+        grad_x = grad.masked_fill(above | below, 0.0)
+        grad_alpha = None
+        if ctx.needs_input_grad[1]:
+            grad_a = torch.mul(grad, above).sum()
+            if signed:
+                grad_a = grad_a - (128.0 / 127.0) * torch.mul(grad, below).sum()
+            slope = torch.where(alpha.abs() >= eps, alpha.sgn(), 0.0)
+            grad_alpha = grad_a * slope
+        return grad_x.to(x_dtype), grad_alpha, None, None
 
 
 def pact_regularization(alpha: torch.Tensor, weight: float) -> torch.Tensor:

@@ -151,9 +151,9 @@ class SteActivationFakeQuantize(ActivationFakeQuantize):
         if not flag(self.initialized):
             self.min_val.copy_(batch_min)
             self.max_val.copy_(batch_max)
-        else:
-            self.min_val.copy_(moving_average(self.min_val, batch_min, self.avg_constant))
-            self.max_val.copy_(moving_average(self.max_val, batch_max, self.avg_constant))
+        else:  # moving_average in place: old + c * (new - old), the same float32 operations
+            self.min_val.add_(torch.sub(batch_min, self.min_val).mul_(self.avg_constant))
+            self.max_val.add_(torch.sub(batch_max, self.max_val).mul_(self.avg_constant))
 
     def _observe(self, x: torch.Tensor) -> bool:
         """Update the range from ``x`` (all processes' ``x`` under DDP: ``global_min_max``);
@@ -187,5 +187,5 @@ class SteActivationFakeQuantize(ActivationFakeQuantize):
 
     def _quantize(self, x: torch.Tensor) -> torch.Tensor:
         return fake_quant_per_tensor(
-            x, self.scale, self.zero_point.float(), self.quant_min, self.quant_max
+            x, self.scale, self.zero_point, self.quant_min, self.quant_max
         )

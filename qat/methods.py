@@ -31,6 +31,8 @@ from observers import (
     beta_schedule,
     regularization_weight,
 )
+from observers.adaround import adaround_regularization
+from observers.pact import pact_regularization
 from qat.registry import FakeQuants, QuantMethod, register_method
 
 
@@ -42,7 +44,12 @@ def quantizers(model: nn.Module, cls: type) -> list[FakeQuantizeBase]:
 # -- regularisers: f(model, progress in [0, 1]) -> loss term --------------------------------
 def pact_regularizer(model: nn.Module, progress: float) -> torch.Tensor:
     """PACT's L2 decay on every clip level alpha (Choi et al. 2018, sec. 2)."""
-    terms = [fq.regularization() for fq in quantizers(model, PactActivationFakeQuantize)]
+    # Equal to summing every module's ``regularization()``, in one term per lambda: the same
+    # few kernels whatever the number of quantizers (a GPU step is bound by kernel launches).
+    alphas: dict[float, list[torch.Tensor]] = {}
+    for fq in quantizers(model, PactActivationFakeQuantize):
+        alphas.setdefault(fq.alpha_l2, []).append(fq.alpha)
+    terms = [pact_regularization(torch.cat(group), weight) for weight, group in alphas.items()]
     return torch.stack(terms).sum() if terms else torch.zeros(())
 
 
@@ -62,8 +69,12 @@ def adaround_regularizer(model: nn.Module, progress: float) -> torch.Tensor:
         return torch.zeros(())
     beta = beta_schedule(step, ADAROUND_STEPS)
     fqs = quantizers(model, AdaRoundFakeQuantize)
-    total = sum(fq.v.numel() for fq in fqs)
-    return lam * torch.stack([fq.regularization(beta) for fq in fqs]).sum() / total
+    if not fqs:
+        return torch.zeros(())
+    # Every module's ``regularization(beta)`` summed, computed on all V at once (one set of
+    # kernels instead of one per layer).
+    v = torch.cat([fq.v.reshape(-1) for fq in fqs])
+    return lam * adaround_regularization(v, beta) / v.numel()
 
 
 # What training adds to each pairing of observers.METHOD_FAKE_QUANTS: QuantMethod keywords
