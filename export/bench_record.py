@@ -312,7 +312,7 @@ class BenchRecord(Record):
                 threads: Sequence[int], repeats: int, baselines: bool = True,
                 int8_fast: bool = False, torch_int8: bool = False,
                 sweep_hidden: Sequence[int] = (), top_k: int | None = None,
-                machine: Mapping[str, Any] | None = None) -> str | None:
+                machine: Mapping[str, Any] | None = None, fused: bool = False) -> str | None:
         """Why this record does not cover the request (it must be remade), or None.
 
         Args:
@@ -327,15 +327,18 @@ class BenchRecord(Record):
             machine: when given (``export.latency.machine_info()`` of this machine), the
                 record must come from the same CPU: model name and int8-relevant flags
                 (latency on another CPU class is not this machine's).
+            fused: the fused-kernel graph of every INT8 run (``<name>_fused``) must have been
+                timed at every case (a record made where the kernels could not be built has
+                none).
 
         The rules, in order (the first that fails is the reason): the same CPU when
         ``machine`` is given; the same ``repeats``; the baselines when asked for;
         ``--int8-fast`` / ``--torch-int8`` when asked for; the same sweep when one is asked for;
-        the same top-k ``k`` when one is asked for; then for each run: its model file's sha256
-        is the one
-        timed, its ONNX file's sha256 is that of the bytes timed (a graph that was built in
-        memory, because the run was not exported then, does not count), and a timing at every
-        ``batches`` x ``threads`` case.
+        the same top-k ``k`` when one is asked for; the fused-kernel graphs when asked for;
+        then for each run: its model file's sha256 is the one timed, its ONNX file's sha256 is
+        that of the bytes timed (a graph that was built in memory, because the run was not
+        exported then, does not count), and a timing at every ``batches`` x ``threads`` case,
+        of its fused-kernel graph too when ``fused`` and the run is INT8.
         """
         s = self.settings
         if machine is not None:
@@ -356,14 +359,22 @@ class BenchRecord(Record):
         if top_k is not None and s.top_k != top_k:
             return (f"it was made without --top-k {top_k}" if s.top_k is None else
                     f"it timed top-k graphs of k={s.top_k}, not {top_k}")
+        if fused and not s.fused:
+            return "it was made without the fused-kernel INT8 graphs"
         have = {(r.model, r.batch, r.threads) for r in self.records}
         for run_dir, name in runs:
             why = self._files_changed(Path(run_dir), name)
             if why is not None:
                 return why
-            cases = [(b, t) for b in batches for t in threads if (name, b, t) not in have]
-            if cases:
-                return f"no record of {name} at batch {cases[0][0]}, {cases[0][1]} thread(s)"
+            timed = [name]
+            entry = self.model(name)
+            if fused and entry is not None and entry.kind == "onnx_int8":
+                timed.append(name + FUSED_SUFFIX)
+            for model in timed:
+                cases = [(b, t) for b in batches for t in threads if (model, b, t) not in have]
+                if cases:
+                    return (f"no record of {model} at batch {cases[0][0]}, {cases[0][1]} "
+                            f"thread(s)")
         return None
 
     def _files_changed(self, run_dir: Path, name: str) -> str | None:

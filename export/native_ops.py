@@ -263,6 +263,15 @@ def _build_into(compiler: str, folder: Path, workspace: Path) -> Path:
 
 
 @lru_cache(maxsize=None)
+def available() -> bool:
+    """Whether the fused-kernel library can be used here (built now if it is not cached)."""
+    try:
+        library_path()
+    except NativeBuildError:
+        return False
+    return True
+
+
 def library_path() -> Path:
     """The compiled custom-op library for this machine (built on the first call; the cached
     copy is checked once per process and rebuilt when it fails, see the module's docstring).

@@ -37,6 +37,7 @@ from typing import Any, Callable, Sequence
 
 from tqdm.auto import tqdm
 
+from export import native_ops
 from export.bench_record import BenchRecord
 from export.latency import machine_info
 from export.parity_record import ParityRecord
@@ -222,13 +223,14 @@ def export_done(run: Run) -> bool:
 def bench_missing(bench_path: Path, runs: list[Run], settings: PipelineSettings) -> str | None:
     """Why bench.json must be (re)made (``BenchRecord.missing_at``: this machine's CPU,
     settings, the sha256 of every run's model and ONNX file, a timing at every batch size and
-    thread count), or None."""
+    thread count, of every INT8 run's fused-kernel graph too where the kernels build here),
+    or None."""
     return BenchRecord.missing_at(
         bench_path, [(run.folder, run.name) for run in runs], batches=settings.bench_batches,
         threads=settings.bench_threads, repeats=settings.bench_repeats,
         baselines=not settings.no_baselines, int8_fast=settings.int8_fast,
         torch_int8=settings.torch_int8, sweep_hidden=settings.sweep_hidden,
-        top_k=settings.bench_top_k, machine=machine_info())
+        top_k=settings.bench_top_k, machine=machine_info(), fused=native_ops.available())
 
 
 # -- the steps -----------------------------------------------------------------------------------

@@ -760,6 +760,21 @@ def test_missing_settings_reasons(study):
     assert record.missing(runs, **REQUEST, baselines=False) is None
 
 
+def test_missing_fused_graphs_when_asked_for(study):
+    """run_all asks for the fused-kernel graphs where the kernels build: a record made where
+    they did not (settings.fused False), or without one run's fused timings, is remade."""
+    record, runs = study
+    assert record.missing(runs, **REQUEST) is None  # not asked for: the fused rows may lack
+    assert record.missing(runs, **REQUEST, fused=True) == (
+        "no record of ste_w8_fused at batch 1, 1 thread(s)")  # fp32 has no fused graph
+    record.records += [timing("ste_w8_fused", b, 1) for b in (1, 4)]
+    assert record.missing(runs, **REQUEST, fused=True) is None
+    record.settings.fused = False
+    assert record.missing(runs, **REQUEST, fused=True) == (
+        "it was made without the fused-kernel INT8 graphs")
+    assert record.missing(runs, **REQUEST) is None
+
+
 def test_missing_on_another_cpu(study):
     """Latency from another CPU class is not this machine's: model name and flags must match
     (run_all passes this machine's; the date, load and versions may differ)."""

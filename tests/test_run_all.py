@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from conftest import cyclic_dataset, load_script
 
-from export import pipeline
+from export import native_ops, pipeline
 from export.bench_record import BenchRecord, BenchSetup, TimedModel, Timing
 from export.latency import machine_info
 from export.parity_record import ParityRecord
@@ -112,7 +112,7 @@ else:
         repeats=int(value("--repeats")), baselines="--no-baselines" not in args,
         int8_fast="--int8-fast" in args, torch_int8="--torch-int8" in args,
         sweep_hidden=[int(d) for d in sweep], batches=batches, threads=threads,
-        top_k=int(value("--top-k")) if "--top-k" in args else None)
+        top_k=int(value("--top-k")) if "--top-k" in args else None, fused=True)
     model_entry, timing = bench.pop("models")[0], bench.pop("records")[0]
     bench["models"], bench["records"] = [], []
     for folder in map(pathlib.Path, args[1:args.index("--out")]):
@@ -120,10 +120,12 @@ else:
         model, onnx = (("model_int8.pt", "model_int8.onnx") if int8
                        else ("checkpoint.pt", "model_fp32.onnx"))
         bench["models"].append({{**model_entry, "model": folder.name, "run": str(folder),
+                                "kind": "onnx_int8" if int8 else "onnx_fp32",
                                 "model_file": model, "model_sha256": sha256(folder / model),
                                 "onnx_file": onnx, "onnx_sha256": sha256(folder / onnx)}})
-        bench["records"] += [{{**timing, "model": folder.name, "batch": b, "threads": t}}
-                             for b in batches for t in threads]
+        names = [folder.name] + ([folder.name + "_fused"] if int8 else [])
+        bench["records"] += [{{**timing, "model": name, "batch": b, "threads": t}}
+                             for name in names for b in batches for t in threads]
     pathlib.Path(value("--out")).write_text(json.dumps(bench))
 '''
 
@@ -155,6 +157,8 @@ def fake_pipeline(tmp_path, monkeypatch):
     scripts write; ``statuses`` maps a run folder name to the export's exit status."""
     module = load_run_all()
     calls = tmp_path / "calls.jsonl"
+    # the stand-in benchmark times fused graphs, as the real one does where the kernels build
+    monkeypatch.setattr(pipeline.native_ops, "available", lambda: True)
 
     def run(capsys, statuses: dict[str, int], *extra: str) -> tuple[int, str, str]:
         for role in pipeline.SCRIPTS:
@@ -177,11 +181,11 @@ def fake_pipeline(tmp_path, monkeypatch):
 
 def test_flags_reach_each_script(fake_pipeline, capsys):
     run, calls, out = fake_pipeline
-    status, stdout, _ = run(capsys, {}, "--hidden", "16", "--qat-epochs", "3", "--epochs", "7",
-                            "--threads", "1", "--bench-repeats", "5", "--no-baselines",
-                            "--int8-fast", "--torch-int8", "--bench-top-k", "5",
-                            "--sweep-hidden", "8", "16")
-    assert status == 0
+    status, stdout, err = run(capsys, {}, "--hidden", "16", "--qat-epochs", "3", "--epochs",
+                              "7", "--threads", "1", "--bench-repeats", "5", "--no-baselines",
+                              "--int8-fast", "--torch-int8", "--bench-top-k", "5",
+                              "--sweep-hidden", "8", "16")
+    assert status == 0, stdout + err
     by_step = {(c[0], c[c.index("--out") + 1] if "--out" in c else c[c.index("--run") + 1]): c
                for c in calls()}
     fp32 = by_step[("train_qat", str(out / "fp32"))]
@@ -201,7 +205,7 @@ def test_flags_reach_each_script(fake_pipeline, capsys):
     assert bench[bench.index("--sweep-hidden") + 1:] == ["8", "16"]
     assert (out / "logs" / "train_pact_w8.log").read_text().count("=== exit status 0") == 1
     assert [r["model"] for r in read_csv(out / "results_summary.csv")[1]] == [
-        "fp32", "ste_w8", "pact_w8"]
+        "fp32", "ste_w8", "ste_w8_fused", "pact_w8", "pact_w8_fused"]  # a fused row follows
 
 
 def test_failed_parity_is_marked_and_the_pipeline_goes_on(fake_pipeline, capsys):
@@ -386,3 +390,15 @@ def test_pipeline_end_to_end_rerun_and_resume(tmp_path):
     ran = [label for label in labels if not steps[label][0].startswith("skipped")]
     assert ran == ["export ste_w8", "summary"]  # re-exported: the same bytes bench.json timed
     assert graph.read_bytes() == exported
+
+    if native_ops.available():  # a bench.json made where the fused kernels did not build
+        record = BenchRecord.load(out / "bench.json")
+        assert record.settings.fused
+        record.settings.fused = False
+        record.save(out / "bench.json")
+        fifth = run_cli(*argv)
+        assert fifth.returncode == 0, fifth.stdout + fifth.stderr
+        steps = step_lines(fifth.stdout)
+        assert [label for label in labels if not steps[label][0].startswith("skipped")] == [
+            "benchmark", "summary"]
+        assert BenchRecord.load(out / "bench.json").settings.fused
