@@ -228,7 +228,10 @@ class ApotFakeQuant(torch.autograd.Function):
             term = torch.mul(ratio, inside)
             term = torch.sub(q, term).mul_(grad_output)
             dims = tuple(range(1, term.dim()))
-            total = term.sum(dim=dims) if dims else term
+            if alpha.numel() == 1:  # not yet initialised per row: one clip for the tensor
+                total = term.sum().reshape(alpha.shape)
+            else:
+                total = term.sum(dim=dims) if dims else term
             slope = torch.where(raw >= eps, alpha.sgn() * sigma / denominator, 0.0)
             grad_alpha = total.mul_(slope)
         return grad_w.to(w_dtype), grad_alpha, None, None, None, None

@@ -201,7 +201,10 @@ class LsqFakeQuant(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             term = torch.div(x, s_x).mul_(inside)
             term = torch.sub(c, term).mul_(grad_output)
-            total = term.sum(dim=tuple(range(1, x.dim()))) if per_row else term.sum().reshape(1)
+            if per_row and scale.numel() > 1:
+                total = term.sum(dim=tuple(range(1, x.dim())))
+            else:  # one step for the whole tensor (or a per-row step not yet initialised)
+                total = term.sum().reshape(scale.shape)
             slope = torch.where(scale.abs() >= eps, scale.sgn() * grad_factor, 0.0)
             grad_scale = total.mul_(slope)
         if zero_point is not None and ctx.needs_input_grad[2]:

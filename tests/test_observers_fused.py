@@ -231,3 +231,18 @@ def test_model_regularizers_equal_the_sum_of_module_terms():
     torch.testing.assert_close(got, expected, rtol=1e-6, atol=0)
     for fq, grad in zip(quantizers, grads):
         torch.testing.assert_close(grad, fq.v.grad, rtol=1e-6, atol=0)
+
+
+def test_one_step_for_the_tensor_before_the_per_row_state_is_initialised():
+    """Per-row LSQ steps and APoT clips start with one element until the first observed
+    forward; a forward before that broadcasts it, and its gradient is summed over the tensor."""
+    torch.manual_seed(8)
+    w = (torch.randn(6, 4) * 0.1).requires_grad_()
+    step = torch.tensor([0.001], requires_grad=True)  # small: both clip sides
+    assert_same(lambda w, s: lsq_fake_quant(w, s, None, -64, 64, 0.1, ch_axis=0),
+                lambda w, s: composed_lsq(w, s, None, -64, 64, 0.1, 0), [w, step])
+    magnitudes, denominator = apot_levels(8)
+    sigma = torch.ones(1)
+    alpha = torch.tensor([0.1], requires_grad=True)
+    assert_same(lambda w, a: apot_fake_quant(w, a, sigma, magnitudes, denominator),
+                lambda w, a: composed_apot(w, a, sigma, magnitudes, denominator), [w, alpha])
