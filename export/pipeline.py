@@ -25,6 +25,8 @@ interrupted run) is continued with ``--resume``.
 from __future__ import annotations
 
 import collections
+import functools
+import json
 import os
 import shlex
 import subprocess
@@ -37,6 +39,7 @@ from typing import Any, Callable, Sequence
 
 from tqdm.auto import tqdm
 
+from data import load_dataset
 from export import native_ops
 from export.bench_record import BenchRecord
 from export.latency import machine_info
@@ -49,7 +52,7 @@ from qat.cli import EXIT_INTERRUPTED, EXIT_USER_ERROR
 from qat.distributed import resolve_device
 from qat.metrics_record import MetricsRecord
 from qat.registry import METHODS
-from qat.run_files import CHECKPOINT, INT8_MODEL, METRICS
+from qat.run_files import CHECKPOINT, CONFIG, INT8_MODEL, METRICS
 
 QAT_METHODS = tuple(name for name, method in METHODS.items() if method.is_quantized)
 
@@ -244,10 +247,48 @@ def optional_flags(settings: PipelineSettings, names: list[str]) -> list[str]:
     return out
 
 
-def train_step(run: Run, fp32: Run, settings: PipelineSettings) -> Step:
-    """train_qat.py for ``run``: skipped when finished, ``--resume`` when a checkpoint exists."""
+ARCHITECTURE_FLAGS = ("max_len", "hidden", "blocks", "heads")
+
+
+def finished_run_mismatch(run: Run, settings: PipelineSettings,
+                          data_fingerprint: Callable[[], str]) -> str | None:
+    """Why the finished run in ``run.folder`` is not a run of this command, or None.
+
+    It is not when its config.json records another dataset (``data_fingerprint()``, the
+    fingerprint of ``--data`` as train_qat.py computes it, is only called when there is one to
+    compare) or another architecture than a ``--max-len``/``--hidden``/``--blocks``/``--heads``
+    given. Reusing it would report its results as this command's. A folder without config.json
+    (or without a recorded fingerprint) is not checked.
+    """
+    try:
+        config = json.loads((run.folder / CONFIG).read_text())
+    except (OSError, ValueError):
+        return None
+    recorded = config.get("data_fingerprint") if isinstance(config, dict) else None
+    if isinstance(recorded, str) and recorded != data_fingerprint():
+        return (f"it was trained on another dataset ({config.get('data')}, fingerprint "
+                f"{recorded[:12]}; --data {settings.data} has {data_fingerprint()[:12]})")
+    model = config.get("model") if isinstance(config, dict) else None
+    for name in ARCHITECTURE_FLAGS:
+        wanted = getattr(settings, name)
+        if wanted is not None and isinstance(model, dict) and model.get(name) != wanted:
+            flag = "--" + name.replace("_", "-")
+            return f"its {name} is {model.get(name)}, not {flag} {wanted}"
+    return None
+
+
+def train_step(run: Run, fp32: Run, settings: PipelineSettings,
+               data_fingerprint: Callable[[], str]) -> Step:
+    """train_qat.py for ``run``: skipped when finished (and a run of this command's dataset and
+    architecture: else the pipeline stops, see ``finished_run_mismatch``), ``--resume`` when a
+    checkpoint exists (train_qat.py checks the dataset then)."""
     def plan() -> Plan:
         if training_finished(run):
+            why = finished_run_mismatch(run, settings, data_fingerprint)
+            if why is not None:
+                raise StepFailed(f"{run.folder} holds a finished run that is not this "
+                                 f"command's: {why}; use another --out, or delete "
+                                 f"{run.folder} to train it again")
             return Plan(skip=f"{run.folder / METRICS} describes the model files as they are")
         flags = ["--qconfig", run.method, "--data", settings.data, "--out", str(run.folder),
                  "--no-progress", *optional_flags(settings, ["mirror", "device"])]
@@ -389,7 +430,9 @@ def run_pipeline(settings: PipelineSettings) -> int:
     """Run (or skip) every step in order; returns the exit status (0, 1, or 130 on Ctrl-C)."""
     fp32, qat = build_runs(settings)
     runs = [fp32, *qat]
-    steps = ([train_step(run, fp32, settings) for run in runs]
+    data_fingerprint = functools.cache(
+        lambda: load_dataset(settings.data, mirror=settings.mirror).fingerprint())
+    steps = ([train_step(run, fp32, settings, data_fingerprint) for run in runs]
              + [export_step(run, settings) for run in runs]
              + [bench_step(runs, settings), summary_step()])
     rows: list[dict[str, Any]] = []

@@ -18,7 +18,7 @@ from export.bench_record import BenchRecord, BenchSetup, TimedModel, Timing
 from export.latency import machine_info
 from export.parity_record import ParityRecord
 
-from data import write_sasrec_text
+from data import load_dataset, write_sasrec_text
 from export.results_table import summary_columns
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -238,6 +238,40 @@ def test_export_error_stops_and_a_rerun_resumes_there(fake_pipeline, capsys):
         ("export_int8", "ste_w8"), ("export_int8", "pact_w8")]
     steps = step_lines(stdout)
     assert all(steps[f"train {name}"][0].startswith("skipped") for name in ("fp32", "ste_w8"))
+
+
+def test_a_finished_run_of_another_dataset_or_architecture_stops_the_pipeline(
+        fake_pipeline, capsys, tmp_path):
+    """A rerun with another --data (or --hidden...) into the same --out must not report the
+    old runs' results as this command's: one error line naming the folder and the fix."""
+    run, calls, out = fake_pipeline
+    data_a, data_b = tmp_path / "a.txt", tmp_path / "b.txt"
+    write_sasrec_text(cyclic_dataset(num_users=20, length=8), data_a)
+    write_sasrec_text(cyclic_dataset(num_users=21, length=8), data_b)
+    assert run(capsys, {}, "--data", str(data_a))[0] == 0
+    config = {"model": {"num_items": 8, "max_len": 8, "hidden": 8, "blocks": 1, "heads": 1},
+              "data": str(data_a),
+              "data_fingerprint": load_dataset(data_a).fingerprint()}  # as train_qat writes it
+    (out / "fp32" / "config.json").write_text(json.dumps(config))
+    calls()
+    status, stdout, _ = run(capsys, {}, "--data", str(data_a), "--hidden", "8")
+    assert status == 0 and all(line.split(": ")[1].startswith("skipped")
+                               for line in stdout.splitlines()[:-1] if "summary" not in line
+                               and line.startswith("["))
+    for extra, why in ((["--data", str(data_b)], "it was trained on another dataset ("
+                        f"{data_a}, fingerprint {config['data_fingerprint'][:12]}; --data "
+                        f"{data_b} has "),
+                       (["--data", str(data_a), "--hidden", "16"],
+                        "its hidden is 8, not --hidden 16")):
+        status, stdout, stderr = run(capsys, {}, *extra)
+        assert status == 2
+        errors = stderr.strip().splitlines()
+        assert len(errors) == 1 and errors[0].startswith(
+            f"error: {out / 'fp32'} holds a finished run that is not this command's: {why}")
+        assert errors[0].endswith(f"use another --out, or delete {out / 'fp32'} to train it "
+                                  "again")
+        assert "train ste_w8" not in stdout  # stopped at the first run
+    assert not [c for c in calls() if c[0] == "train_qat"]  # nothing was retrained
 
 
 def test_usage_errors(capsys):
