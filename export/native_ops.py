@@ -262,7 +262,6 @@ def _build_into(compiler: str, folder: Path, workspace: Path) -> Path:
     return target
 
 
-@lru_cache(maxsize=None)
 def available() -> bool:
     """Whether the fused-kernel library can be used here (built now if it is not cached)."""
     try:
@@ -272,6 +271,7 @@ def available() -> bool:
     return True
 
 
+@lru_cache(maxsize=None)
 def library_path() -> Path:
     """The compiled custom-op library for this machine (built on the first call; the cached
     copy is checked once per process and rebuilt when it fails, see the module's docstring).

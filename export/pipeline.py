@@ -51,6 +51,7 @@ from export.run_folder import PARITY, onnx_file_name
 from qat.cli import EXIT_INTERRUPTED, EXIT_USER_ERROR
 from qat.distributed import resolve_device
 from qat.metrics_record import MetricsRecord
+from qat.records import file_sha256
 from qat.registry import METHODS
 from qat.run_files import CHECKPOINT, CONFIG, INT8_MODEL, METRICS
 
@@ -250,25 +251,35 @@ def optional_flags(settings: PipelineSettings, names: list[str]) -> list[str]:
 ARCHITECTURE_FLAGS = ("max_len", "hidden", "blocks", "heads")
 
 
-def finished_run_mismatch(run: Run, settings: PipelineSettings,
+def finished_run_mismatch(run: Run, fp32: Run, settings: PipelineSettings,
                           data_fingerprint: Callable[[], str]) -> str | None:
     """Why the finished run in ``run.folder`` is not a run of this command, or None.
 
     It is not when its config.json records another dataset (``data_fingerprint()``, the
     fingerprint of ``--data`` as train_qat.py computes it, is only called when there is one to
-    compare) or another architecture than a ``--max-len``/``--hidden``/``--blocks``/``--heads``
-    given. Reusing it would report its results as this command's. A folder without config.json
-    (or without a recorded fingerprint) is not checked.
+    compare), another architecture than a ``--max-len``/``--hidden``/``--blocks``/``--heads``
+    given, or (a QAT run) another FP32 checkpoint than the one now in ``fp32.folder``
+    (``init_from_sha256``: the FP32 run was trained again since). Reusing it would report its
+    results as this command's. What config.json does not record (older runs) is not checked.
     """
     try:
         config = json.loads((run.folder / CONFIG).read_text())
     except (OSError, ValueError):
         return None
-    recorded = config.get("data_fingerprint") if isinstance(config, dict) else None
+    if not isinstance(config, dict):
+        return None
+    recorded = config.get("data_fingerprint")
     if isinstance(recorded, str) and recorded != data_fingerprint():
         return (f"it was trained on another dataset ({config.get('data')}, fingerprint "
                 f"{recorded[:12]}; --data {settings.data} has {data_fingerprint()[:12]})")
-    model = config.get("model") if isinstance(config, dict) else None
+    started_from = config.get("init_from_sha256")
+    fp32_checkpoint = fp32.folder / CHECKPOINT
+    if run.quantized and isinstance(started_from, str) and fp32_checkpoint.is_file():
+        now = file_sha256(fp32_checkpoint)
+        if now != started_from:
+            return (f"it was fine-tuned from another FP32 checkpoint than {fp32_checkpoint} "
+                    f"(sha256 {started_from[:12]}, now {now[:12]})")
+    model = config.get("model")
     for name in ARCHITECTURE_FLAGS:
         wanted = getattr(settings, name)
         if wanted is not None and isinstance(model, dict) and model.get(name) != wanted:
@@ -280,11 +291,12 @@ def finished_run_mismatch(run: Run, settings: PipelineSettings,
 def train_step(run: Run, fp32: Run, settings: PipelineSettings,
                data_fingerprint: Callable[[], str]) -> Step:
     """train_qat.py for ``run``: skipped when finished (and a run of this command's dataset and
-    architecture: else the pipeline stops, see ``finished_run_mismatch``), ``--resume`` when a
-    checkpoint exists (train_qat.py checks the dataset then)."""
+    architecture, a QAT run of the FP32 checkpoint now there: else the pipeline stops, see
+    ``finished_run_mismatch``), ``--resume`` when a checkpoint exists (train_qat.py checks the
+    dataset and the FP32 checkpoint then)."""
     def plan() -> Plan:
         if training_finished(run):
-            why = finished_run_mismatch(run, settings, data_fingerprint)
+            why = finished_run_mismatch(run, fp32, settings, data_fingerprint)
             if why is not None:
                 raise StepFailed(f"{run.folder} holds a finished run that is not this "
                                  f"command's: {why}; use another --out, or delete "

@@ -80,6 +80,8 @@ RESUMABLE_CHANGES = frozenset({"epochs", "patience", "eval_every", "threads", "p
 # match), the run a QAT model started from (used only at the start), and where it trains (the
 # global batch is what the optimizer sees, whatever the device or number of processes).
 RUN_INFO_MAY_CHANGE = frozenset({"data", "init_from", "device", "processes"})
+RUN_INFO_LABELS = {"data_fingerprint": "dataset fingerprint",
+                   "init_from_sha256": "--init-from checkpoint sha256"}
 
 
 def all_finite(tensors: Any) -> bool:
@@ -397,7 +399,7 @@ class Trainer:
         for name, value in self.run_info.items():
             if name not in RUN_INFO_MAY_CHANGE and name in saved_info \
                     and saved_info[name] != value:
-                label = "dataset fingerprint" if name == "data_fingerprint" else name
+                label = RUN_INFO_LABELS.get(name, name)
                 differences.append(f"{label} {saved_info[name]!r} (asked: {value!r})")
         if differences:
             raise ValueError(f"cannot resume: {where} was trained with " + ", ".join(differences)

@@ -29,7 +29,7 @@ from qat.metrics_record import MetricsRecord
 from qat.model import SASRec
 from qat.records import file_sha256
 from qat.registry import get_method
-from qat.run_files import INT8_MODEL, METRICS
+from qat.run_files import CHECKPOINT, INT8_MODEL, METRICS
 from qat.train import Trainer
 
 ARCHITECTURE_DEFAULTS = {"max_len": 200, "hidden": 50, "blocks": 2, "heads": 1, "dropout": 0.2}
@@ -162,9 +162,12 @@ def _train_run(options: TrainRunOptions, ctx: DistributedContext) -> MetricsReco
     bits = 8 if options.bits is None else options.bits
     if method.is_quantized:
         method.mapping(bits)  # validates --bits for this method
-    init_model, init_config, init_info = None, None, {}
+    init_model, init_config, init_info, init_sha256 = None, None, {}, None
     if options.init_from is not None:  # read on rank 0, sent to every process
-        init_model, init_ckpt = ctx.on_main(lambda: load_float_model(options.init_from))
+        def read_init() -> tuple[SASRec, dict[str, Any], str]:
+            model, ckpt = load_float_model(options.init_from)
+            return model, ckpt, file_sha256(Path(options.init_from) / CHECKPOINT)
+        init_model, init_ckpt, init_sha256 = ctx.on_main(read_init)
         init_config, init_info = init_model.config, init_ckpt.get("run_info") or {}
     finetune = method.is_quantized and init_model is not None
     schedule = {k: getattr(options, k) if getattr(options, k) is not None else v[int(finetune)]
@@ -229,6 +232,8 @@ def _train_run(options: TrainRunOptions, ctx: DistributedContext) -> MetricsReco
     run_info = {"data": str(dataset.source), "data_fingerprint": fingerprint,
                 "bits": bits if method.is_quantized else 32,
                 "init_from": str(options.init_from) if options.init_from else None,
+                # the FP32 checkpoint it started from: run_all tells a stale QAT run by it
+                "init_from_sha256": init_sha256,
                 "quant_lr": quant_lr if method.is_quantized else None,
                 "device": str(ctx.device), "processes": ctx.world_size}
     item_ids = dataset.item_ids or ItemIds.identity(dataset.num_items)

@@ -92,6 +92,15 @@ def _resume(w: World, *flags: str) -> list[str]:
             *flags]
 
 
+def _retrained_fp32(w: World) -> Path:
+    """Another FP32 run of the same data and architecture (another seed): the shared QAT run
+    did not start from its checkpoint."""
+    run = w.tmp / "fp32_again"
+    assert load_script("train_qat").main(["--data", str(w.data), *TINY_TRAIN, "--epochs", "1",
+                                          "--seed", "7", "--out", str(run)]) == 0
+    return run
+
+
 def _damage(path: Path, state: str = "model") -> Path:
     """Overwrite 16 bytes inside the item table of ``state`` (the best model of a checkpoint,
     ``qat_state`` of model_int8.pt): the zip stays valid, torch loads it without complaint."""
@@ -209,6 +218,12 @@ CASES = [
          lambda w: ["--data", str(_permuted_copy(w)), *TINY_TRAIN, "--epochs", "2", "--out",
                     str(w.copy(w.fp32, "res")), "--resume"],
          r"cannot resume: .*dataset fingerprint"),
+    Case("resume a QAT run from a retrained FP32 run", "train_qat",
+         lambda w: ["--data", str(w.data), *TINY_TRAIN, "--epochs", "2", "--qconfig", "ste",
+                    "--init-from", str(_retrained_fp32(w)), "--out", str(w.copy(w.ste, "res")),
+                    "--resume"],
+         r"cannot resume: .*--init-from checkpoint sha256 '[0-9a-f]{64}' "
+         r"\(asked: '[0-9a-f]{64}'\)"),
     Case("resume from damaged checkpoint", "train_qat",
          lambda w: ["--data", str(w.data), *TINY_TRAIN, "--epochs", "2", "--resume", "--out",
                     str(_damage(w.copy(w.fp32, "dmg") / "checkpoint.pt").parent)],

@@ -3,6 +3,7 @@ real pipeline (train, export, benchmark, summary) end to end on a tiny synthetic
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import subprocess
@@ -240,6 +241,10 @@ def test_export_error_stops_and_a_rerun_resumes_there(fake_pipeline, capsys):
     assert all(steps[f"train {name}"][0].startswith("skipped") for name in ("fp32", "ste_w8"))
 
 
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def test_a_finished_run_of_another_dataset_or_architecture_stops_the_pipeline(
         fake_pipeline, capsys, tmp_path):
     """A rerun with another --data (or --hidden...) into the same --out must not report the
@@ -271,7 +276,20 @@ def test_a_finished_run_of_another_dataset_or_architecture_stops_the_pipeline(
         assert errors[0].endswith(f"use another --out, or delete {out / 'fp32'} to train it "
                                   "again")
         assert "train ste_w8" not in stdout  # stopped at the first run
-    assert not [c for c in calls() if c[0] == "train_qat"]  # nothing was retrained
+    # a QAT run records the FP32 checkpoint it started from: the one in fp32/, then another
+    ste = {**config, "init_from_sha256": sha256_of(out / "fp32" / "checkpoint.pt")}
+    (out / "ste_w8" / "config.json").write_text(json.dumps(ste))
+    assert run(capsys, {}, "--data", str(data_a))[0] == 0
+    older = "0" * 64  # as if fp32/ was trained again after ste_w8 was fine-tuned
+    (out / "ste_w8" / "config.json").write_text(json.dumps({**ste, "init_from_sha256": older}))
+    status, stdout, stderr = run(capsys, {}, "--data", str(data_a))
+    assert status == 2 and "train fp32: skipped" in stdout
+    assert stderr.strip().splitlines() == [
+        f"error: {out / 'ste_w8'} holds a finished run that is not this command's: it was "
+        f"fine-tuned from another FP32 checkpoint than {out / 'fp32' / 'checkpoint.pt'} (sha256 "
+        f"{older[:12]}, now {ste['init_from_sha256'][:12]}); use another --out, or delete "
+        f"{out / 'ste_w8'} to train it again"]
+    assert not [c for c in calls() if c[0] == "train_qat"]
 
 
 def test_usage_errors(capsys):
