@@ -177,40 +177,45 @@ class LsqFakeQuant(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, scale: torch.Tensor,  # type: ignore[override]
                 zero_point: Optional[torch.Tensor], quant_min: int, quant_max: int,
                 grad_factor: float, per_row: bool, eps: float) -> torch.Tensor:
-        s = torch.clamp(scale.detach().abs(), min=eps)
+        abs_scale = scale.detach().abs()
+        s = torch.clamp(abs_scale, min=eps)
         s_x = channel_view(s, x, 0) if per_row else s
+        ratio = z_in_range = None
         if zero_point is None:
             z: torch.Tensor | float = 0.0
-            q = torch.div(x, s_x).round_().add_(0.0)  # + 0.0: -0.0 -> 0.0
+            ratio = torch.div(x, s_x)  # kept: the step's gradient needs x / s
+            q = torch.round(ratio).add_(0.0)  # + 0.0: -0.0 -> 0.0
         else:
-            z = torch.round(torch.clamp(zero_point.detach(), quant_min, quant_max))
+            z_clamped = torch.clamp(zero_point.detach(), quant_min, quant_max)
+            z_in_range = z_clamped == zero_point  # [q_min <= zp <= q_max]
+            z = torch.round(z_clamped)
             q = quantize_per_tensor_rint(x, s, z)
         c = torch.clamp(q, quant_min, quant_max)
         inside = c == q
         c.sub_(z)
-        ctx.save_for_backward(x, c, inside, s_x, scale, zero_point)
-        ctx.config = (quant_min, quant_max, grad_factor, per_row, eps, x.dtype)
+        step_in_range = s == abs_scale  # [|scale| >= eps]: the clamp left it as it was
+        ctx.save_for_backward(x, ratio, c, inside, s_x, scale, step_in_range, z_in_range)
+        ctx.config = (grad_factor, per_row, x.dtype)
         return c * s_x
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):  # type: ignore[override]
-        x, c, inside, s_x, scale, zero_point = ctx.saved_tensors
-        quant_min, quant_max, grad_factor, per_row, eps, x_dtype = ctx.config
+        x, ratio, c, inside, s_x, scale, step_in_range, z_in_range = ctx.saved_tensors
+        grad_factor, per_row, x_dtype = ctx.config
         grad_x = grad_output * inside
         grad_scale = grad_zero_point = None
         if ctx.needs_input_grad[1]:
-            term = torch.div(x, s_x).mul_(inside)
+            term = torch.mul(ratio, inside) if ratio is not None else torch.div(x, s_x).mul_(inside)
             term = torch.sub(c, term).mul_(grad_output)
             if per_row and scale.numel() > 1:
                 total = term.sum(dim=tuple(range(1, x.dim())))
             else:  # one step for the whole tensor (or a per-row step not yet initialised)
                 total = term.sum().reshape(scale.shape)
-            slope = torch.where(scale.abs() >= eps, scale.sgn() * grad_factor, 0.0)
+            slope = torch.where(step_in_range, scale.sgn() * grad_factor, 0.0)
             grad_scale = total.mul_(slope)
-        if zero_point is not None and ctx.needs_input_grad[2]:
+        if z_in_range is not None and ctx.needs_input_grad[2]:
             outside_sum = torch.sub(grad_output, grad_x).sum()
-            in_range = (zero_point >= quant_min) & (zero_point <= quant_max)
-            grad_zero_point = torch.where(in_range, outside_sum * (-grad_factor) * s_x, 0.0)
+            grad_zero_point = torch.where(z_in_range, outside_sum * (-grad_factor) * s_x, 0.0)
         return grad_x.to(x_dtype), grad_scale, grad_zero_point, None, None, None, None, None
 
 

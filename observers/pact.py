@@ -100,21 +100,22 @@ class PactFakeQuant(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, alpha: torch.Tensor,  # type: ignore[override]
                 signed: bool, eps: float) -> torch.Tensor:
-        a = torch.clamp(alpha.detach().abs(), min=eps)
+        alpha_abs = alpha.detach().abs()
+        a = torch.clamp(alpha_abs, min=eps)
         step = a / (127.0 if signed else 255.0)  # == pact_scale(alpha)
         lo = a * (-128.0 / 127.0) if signed else torch.zeros_like(a)
         zero_point = float(SIGNED_ZERO_POINT if signed else 0)
         q = quantize_per_tensor_rint(torch.clamp(x, lo, a), step, zero_point)
         clamped = torch.clamp(q, 0, 255)
         grid_inside = clamped == q
-        ctx.save_for_backward(x, a, lo, grid_inside, alpha)
-        ctx.config = (signed, eps, x.dtype)
+        ctx.save_for_backward(x, a, lo, grid_inside, alpha, a == alpha_abs)  # |alpha| >= eps
+        ctx.config = (signed, x.dtype)
         return clamped.sub_(zero_point).mul_(step)
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):  # type: ignore[override]
-        x, a, lo, grid_inside, alpha = ctx.saved_tensors
-        signed, eps, x_dtype = ctx.config
+        x, a, lo, grid_inside, alpha, alpha_in_range = ctx.saved_tensors
+        signed, x_dtype = ctx.config
         grad = grad_output * grid_inside
         above = x >= a
         below = x <= lo
@@ -124,7 +125,7 @@ class PactFakeQuant(torch.autograd.Function):
             grad_a = torch.mul(grad, above).sum()
             if signed:
                 grad_a = grad_a - (128.0 / 127.0) * torch.mul(grad, below).sum()
-            slope = torch.where(alpha.abs() >= eps, alpha.sgn(), 0.0)
+            slope = torch.where(alpha_in_range, alpha.sgn(), 0.0)
             grad_alpha = grad_a * slope
         return grad_x.to(x_dtype), grad_alpha, None, None
 

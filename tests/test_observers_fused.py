@@ -156,6 +156,10 @@ def test_pact_matches_the_composed_graph(signed):
         grads = assert_same(lambda x, a: pact_fake_quant(x, a, signed=signed),
                             lambda x, a: composed_pact(x, a, signed), [x, a])
         assert grads[1].abs().item() > 0 and 0 < (grads[0] == 0).sum() < x.numel()
+    tiny = torch.tensor([1e-9], requires_grad=True)  # |alpha| < eps: floored, no gradient
+    grads = assert_same(lambda x, a: pact_fake_quant(x, a, signed=signed),
+                        lambda x, a: composed_pact(x, a, signed), [x, tiny])
+    assert grads[1].item() == 0
 
 
 @pytest.mark.parametrize("bits", [4, 8])
