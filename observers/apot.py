@@ -85,6 +85,7 @@ __all__ = [
     "apot_levels",
     "apot_magnitudes",
     "apot_scale",
+    "level_midpoints",
     "project_to_levels",
 ]
 
@@ -150,13 +151,21 @@ def apot_levels(bits: int, *, full_range: bool = False) -> tuple[torch.Tensor, i
     return torch.tensor(ints, dtype=torch.float32), denominator
 
 
-def project_to_levels(x: torch.Tensor, magnitudes: torch.Tensor) -> torch.Tensor:
+def level_midpoints(magnitudes: torch.Tensor) -> torch.Tensor:
+    """The decision points of :func:`project_to_levels`: midpoints of consecutive magnitudes."""
+    return (magnitudes[1:] + magnitudes[:-1]) / 2
+
+
+def project_to_levels(x: torch.Tensor, magnitudes: torch.Tensor,
+                      mids: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Nearest signed level ``sign(x) * m_j`` (ties toward zero); ``magnitudes`` sorted, from 0.
+    ``mids``: :func:`level_midpoints` of ``magnitudes``, if the caller keeps them.
 
     >>> project_to_levels(torch.tensor([-4.9, 5.0, 5.1, 9.5]), torch.tensor([0.0, 4.0, 6.0, 10.0]))
     tensor([-4.,  4.,  6., 10.])
     """
-    mids = (magnitudes[1:] + magnitudes[:-1]) / 2
+    if mids is None:
+        mids = level_midpoints(magnitudes)
     idx = torch.bucketize(x.abs(), mids)
     return torch.sign(x) * magnitudes[idx]
 
@@ -176,14 +185,18 @@ def apot_fake_quant(
     denominator: int,
     *,
     ch_axis: int = 0,
+    mids: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """``m * scale`` with ``m = project(clamp(w / scale, -D, D))``, ``scale = |alpha| sigma / D``.
 
     Straight-through projection; gradients as in the module docstring (times ``sigma``).
+    ``mids``: :func:`level_midpoints` of ``magnitudes``, if the caller keeps them.
     """
     if ch_axis != 0:
         raise ValueError(f"apot_fake_quant: ch_axis must be 0 (one clip per row), got {ch_axis}")
-    return ApotFakeQuant.apply(w, alpha, sigma, magnitudes, denominator, EPS)
+    if mids is None:
+        mids = level_midpoints(magnitudes)
+    return ApotFakeQuant.apply(w, alpha, sigma, magnitudes, mids, denominator, EPS)
 
 
 class ApotFakeQuant(torch.autograd.Function):
@@ -206,14 +219,14 @@ class ApotFakeQuant(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, w: torch.Tensor, alpha: torch.Tensor,  # type: ignore[override]
-                sigma: torch.Tensor, magnitudes: torch.Tensor, denominator: int,
-                eps: float) -> torch.Tensor:
+                sigma: torch.Tensor, magnitudes: torch.Tensor, mids: torch.Tensor,
+                denominator: int, eps: float) -> torch.Tensor:
         raw = alpha.detach().abs() * sigma / denominator
         s = channel_view(torch.clamp(raw, min=eps), w, 0)
         ratio = w / s
         x = torch.clamp(ratio, -denominator, denominator)
         inside = x == ratio
-        q = project_to_levels(x, magnitudes)
+        q = project_to_levels(x, magnitudes, mids)
         ctx.save_for_backward(ratio, q, inside, alpha, sigma, raw)
         ctx.config = (denominator, eps, w.dtype)
         return q * s
@@ -234,7 +247,7 @@ class ApotFakeQuant(torch.autograd.Function):
                 total = term.sum(dim=dims) if dims else term
             slope = torch.where(raw >= eps, alpha.sgn() * sigma / denominator, 0.0)
             grad_alpha = total.mul_(slope)
-        return grad_w.to(w_dtype), grad_alpha, None, None, None, None
+        return grad_w.to(w_dtype), grad_alpha, None, None, None, None, None
 
 
 class ApotWeightFakeQuantize(WeightFakeQuantize):
@@ -279,6 +292,7 @@ class ApotWeightFakeQuantize(WeightFakeQuantize):
         assert denominator == self.int_max
         device = self._factory_device
         self.register_buffer("magnitudes", magnitudes.to(device), persistent=False)
+        self.register_buffer("mids", level_midpoints(self.magnitudes), persistent=False)
         self.alpha = nn.Parameter(torch.ones(1, device=device))
         self.register_buffer("sigma", torch.ones(1, device=device))
 
@@ -302,7 +316,8 @@ class ApotWeightFakeQuantize(WeightFakeQuantize):
         return apot_scale(self.alpha.detach(), self.sigma, self.int_max)
 
     def _quantize(self, w: torch.Tensor) -> torch.Tensor:
-        return apot_fake_quant(w, self.alpha, self.sigma, self.magnitudes, self.int_max)
+        return apot_fake_quant(w, self.alpha, self.sigma, self.magnitudes, self.int_max,
+                               mids=self.mids)
 
     def extra_repr(self) -> str:
         return (
