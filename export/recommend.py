@@ -61,9 +61,12 @@ import onnxruntime as ort
 
 from data import ItemIds, UnknownItemError
 from data.item_ids import METADATA_KEY
+from export.parity_record import ParityRecord
+from export.run_folder import PARITY
 from export.runtime import make_session, model_metadata, serving_kind
 from export.sasrec_graph import EXCLUDE, INPUT, K_INPUT, SCORES, TOP_K_ITEMS, TOP_K_SCORES
 from export.top_k import rank_masked
+from qat.records import sha256_or_none
 
 EMPTY_HISTORY = "a history needs at least one item known to the model"
 
@@ -149,19 +152,43 @@ SERVING_PREFERENCE = ("model_int8_fused_top_k.onnx", "model_int8_top_k.onnx",
 def serving_model_path(path: str | os.PathLike) -> Path:
     """``path`` itself for a file; for a run folder its first graph in ``SERVING_PREFERENCE``.
 
+    A folder with ``parity.json`` (what ``export_int8.py`` writes) serves only the graphs that
+    record describes, byte for byte: a graph left by an earlier export (say a fused graph of the
+    model before it was trained further) is not served. When the folder also holds the model
+    file the record was made from, that file must be the one recorded, else the graphs are of
+    another model and the folder must be exported again. A folder without ``parity.json`` (graphs
+    copied for serving) serves any graph it holds.
+
     Raises:
-        FileNotFoundError: nothing at ``path``, or a folder without an exported graph.
+        FileNotFoundError: nothing at ``path``, or a folder without a graph it may serve.
+        ValueError: the folder's graphs were exported from another model file than its own, or
+            its ``parity.json`` cannot be read.
     """
     path = Path(path)
     if path.is_dir():
+        export_hint = f"scripts/export_int8.py --run {path}"
+        servable = _exported_graphs(path, export_hint)
         for name in SERVING_PREFERENCE:
-            if (path / name).is_file():
+            if (path / name).is_file() and (servable is None or name in servable):
                 return path / name
         raise FileNotFoundError(f"{path} holds no exported model ({', '.join(SERVING_PREFERENCE)})"
-                                f": export it first, scripts/export_int8.py --run {path}")
+                                f": export it first, {export_hint}")
     if not path.is_file():
         raise FileNotFoundError(f"no model file at {path}")
     return path
+
+
+def _exported_graphs(folder: Path, export_hint: str) -> set[str] | None:
+    """The graph files ``folder``'s parity.json describes as they are (None: no parity.json)."""
+    if not (folder / PARITY).exists():
+        return None
+    record = ParityRecord.load(folder / PARITY)  # ValueError: unreadable, another kind
+    model = folder / record.model_file
+    if model.exists() and sha256_or_none(model) != record.model_sha256:
+        raise ValueError(f"{folder}: its graphs were exported from another {record.model_file} "
+                         f"than the one there now (parity.json): export it again, {export_hint}")
+    graphs = [g for g in (record.graph, record.fused) if g is not None] + list(record.top_k or ())
+    return {g.onnx_file for g in graphs if g.describes(folder / g.onnx_file)}
 
 
 def load_recommender(path: str | os.PathLike, *,

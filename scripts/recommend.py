@@ -19,8 +19,12 @@ the k best itself; the same lists, less work for a large catalogue). A model exp
 item id maps were embedded uses its internal ids as raw ids (a note on stderr). The logic is
 export/recommend.py.
 
+A run folder serves its first graph in export.recommend.SERVING_PREFERENCE among those its
+parity.json describes (export_int8.py's record), and refuses graphs exported from another model
+file than the folder's.
+
 Exit status: 0 done; 2 bad input (one error: line: unknown item ids, all named; a missing or
-unloadable model file; an empty history).
+unloadable model file; a run folder whose graphs are of another model; an empty history).
 """
 from __future__ import annotations
 

@@ -391,6 +391,33 @@ def test_a_run_folder_serves_its_fastest_exported_graph(model_files, tmp_path):
         "fp32" in n, "top_k" not in n, "fused" not in n))
 
 
+def test_a_run_folder_serves_only_graphs_of_its_current_export(runs, tmp_path):
+    """With parity.json (export_int8.py's record) a folder serves only the graphs it describes,
+    byte for byte, and refuses graphs exported from another model file than the one there."""
+    folder = copy_run(runs[2], tmp_path / "lsq")
+    export_run(folder, threads=1, fused=True)
+    assert serving_model_path(folder) == folder / "model_int8_fused_top_k.onnx"
+    export_run(folder, threads=1)  # again without --fused: the fused graphs are not recorded
+    assert (folder / "model_int8_fused_top_k.onnx").is_file()
+    assert serving_model_path(folder) == folder / "model_int8_top_k.onnx"
+    graph = folder / "model_int8_top_k.onnx"
+    graph.write_bytes(graph.read_bytes() + b"\0")  # not the recorded bytes: skipped
+    assert serving_model_path(folder) == folder / "model_int8.onnx"
+
+    served = tmp_path / "serving"  # graphs and parity.json copied without the model file
+    served.mkdir()
+    for name in ("model_int8.onnx", "parity.json"):
+        shutil.copy(folder / name, served / name)
+    assert serving_model_path(served) == served / "model_int8.onnx"
+
+    model = folder / "model_int8.pt"  # the run trained further, not exported again
+    model.write_bytes(model.read_bytes() + b"\0")
+    message = error_line(run_in_process("recommend", "--model", folder, "--history", "1"))
+    assert message == (f"error: {folder}: its graphs were exported from another model_int8.pt "
+                       "than the one there now (parity.json): export it again, "
+                       f"scripts/export_int8.py --run {folder}")
+
+
 def test_cli_history_file_and_model_without_map(model_files, models, tmp_path):
     users = tmp_path / "users.txt"
     users.write_text("1 2,3\n\n  5 , 6\n")
