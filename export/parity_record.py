@@ -14,6 +14,7 @@ from typing import Any
 
 from data.item_ids import ITEM_IDS, ItemIds
 from export.parity import ParityReport
+from export.run_folder import PARITY
 from qat.records import Record, sha256_or_none
 
 
@@ -190,3 +191,24 @@ class ParityRecord(Record):
             return ItemIds.load(path).sha256() == self.item_ids_sha256
         except (OSError, ValueError):
             return False
+
+
+def exported_graphs(run_dir: str | Path) -> set[str] | None:
+    """The graph files of ``run_dir``'s last export: those its parity.json describes, byte for
+    byte (None: no parity.json, e.g. graphs copied without it).
+
+    Raises:
+        ValueError: parity.json cannot be read, or the run's model file is there but is not the
+            one the graphs were exported from (the run trained further, not exported again).
+    """
+    run_dir = Path(run_dir)
+    if not (run_dir / PARITY).exists():
+        return None
+    record = ParityRecord.load(run_dir / PARITY)
+    model = run_dir / record.model_file
+    if model.exists() and sha256_or_none(model) != record.model_sha256:
+        raise ValueError(f"{run_dir}: its graphs were exported from another {record.model_file} "
+                         f"than the one there now (parity.json): export it again, "
+                         f"scripts/export_int8.py --run {run_dir}")
+    graphs = [g for g in (record.graph, record.fused) if g is not None] + list(record.top_k or ())
+    return {g.onnx_file for g in graphs if g.describes(run_dir / g.onnx_file)}

@@ -61,12 +61,10 @@ import onnxruntime as ort
 
 from data import ItemIds, UnknownItemError
 from data.item_ids import METADATA_KEY
-from export.parity_record import ParityRecord
-from export.run_folder import PARITY
+from export.parity_record import exported_graphs
 from export.runtime import make_session, model_metadata, serving_kind
 from export.sasrec_graph import EXCLUDE, INPUT, K_INPUT, SCORES, TOP_K_ITEMS, TOP_K_SCORES
 from export.top_k import rank_masked
-from qat.records import sha256_or_none
 
 EMPTY_HISTORY = "a history needs at least one item known to the model"
 
@@ -166,29 +164,15 @@ def serving_model_path(path: str | os.PathLike) -> Path:
     """
     path = Path(path)
     if path.is_dir():
-        export_hint = f"scripts/export_int8.py --run {path}"
-        servable = _exported_graphs(path, export_hint)
+        servable = exported_graphs(path)  # ValueError: graphs of another model file
         for name in SERVING_PREFERENCE:
             if (path / name).is_file() and (servable is None or name in servable):
                 return path / name
         raise FileNotFoundError(f"{path} holds no exported model ({', '.join(SERVING_PREFERENCE)})"
-                                f": export it first, {export_hint}")
+                                f": export it first, scripts/export_int8.py --run {path}")
     if not path.is_file():
         raise FileNotFoundError(f"no model file at {path}")
     return path
-
-
-def _exported_graphs(folder: Path, export_hint: str) -> set[str] | None:
-    """The graph files ``folder``'s parity.json describes as they are (None: no parity.json)."""
-    if not (folder / PARITY).exists():
-        return None
-    record = ParityRecord.load(folder / PARITY)  # ValueError: unreadable, another kind
-    model = folder / record.model_file
-    if model.exists() and sha256_or_none(model) != record.model_sha256:
-        raise ValueError(f"{folder}: its graphs were exported from another {record.model_file} "
-                         f"than the one there now (parity.json): export it again, {export_hint}")
-    graphs = [g for g in (record.graph, record.fused) if g is not None] + list(record.top_k or ())
-    return {g.onnx_file for g in graphs if g.describes(folder / g.onnx_file)}
 
 
 def load_recommender(path: str | os.PathLike, *,
