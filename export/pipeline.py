@@ -249,6 +249,9 @@ def optional_flags(settings: PipelineSettings, names: list[str]) -> list[str]:
 
 
 ARCHITECTURE_FLAGS = ("max_len", "hidden", "blocks", "heads")
+# training settings that change a finished run's result whatever else happened (a larger
+# --epochs or --patience may not: the run may have stopped early; they are not compared)
+RESULT_FLAGS = ("seed", "batch_size")
 
 
 def finished_run_mismatch(run: Run, fp32: Run, settings: PipelineSettings,
@@ -258,7 +261,8 @@ def finished_run_mismatch(run: Run, fp32: Run, settings: PipelineSettings,
     It is not when its config.json records another dataset (``data_fingerprint()``, the
     fingerprint of ``--data`` as train_qat.py computes it, is only called when there is one to
     compare), another architecture than a ``--max-len``/``--hidden``/``--blocks``/``--heads``
-    given, or (a QAT run) another FP32 checkpoint than the one now in ``fp32.folder``
+    given, another ``--seed``/``--batch-size`` than given, or (a QAT run) another FP32
+    checkpoint than the one now in ``fp32.folder``
     (``init_from_sha256``: the FP32 run was trained again since). Reusing it would report its
     results as this command's. What config.json does not record (older runs) is not checked.
     """
@@ -279,12 +283,14 @@ def finished_run_mismatch(run: Run, fp32: Run, settings: PipelineSettings,
         if now != started_from:
             return (f"it was fine-tuned from another FP32 checkpoint than {fp32_checkpoint} "
                     f"(sha256 {started_from[:12]}, now {now[:12]})")
-    model = config.get("model")
-    for name in ARCHITECTURE_FLAGS:
-        wanted = getattr(settings, name)
-        if wanted is not None and isinstance(model, dict) and model.get(name) != wanted:
-            flag = "--" + name.replace("_", "-")
-            return f"its {name} is {model.get(name)}, not {flag} {wanted}"
+    for section, names in (("model", ARCHITECTURE_FLAGS), ("train", RESULT_FLAGS)):
+        recorded_section = config.get(section)
+        for name in names:
+            wanted = getattr(settings, name)
+            if wanted is not None and isinstance(recorded_section, dict) \
+                    and recorded_section.get(name) != wanted:
+                flag = "--" + name.replace("_", "-")
+                return f"its {name} is {recorded_section.get(name)}, not {flag} {wanted}"
     return None
 
 

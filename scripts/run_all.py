@@ -22,8 +22,9 @@ thread count, made with the same --bench-repeats (and with baselines unless --no
 run folder with checkpoint.pt but no final metrics (an interrupted run) is continued with
 --resume. A finished training run is never retrained: delete its folder to redo it. A finished
 run of another dataset (config.json's fingerprint), of another --max-len/--hidden/--blocks/
---heads than given, or a QAT run fine-tuned from another FP32 checkpoint than OUT/fp32's
-stops the pipeline with an error instead of being reported as this command's.
+--heads/--seed/--batch-size than given, or a QAT run fine-tuned from another FP32 checkpoint
+than OUT/fp32's stops the pipeline with an error instead of being reported as this
+command's.
 
 Exit status: 0 every step done (an export whose parity check failed is reported, marked
 parity_passed=False in the CSV, and does not stop the pipeline); 2 bad arguments or a failed
