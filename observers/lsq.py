@@ -2,7 +2,8 @@
 
 The step size ``s`` is a trained parameter; its gradient is scaled by
 ``g = 1 / sqrt(N * Q_p)`` (``N`` = number of elements sharing that step, ``Q_p`` = largest
-positive integer) through the grad-scale trick, and the rounding is straight-through:
+positive integer; the paper's grad-scale trick, applied in the closed-form backward of
+:class:`LsqFakeQuant`), and the rounding is straight-through:
 
 .. math::
     \\hat x = (\\mathrm{clamp}(\\lfloor x / s \\rceil + z, q_{min}, q_{max}) - z)\\, s
@@ -64,11 +65,9 @@ from observers.grid import (
 )
 
 __all__ = [
-    "GradScale",
     "LsqFakeQuant",
     "LsqActivationFakeQuantize",
     "LsqWeightFakeQuantize",
-    "grad_scale",
     "lsq_fake_quant",
     "lsq_grad_factor",
     "lsq_paper_init",
@@ -76,28 +75,6 @@ __all__ = [
 
 WEIGHT_INITS = ("max", "paper")
 ACTIVATION_INITS = ("minmax", "paper")
-
-
-class GradScale(torch.autograd.Function):
-    """Identity forward, gradient multiplied by ``factor`` backward (LSQ's grad scaling).
-
-    Exact in the forward (unlike ``(x - x*g).detach() + x*g``, which can be an ulp off and would
-    break the bit-exact match between the forward scale and ``calculate_qparams``).
-    """
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, factor: float) -> torch.Tensor:
-        ctx.factor = factor
-        return x.clone()
-
-    @staticmethod
-    def backward(ctx, grad_output: torch.Tensor) -> tuple[torch.Tensor, None]:
-        return grad_output * ctx.factor, None
-
-
-def grad_scale(x: torch.Tensor, factor: float) -> torch.Tensor:
-    """``x`` forward; ``factor * dL/dx`` backward."""
-    return GradScale.apply(x, factor)
 
 
 def lsq_grad_factor(n_per_scale: int, q_positive: int) -> float:

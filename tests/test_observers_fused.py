@@ -30,8 +30,26 @@ from observers.grid import (
     round_ste,
     straight_through,
 )
-from observers.lsq import grad_scale, lsq_fake_quant
+from observers.lsq import lsq_fake_quant
 from observers.pact import pact_fake_quant, pact_regularization
+
+
+class GradScale(torch.autograd.Function):
+    """Identity forward, gradient times ``factor`` backward: LSQ's grad-scale trick as the
+    composed graph wrote it (``LsqFakeQuant`` now applies the factor in closed form)."""
+
+    @staticmethod
+    def forward(ctx, x, factor):
+        ctx.factor = factor
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        return grad_output * ctx.factor, None
+
+
+def grad_scale(x, factor):
+    return GradScale.apply(x, factor)
 
 
 def composed_fixed_affine(x, scale, zero_point, qmin, qmax, ch_axis=None):
