@@ -74,6 +74,7 @@ from observers.grid import (
     channel_view,
     check_bits,
     flag,
+    sum_to_channels,
     weight_qmax,
 )
 
@@ -240,11 +241,7 @@ class ApotFakeQuant(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             term = torch.mul(ratio, inside)
             term = torch.sub(q, term).mul_(grad_output)
-            dims = tuple(range(1, term.dim()))
-            if alpha.numel() == 1:  # not yet initialised per row: one clip for the tensor
-                total = term.sum().reshape(alpha.shape)
-            else:
-                total = term.sum(dim=dims) if dims else term
+            total = sum_to_channels(term, alpha)
             slope = torch.where(raw >= eps, alpha.sgn() * sigma / denominator, 0.0)
             grad_alpha = total.mul_(slope)
         return grad_w.to(w_dtype), grad_alpha, None, None, None, None, None

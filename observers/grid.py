@@ -85,6 +85,7 @@ __all__ = [
     "quantize_per_tensor_rint",
     "round_ste",
     "straight_through",
+    "sum_to_channels",
     "weight_qmax",
 ]
 
@@ -184,6 +185,19 @@ def channel_view(t: torch.Tensor, x: torch.Tensor, ch_axis: int = 0) -> torch.Te
     shape = [1] * x.dim()
     shape[ch_axis] = -1
     return t.reshape(shape)
+
+
+def sum_to_channels(term: torch.Tensor, param: torch.Tensor, ch_axis: int = 0) -> torch.Tensor:
+    """``term`` (shaped like the quantized tensor) summed onto ``param``'s shape: per channel
+    for a per-channel parameter, over everything for a one-element one (also a per-channel
+    parameter not yet initialised). What autograd does to the gradient of a broadcast
+    parameter, for hand-written backwards.
+
+    >>> sum_to_channels(torch.ones(2, 3), torch.zeros(2)), sum_to_channels(torch.ones(2, 3),
+    ...                                                                     torch.zeros(1))
+    (tensor([3., 3.]), tensor([6.]))
+    """
+    return term.sum_to_size(channel_view(param, term, ch_axis).shape).reshape(param.shape)
 
 
 def fake_quant_affine(

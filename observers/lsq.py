@@ -62,6 +62,7 @@ from observers.grid import (
     channel_view,
     flag,
     quantize_per_tensor_rint,
+    sum_to_channels,
 )
 
 __all__ = [
@@ -172,22 +173,19 @@ class LsqFakeQuant(torch.autograd.Function):
         c.sub_(z)
         step_in_range = s == abs_scale  # [|scale| >= eps]: the clamp left it as it was
         ctx.save_for_backward(x, ratio, c, inside, s_x, scale, step_in_range, z_in_range)
-        ctx.config = (grad_factor, per_row, x.dtype)
+        ctx.config = (grad_factor, x.dtype)
         return c * s_x
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):  # type: ignore[override]
         x, ratio, c, inside, s_x, scale, step_in_range, z_in_range = ctx.saved_tensors
-        grad_factor, per_row, x_dtype = ctx.config
+        grad_factor, x_dtype = ctx.config
         grad_x = grad_output * inside
         grad_scale = grad_zero_point = None
         if ctx.needs_input_grad[1]:
             term = torch.mul(ratio, inside) if ratio is not None else torch.div(x, s_x).mul_(inside)
             term = torch.sub(c, term).mul_(grad_output)
-            if per_row and scale.numel() > 1:
-                total = term.sum(dim=tuple(range(1, x.dim())))
-            else:  # one step for the whole tensor (or a per-row step not yet initialised)
-                total = term.sum().reshape(scale.shape)
+            total = sum_to_channels(term, scale)
             slope = torch.where(step_in_range, scale.sgn() * grad_factor, 0.0)
             grad_scale = total.mul_(slope)
         if z_in_range is not None and ctx.needs_input_grad[2]:
