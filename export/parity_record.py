@@ -169,18 +169,20 @@ class ParityRecord(Record):
     @property
     def passed(self) -> bool:
         """Every exported graph passed its gate."""
-        return (self.graph.passed and (self.fused is None or self.fused.passed)
-                and all(t.passed for t in self.top_k or ()))
+        return all(g.passed for g in self.graphs())
+
+    def graphs(self) -> list[GraphParity | TopKParity]:
+        """Every graph this export wrote: the full-score one, the fused one, the top-k ones."""
+        return ([g for g in (self.graph, self.fused) if g is not None]
+                + list(self.top_k or ()))
 
     def is_current(self, run_dir: str | Path) -> bool:
         """True when the model file and every ONNX file named here are in ``run_dir`` with the
         recorded content, and the graphs embed the run's item id map as it is now (its
         ``item_ids.json``, or identity ids when it has none)."""
         run_dir = Path(run_dir)
-        graphs = [g for g in (self.graph, self.fused) if g is not None]
         return (sha256_or_none(run_dir / self.model_file) == self.model_sha256
-                and all(g.describes(run_dir / g.onnx_file) for g in graphs)
-                and all(t.describes(run_dir / t.onnx_file) for t in self.top_k or ())
+                and all(g.describes(run_dir / g.onnx_file) for g in self.graphs())
                 and self._embeds_current_item_ids(run_dir))
 
     def _embeds_current_item_ids(self, run_dir: Path) -> bool:
@@ -210,5 +212,4 @@ def exported_graphs(run_dir: str | Path) -> set[str] | None:
         raise ValueError(f"{run_dir}: its graphs were exported from another {record.model_file} "
                          f"than the one there now (parity.json): export it again, "
                          f"scripts/export_int8.py --run {run_dir}")
-    graphs = [g for g in (record.graph, record.fused) if g is not None] + list(record.top_k or ())
-    return {g.onnx_file for g in graphs if g.describes(run_dir / g.onnx_file)}
+    return {g.onnx_file for g in record.graphs() if g.describes(run_dir / g.onnx_file)}
