@@ -188,8 +188,7 @@ def run_candidates(runs: Sequence[BenchRun], notes: list[str]) -> list[Candidate
             _check_metadata(payload, run, path)
             onnx_file = path.name
         else:
-            meta = {"sasrec_qat.method": run.method, "sasrec_qat.bits": run.bits}
-            payload = build_sasrec_onnx(run.model, metadata=meta).SerializeToString()
+            payload = build_sasrec_onnx(run.model, metadata=run.graph_metadata).SerializeToString()
             source = f"built in memory (no {path.name} in {run.run_dir})"
             notes.append(f"{name}: {source}")
         out.append(bench_run.candidate(name, f"onnx_{run.kind}", source, onnx=payload,
@@ -206,8 +205,7 @@ def int8_variant_candidates(runs: Sequence[BenchRun], suffix: str, kind: str,
     for bench_run in runs:
         run = bench_run.run
         if run.kind == "int8":
-            meta = {"sasrec_qat.method": run.method, "sasrec_qat.bits": run.bits}
-            payload = build_sasrec_onnx(run.model, metadata=meta, **build_options)
+            payload = build_sasrec_onnx(run.model, metadata=run.graph_metadata, **build_options)
             out.append(bench_run.candidate(f"{bench_run.name}{suffix}", kind,
                                            f"built in memory with {options}",
                                            onnx=payload.SerializeToString()))
@@ -246,8 +244,7 @@ def top_k_candidates(graphs: Sequence[Candidate], runs: Sequence[BenchRun],
             continue
         bench_run = by_dir[graph.run]
         run = bench_run.run
-        meta = {"sasrec_qat.method": run.method, "sasrec_qat.bits": run.bits}
-        payload = build_sasrec_onnx(run.model, metadata=meta, top_k=k,
+        payload = build_sasrec_onnx(run.model, metadata=run.graph_metadata, top_k=k,
                                     fused=graph.kind == "onnx_int8_fused")
         candidate = bench_run.candidate(f"{graph.name}{TOP_K_SUFFIX}", graph.kind,
                                         f"built in memory, top-k graph (k={k})",

@@ -125,8 +125,7 @@ def _export_one(run: RunModel, split: LeaveOneOutSplit, *, fused: bool, scoring:
     the torch side's, computed once for every graph). Returns the graph, its report, its
     sampled metrics and its session (the top-k graph's check reuses it)."""
     path, probe = _scoring(run, scoring, fused=fused, top_k=None, threads=threads)
-    meta = {"sasrec_qat.method": run.method, "sasrec_qat.bits": run.bits,
-            METADATA_KEY: item_ids.dumps(), **probe}
+    meta = {**run.graph_metadata, METADATA_KEY: item_ids.dumps(), **probe}
     onnx_model = build_sasrec_onnx(run.model, metadata=meta, fused=fused, scoring=path)
     session = make_session(onnx_model.SerializeToString(), threads=threads,
                            optimization=optimization)
@@ -154,8 +153,7 @@ def _export_top_k(run: RunModel, inputs: np.ndarray, full_session: Any, full_fil
     that graph's ranked scores (``full_session``) on ``inputs``, the test users' sequences
     (``TopKParity`` fields but the file's)."""
     path, probe = _scoring(run, scoring, fused=fused, top_k=top_k, threads=threads)
-    meta = {"sasrec_qat.method": run.method, "sasrec_qat.bits": run.bits,
-            METADATA_KEY: item_ids.dumps(), **probe}
+    meta = {**run.graph_metadata, METADATA_KEY: item_ids.dumps(), **probe}
     model = build_sasrec_onnx(run.model, top_k=top_k, metadata=meta, fused=fused, scoring=path)
     top_session = make_session(model, threads=threads)
     same = 0

@@ -53,6 +53,11 @@ class RunModel:
         """The torch model file exported: ``model_int8.pt`` or ``checkpoint.pt``."""
         return self.run_dir / (INT8_MODEL if self.kind == "int8" else CHECKPOINT)
 
+    @property
+    def graph_metadata(self) -> dict[str, str | int]:
+        """The ``sasrec_qat.*`` entries every graph of this run carries: method and bits."""
+        return {"sasrec_qat.method": self.method, "sasrec_qat.bits": self.bits}
+
 
 def onnx_file_name(kind: str) -> str:
     """Where export_int8.py writes a run's graph: ``model_int8.onnx`` or ``model_fp32.onnx``."""
