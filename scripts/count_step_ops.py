@@ -17,7 +17,7 @@ not every one launches a kernel (the quantizers' flags are host tensors, observe
 HOST_BUFFERS), so on a GPU read the kernel column for launches.
 
 ``--time-rounds N`` then times the same steps: N rounds of one step of every model, in a balanced
-order (``export.latency.round_order``), median ms per step and its ratio to FP32's. On a tiny
+order (``export.latency.time_interleaved``), median ms per step and its ratio to FP32's. On a tiny
 model on the CPU with ``--threads 1 --foreach`` (multi-tensor Adam, which torch picks on CUDA)
 this is a host-bound proxy of the GPU step, where time is the host's per-operator cost too::
 
@@ -31,14 +31,13 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from collections import Counter
 from typing import Callable
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from export.latency import round_order
+from export.latency import time_interleaved
 from qat.cli import ArgumentParser, run_cli
 from qat.config import SASRecConfig
 from qat.distributed import resolve_device
@@ -151,19 +150,19 @@ def training_step(name: str, config: SASRecConfig, bits: int, inputs: torch.Tens
 def time_steps(steps: dict[str, Callable[[], None]], rounds: int,
                device: torch.device) -> dict[str, float]:
     """Median ms per step of each model over ``rounds`` rounds, one step of every model per
-    round in a balanced order (``export.latency.round_order``: drift hits all alike)."""
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    names = list(steps)
-    for r in range(rounds):
-        for name in (names[i] for i in round_order(len(names), r)):
+    round in a balanced order (``export.latency.time_interleaved``: drift hits all alike); on
+    CUDA each timed step ends with a synchronize."""
+    def timed(step: Callable[[], None]) -> Callable[[object], None]:
+        def call(_batch: object) -> None:
+            step()
             if device.type == "cuda":
                 torch.cuda.synchronize()
-            start = time.perf_counter()
-            steps[name]()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            times[name].append((time.perf_counter() - start) * 1e3)
-    return {name: statistics.median(t) for name, t in times.items()}
+        return call
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    times = time_interleaved([timed(step) for step in steps.values()], [None], warmup=0,
+                             repeats=rounds)
+    return {name: statistics.median(t) for name, t in zip(steps, times)}
 
 
 def count_step(step: Callable[[], None], device: torch.device, warmup: int) -> dict:
