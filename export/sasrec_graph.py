@@ -273,9 +273,15 @@ def _attention_core(g: GraphBuilder, q: str, k: str, v: str, allowed: str, heads
     ``single_query``: ``q`` is (B, d), one query per row (the last position), ``allowed``
     (B, 1, 1, T), and the result is (B, d).
     """
-    split = g.ints([0, 0, heads, head_dim], "head_split")
-    k = g.node("Transpose", [g.node("Reshape", [k, split], name=f"{hint}.k_heads")],
-               name=f"{hint}.k_t", perm=[0, 2, 3, 1])  # (B, nh, hs, T)
+    if heads == 1:  # K^T as a swap of the last two axes after the Reshape: onnxruntime folds
+        # that Transpose into the product (FusedMatMul transB), a (0, 2, 3, 1) one it copies
+        k = g.node("Transpose", [_split_heads(g, k, heads, head_dim, f"{hint}.k")],
+                   name=f"{hint}.k_t", perm=[0, 1, 3, 2])  # (B, 1, hs, T)
+    else:  # one copy either way: split and transpose in one
+        k = g.node("Transpose", [g.node("Reshape", [k, g.ints([0, 0, heads, head_dim],
+                                                              "head_split")],
+                                        name=f"{hint}.k_heads")],
+                   name=f"{hint}.k_t", perm=[0, 2, 3, 1])  # (B, nh, hs, T)
     if single_query:  # (B, d) -> (B, nh, 1, hs)
         q = g.node("Reshape", [q, g.ints([0, heads, 1, head_dim], "head_split_one")],
                    name=f"{hint}.q_heads")

@@ -171,18 +171,26 @@ ONE_HEAD = dataclasses.replace(CONFIG, heads=1)
 
 
 @pytest.mark.parametrize("last_only", [True, False])
-def test_one_head_splits_by_reshape_and_matches_torch(last_only):
+def test_one_head_splits_by_reshape_and_matches_torch(last_only, tmp_path):
     """With one head the head split is a Reshape (no Transpose copying q, v or the context; only
-    k's, which onnxruntime folds into the q.k^T product), and the scores are torch's: FP32 to
-    1e-5, INT8 (LSQ) the same top-10 sets, on batches trimmed to several lengths."""
-    for name in ("fp32", "lsq"):
+    k's swap of its last two axes, which onnxruntime folds into the q.k^T product of the FP32
+    and fused INT8 graphs: none is left after optimisation), and the scores are torch's: FP32
+    to 1e-5, INT8 (LSQ) the same top-10 sets, on batches trimmed to several lengths."""
+    for name, fused in (("fp32", False), ("lsq", False), ("lsq", True)):
         model = tiny_model(name, config=ONE_HEAD)
-        proto = build_sasrec_onnx(model, last_position_only=last_only)
+        proto = build_sasrec_onnx(model, last_position_only=last_only, fused=fused)
         transposes = [n.output[0] for n in proto.graph.node
                       if n.op_type == "Transpose" and ".attn." in n.output[0]]
         assert transposes == [f"blocks.{i}.attn.core.k_t" for i in range(ONE_HEAD.blocks)], \
             transposes
-        scorer = OnnxScorer(make_session(proto, threads=1))
+        optimised = tmp_path / f"{name}_{fused}.onnx"
+        scorer = OnnxScorer(make_session(proto, threads=1, optimized_model_path=optimised))
+        if name == "fp32" or fused:  # (the exact graph's q.k^T becomes an integer product)
+            nodes = onnx.load(optimised).graph.node
+            assert not [n for n in nodes if n.op_type == "Transpose"]
+            folded = [n for n in nodes if n.op_type == "FusedMatMul"
+                      and any(a.name == "transB" and a.i == 1 for a in n.attribute)]
+            assert len(folded) == ONE_HEAD.blocks
         x = batch(12, size=16, config=ONE_HEAD)
         with torch.no_grad():
             for inputs in (x, x[:, -5:].contiguous()):
