@@ -211,6 +211,8 @@ class Trainer:
             torch.set_num_threads(self.config.threads)
 
         run = self._fresh_run() if ckpt is None else self._restore(ckpt)
+        if ckpt is not None:
+            self._decide_stop_on_resume(run)
         if ckpt is not None and (run["stopped_early"] or run["epoch"] >= self.config.epochs):
             return self._finish(run)  # nothing left to train: recompute the metrics only
         if run["best_model"] is None:  # the starting point is the first "best" model
@@ -423,6 +425,21 @@ class Trainer:
                 "history": ckpt["history"], "best_model": ckpt["model"],
                 "finished": ckpt["finished"],
                 "stopped_early": ckpt.get("stopped_early", False)}
+
+    def _decide_stop_on_resume(self, run: dict[str, Any]) -> None:
+        """Whether a resumed run has stopped early, decided under this run's ``patience`` (a
+        resume may change it): a run that stopped after N evaluations without improvement
+        continues when ``patience`` is now above N, as an uninterrupted run with that patience
+        would have (the checkpoint holds the state after its last epoch); one that is now past
+        a lower patience stops."""
+        stopped = run["bad_evals"] >= self.config.patience
+        if run["stopped_early"] and not stopped and run["epoch"] < self.config.epochs \
+                and self.ctx.is_main:
+            tqdm.write(f"continuing a run that stopped early at epoch {run['epoch']} "
+                       f"({run['bad_evals']} evaluation{'s' * (run['bad_evals'] != 1)} "
+                       "without a better valid "
+                       f"{SELECTION_METRIC}): --patience is now {self.config.patience}")
+        run["stopped_early"] = stopped
 
     def _finish(self, run: dict[str, Any]) -> MetricsRecord:
         self.model.load_state_dict(run["best_model"])

@@ -167,6 +167,33 @@ def test_resume_may_extend_epochs_and_records_it(cyclic_split, tmp_path):
     assert load_checkpoint(tmp_path / "checkpoint.pt")["state"]["epoch"] == 2
 
 
+def test_resume_with_more_patience_continues_an_early_stopped_run(cyclic_split, tmp_path,
+                                                                  capsys):
+    """--patience may change on resume: a run that stopped early continues under a larger one
+    and ends with the weights, history and metrics of a run given that patience from the start;
+    resumed again with the old patience it stays stopped (metrics recomputed only)."""
+    kw = dict(epochs=12, lr=3e-3)
+    early = make_trainer(cyclic_split, tmp_path / "early", patience=1, **kw).fit()
+    assert early.epochs_run < 12  # stopped after one evaluation without improvement
+    straight = make_trainer(cyclic_split, tmp_path / "straight", patience=4, **kw).fit()
+    assert straight.epochs_run > early.epochs_run
+    capsys.readouterr()
+    resumed = make_trainer(cyclic_split, tmp_path / "early", patience=4, **kw).fit(resume=True)
+    assert f"continuing a run that stopped early at epoch {early.epochs_run}" in \
+        capsys.readouterr().out
+    a = load_checkpoint(tmp_path / "straight" / "checkpoint.pt")
+    b = load_checkpoint(tmp_path / "early" / "checkpoint.pt")
+    for name, tensor in a["state"]["model"].items():
+        torch.testing.assert_close(b["state"]["model"][name], tensor, atol=0, rtol=0)
+    assert [r["loss"] for r in a["history"]] == [r["loss"] for r in b["history"]]
+
+    def scores(m):  # (evaluation seconds differ)
+        return m.epochs_run, m.best_epoch, m.valid["ndcg@10"], m.test["ndcg@10"]
+    assert scores(resumed) == scores(straight)
+    again = make_trainer(cyclic_split, tmp_path / "early", patience=1, **kw).fit(resume=True)
+    assert scores(again) == scores(resumed)
+
+
 def test_checkpoint_with_damaged_weights_is_refused(cyclic_split, tmp_path):
     make_trainer(cyclic_split, tmp_path, epochs=1).fit()
     path = tmp_path / "checkpoint.pt"
