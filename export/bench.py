@@ -217,7 +217,8 @@ def run_benchmark(settings: BenchSettings) -> BenchRecord:
                     "torch.set_num_threads(threads)",
         sweep_quantization=f"{SWEEP_METHOD}, {SWEEP_BITS}-bit weights, "
                            f"{SWEEP_CALIBRATION} random calibration sequences",
-        sweep_items=list(settings.sweep_items), top_k=settings.top_k)
+        sweep_items=list(settings.sweep_items), top_k=settings.top_k,
+        native_build=native_ops.build_key() if fused else None)
     return BenchRecord(machine=machine_info(), settings=setup,
                        models=[c.describe() for c in candidates],
                        baselines=[_baseline(r) for r in baselines], records=records,

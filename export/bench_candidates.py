@@ -222,6 +222,27 @@ def fused_candidates(runs: Sequence[BenchRun]) -> list[Candidate]:
     return int8_variant_candidates(runs, FUSED_SUFFIX, "onnx_int8_fused", fused=True)
 
 
+def built_graph_digests(runs: Sequence[BenchRun], *, fused: bool, int8_fast: bool,
+                        top_k: int | None) -> dict[str, str]:
+    """sha256 of every graph the benchmark would build in memory from ``runs`` with these
+    options (the fused, plain-op and top-k graphs, and a run's graph where it has no exported
+    file), by bench name: what ``BenchRecord.changed_graphs`` compares with a record. Built by
+    the functions the benchmark uses, so the two cannot drift.
+
+    Raises:
+        NativeBuildError: ``fused`` where the kernels cannot be built.
+    """
+    graphs = run_candidates(runs, [])
+    if fused:
+        graphs += fused_candidates(runs)
+    if int8_fast:
+        graphs += fast_candidates(runs)
+    if top_k is not None:
+        graphs += top_k_candidates(graphs, runs, top_k)
+    return {c.name: hashlib.sha256(c.onnx).hexdigest() for c in graphs
+            if c.onnx is not None and c.onnx_file is None}
+
+
 def fast_candidates(runs: Sequence[BenchRun]) -> list[Candidate]:
     """Every INT8 run's plain-op graph (``torch_exact=False``)."""
     return int8_variant_candidates(runs, FAST_SUFFIX, "onnx_int8_fast", torch_exact=False)

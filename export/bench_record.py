@@ -70,6 +70,8 @@ class BenchSetup(Record):
         inputs, schedule, timer, torch_eager, sweep_quantization: what was measured, in words.
         sweep_items: the synthetic catalogues' item counts (``--items``).
         top_k: k of the runs' top-k graphs timed (``--top-k``; None: none were).
+        native_build: ``export.native_ops.build_key()`` of the kernels that ran the fused
+            graphs (None: none were timed, or a record older than this field).
     """
 
     KIND = "bench_settings"
@@ -100,6 +102,7 @@ class BenchSetup(Record):
     sweep_quantization: str
     sweep_items: list[int] = field(default_factory=list)
     top_k: int | None = None
+    native_build: str | None = None
 
 
 @dataclass
@@ -312,7 +315,8 @@ class BenchRecord(Record):
                 threads: Sequence[int], repeats: int, baselines: bool = True,
                 int8_fast: bool = False, torch_int8: bool = False,
                 sweep_hidden: Sequence[int] = (), top_k: int | None = None,
-                machine: Mapping[str, Any] | None = None, fused: bool = False) -> str | None:
+                machine: Mapping[str, Any] | None = None, fused: bool = False,
+                native_build: str | None = None) -> str | None:
         """Why this record does not cover the request (it must be remade), or None.
 
         Args:
@@ -330,6 +334,9 @@ class BenchRecord(Record):
             fused: the fused-kernel graph of every INT8 run (``<name>_fused``) must have been
                 timed at every case (a record made where the kernels could not be built has
                 none).
+            native_build: with ``fused``, ``export.native_ops.build_key()`` here: the fused
+                graphs must have run on that build of the kernels (another source, compiler or
+                flags times other code).
 
         The rules, in order (the first that fails is the reason): the same CPU when
         ``machine`` is given; the same ``repeats``; the baselines when asked for;
@@ -361,6 +368,9 @@ class BenchRecord(Record):
                     f"it timed top-k graphs of k={s.top_k}, not {top_k}")
         if fused and not s.fused:
             return "it was made without the fused-kernel INT8 graphs"
+        if fused and native_build is not None and s.native_build != native_build:
+            return (f"its fused-kernel graphs ran on another build of the kernels "
+                    f"({s.native_build}, here {native_build})")
         have = {(r.model, r.batch, r.threads) for r in self.records}
         for run_dir, name in runs:
             why = self._files_changed(Path(run_dir), name)
@@ -375,6 +385,19 @@ class BenchRecord(Record):
                 if cases:
                     return (f"no record of {model} at batch {cases[0][0]}, {cases[0][1]} "
                             f"thread(s)")
+        return None
+
+    def changed_graphs(self, built: Mapping[str, str]) -> str | None:
+        """Why the graphs the benchmark builds in memory (fused, plain-op and top-k graphs:
+        ``export.bench_candidates.built_graph_digests``, name -> sha256 of what this code
+        builds now) are not the ones timed, or None. ``missing`` checks the files; these
+        graphs come from the code, so a change to the exporter makes their timings another
+        graph's. Graphs the record does not name are ``missing``'s business."""
+        for name, digest in built.items():
+            entry = self.model(name)
+            if entry is not None and entry.onnx_sha256 != digest:
+                return (f"its {name} graph is not the one this code builds (sha256 differs: "
+                        "the exporter changed since it was timed)")
         return None
 
     def _files_changed(self, run_dir: Path, name: str) -> str | None:

@@ -271,6 +271,18 @@ def available() -> bool:
     return True
 
 
+def build_key() -> str:
+    """The build this process's fused kernels come from: a digest of their sources, compiler
+    flags and version, and the CPU's flags (the name of ``library_path()``'s folder; built now
+    if it is not cached). A benchmark record names it so that timings of another build are not
+    taken for this one's.
+
+    Raises:
+        NativeBuildError: as ``library_path``.
+    """
+    return library_path().parent.name
+
+
 @lru_cache(maxsize=None)
 def library_path() -> Path:
     """The compiled custom-op library for this machine (built on the first call; the cached

@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 
 from data import load_dataset
 from export import native_ops
+from export.bench_candidates import built_graph_digests, load_runs
 from export.bench_record import BenchRecord
 from export.latency import machine_info
 from export.parity_record import ParityRecord
@@ -227,14 +228,27 @@ def export_done(run: Run) -> bool:
 def bench_missing(bench_path: Path, runs: list[Run], settings: PipelineSettings) -> str | None:
     """Why bench.json must be (re)made (``BenchRecord.missing_at``: this machine's CPU,
     settings, the sha256 of every run's model and ONNX file, a timing at every batch size and
-    thread count, of every INT8 run's fused-kernel graph too where the kernels build here),
-    or None."""
-    return BenchRecord.missing_at(
+    thread count, of every INT8 run's fused-kernel graph too where the kernels build here, run
+    on this build of the kernels; then ``BenchRecord.changed_graphs``: the graphs the
+    benchmark builds in memory are the ones this code builds), or None."""
+    fused = native_ops.available()
+    why = BenchRecord.missing_at(
         bench_path, [(run.folder, run.name) for run in runs], batches=settings.bench_batches,
         threads=settings.bench_threads, repeats=settings.bench_repeats,
         baselines=not settings.no_baselines, int8_fast=settings.int8_fast,
         torch_int8=settings.torch_int8, sweep_hidden=settings.sweep_hidden,
-        top_k=settings.bench_top_k, machine=machine_info(), fused=native_ops.available())
+        top_k=settings.bench_top_k, machine=machine_info(), fused=fused,
+        native_build=native_ops.build_key() if fused else None)
+    if why is not None:
+        return why
+    return BenchRecord.load(bench_path).changed_graphs(built_graphs(runs, settings, fused=fused))
+
+
+def built_graphs(runs: list[Run], settings: PipelineSettings, *, fused: bool) -> dict[str, str]:
+    """sha256 of each graph the benchmark step builds in memory from the runs, by bench name
+    (``export.bench_candidates.built_graph_digests``; loads every run's model)."""
+    return built_graph_digests(load_runs([run.folder for run in runs]), fused=fused,
+                               int8_fast=settings.int8_fast, top_k=settings.bench_top_k)
 
 
 # -- the steps -----------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from export import OnnxScorer, build_sasrec_onnx, check_parity, load_run, make_s
 from export import native_ops, ort_baselines
 from export.bench import BenchSettings, benchmark_to_file, print_tables, run_benchmark
 from export.bench_candidates import TORCH_EAGER, Candidate, load_runs, run_candidates
-from export.bench_candidates import sweep_candidates
+from export.bench_candidates import built_graph_digests, sweep_candidates
 from export.bench_quality import parity_quality
 from export.bench_record import Baseline, BenchRecord, BenchSetup, Quality, TimedModel, Timing
 from export.export_run import export_run
@@ -455,8 +455,15 @@ def test_fused_graphs_are_timed_with_their_parity(bench, runs):
     exact = bench.quality_of("lsq_w8")
     assert fused.ndcg == pytest.approx(exact.ndcg, abs=1e-12)
     assert bench.settings.fused is True
+    assert bench.settings.native_build == native_ops.build_key()  # the kernels that ran them
     described = bench.model("lsq_w8_fused")
     assert described.kind == "onnx_int8_fused" and described.onnx_bytes > 0
+    # the digest of the graph timed is what the exporter builds now (run_all's reuse check)
+    digests = built_graph_digests(load_runs([runs[2]]), fused=True, int8_fast=False,
+                                  top_k=None)
+    assert digests["lsq_w8_fused"] == described.onnx_sha256
+    assert set(digests) <= {"lsq_w8", "lsq_w8_fused"}  # lsq_w8 where it was not exported
+    assert bench.changed_graphs(digests) is None
 
 
 def test_no_compiler_skips_the_fused_graphs_with_a_note(runs, tmp_path, monkeypatch):
@@ -468,7 +475,7 @@ def test_no_compiler_skips_the_fused_graphs_with_a_note(runs, tmp_path, monkeypa
     finally:
         native_ops.library_path.cache_clear()
     assert {r.model for r in result.records} == {"fp32", "lsq_w8"}
-    assert result.settings.fused is False
+    assert result.settings.fused is False and result.settings.native_build is None
     assert any("fused INT8 graphs skipped" in note for note in result.notes)
 
 
@@ -773,6 +780,37 @@ def test_missing_fused_graphs_when_asked_for(study):
     assert record.missing(runs, **REQUEST, fused=True) == (
         "it was made without the fused-kernel INT8 graphs")
     assert record.missing(runs, **REQUEST) is None
+
+
+def test_missing_fused_graphs_of_another_kernel_build(study):
+    """Fused timings ran on one build of the kernels (sources, compiler, flags, CPU): asked with
+    this machine's build, another is remade; a record without one (older) too."""
+    record, runs = study
+    record.records += [timing("ste_w8_fused", b, 1) for b in (1, 4)]
+    record.settings.native_build = "aaaa"
+    assert record.missing(runs, **REQUEST, fused=True, native_build="aaaa") is None
+    assert record.missing(runs, **REQUEST, fused=True, native_build="bbbb") == (
+        "its fused-kernel graphs ran on another build of the kernels (aaaa, here bbbb)")
+    assert record.missing(runs, **REQUEST, native_build="bbbb") is None  # fused not asked for
+    record.settings.native_build = None
+    assert record.missing(runs, **REQUEST, fused=True, native_build="bbbb") == (
+        "its fused-kernel graphs ran on another build of the kernels (None, here bbbb)")
+
+
+def test_changed_graphs_compares_what_the_code_builds_now(study):
+    """Graphs built in memory (fused, top-k) are named by the sha256 of the bytes timed: the
+    same digest now is current, another is a changed exporter; unnamed ones are left to
+    missing."""
+    record, runs = study
+    record.models.append(TimedModel(
+        model="ste_w8_fused", kind="onnx_int8_fused", run=str(runs[1][0]), method="ste", bits=8,
+        source="built in memory with fused=True", onnx_bytes=10, onnx_sha256="ab" * 32,
+        onnx_file=None, model_file="model_int8.pt",
+        model_sha256=sha(runs[1][0] / "model_int8.pt")))
+    assert record.changed_graphs({"ste_w8_fused": "ab" * 32, "fp32_top_k": "cd" * 32}) is None
+    assert record.changed_graphs({"ste_w8_fused": "ef" * 32}) == (
+        "its ste_w8_fused graph is not the one this code builds (sha256 differs: the exporter "
+        "changed since it was timed)")
 
 
 def test_missing_on_another_cpu(study):

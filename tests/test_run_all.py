@@ -131,6 +131,9 @@ else:
 '''
 
 
+FAKE_BUILD = "fake-kernel-build"  # the stand-in benchmark's native_ops.build_key()
+
+
 def bench_template() -> BenchRecord:
     """A valid bench.json with one model and one timing, for the stand-in benchmark to copy."""
     setup = BenchSetup(
@@ -138,7 +141,7 @@ def bench_template() -> BenchRecord:
         batches=[1], threads=[1], repeats=1, warmup=0, baselines=False, baseline_source=None,
         calibration_users=16, sweep_hidden=[], fused=False, int8_fast=False, torch_int8=False,
         onnxruntime={}, inputs="", schedule="", timer="", torch_eager="",
-        sweep_quantization="")
+        sweep_quantization="", native_build=FAKE_BUILD)
     model = TimedModel(model="m", kind="onnx_int8", run=None, method="m", bits=8, source="",
                        onnx_bytes=4, onnx_sha256=None, onnx_file=None, model_file=None,
                        model_sha256=None)
@@ -160,6 +163,9 @@ def fake_pipeline(tmp_path, monkeypatch):
     calls = tmp_path / "calls.jsonl"
     # the stand-in benchmark times fused graphs, as the real one does where the kernels build
     monkeypatch.setattr(pipeline.native_ops, "available", lambda: True)
+    monkeypatch.setattr(pipeline.native_ops, "build_key", lambda: FAKE_BUILD)
+    # the stand-in runs hold no models to build graphs from; the stand-in benchmark times none
+    monkeypatch.setattr(pipeline, "built_graphs", lambda runs, settings, fused: {})
 
     def run(capsys, statuses: dict[str, int], *extra: str) -> tuple[int, str, str]:
         for role in pipeline.SCRIPTS:
@@ -456,3 +462,19 @@ def test_pipeline_end_to_end_rerun_and_resume(tmp_path):
         assert [label for label in labels if not steps[label][0].startswith("skipped")] == [
             "benchmark", "summary"]
         assert BenchRecord.load(out / "bench.json").settings.fused
+        # the fused graphs are built in memory by the exporter: timings of what an older
+        # exporter built (another sha256) are not this code's graph's
+        record = BenchRecord.load(out / "bench.json")
+        fused_entry = record.model("lsq_w8_fused")
+        assert fused_entry is not None and fused_entry.onnx_file is None
+        fused_entry.onnx_sha256 = "0" * 64
+        record.save(out / "bench.json")
+        sixth = run_cli(*argv)
+        assert sixth.returncode == 0, sixth.stdout + sixth.stderr
+        steps = step_lines(sixth.stdout)
+        assert [label for label in labels if not steps[label][0].startswith("skipped")] == [
+            "benchmark", "summary"]
+        assert "its lsq_w8_fused graph is not the one this code builds" in \
+            steps["benchmark"][0]
+        assert BenchRecord.load(out / "bench.json").model("lsq_w8_fused").onnx_sha256 != \
+            "0" * 64
