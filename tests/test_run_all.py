@@ -441,13 +441,17 @@ def test_pipeline_end_to_end_rerun_and_resume(tmp_path):
     assert after[out / "lsq_w8" / "checkpoint.pt"] == before[out / "lsq_w8" / "checkpoint.pt"]
     assert json.loads((out / "lsq_w8" / "metrics.json").read_text())["epochs_run"] == 1
 
+    def rerun() -> tuple[list[str], dict[str, list[str]]]:
+        """(the steps that ran, every step's lines) of the command again."""
+        result = run_cli(*argv)
+        assert result.returncode == 0, result.stdout + result.stderr
+        steps = step_lines(result.stdout)
+        return [label for label in labels if not steps[label][0].startswith("skipped")], steps
+
     graph = out / "ste_w8" / "model_int8.onnx"
     exported = graph.read_bytes()
     graph.write_bytes(exported[:-8] + b"\0" * 8)  # same size, other content: parity is stale
-    fourth = run_cli(*argv)
-    assert fourth.returncode == 0, fourth.stdout + fourth.stderr
-    steps = step_lines(fourth.stdout)
-    ran = [label for label in labels if not steps[label][0].startswith("skipped")]
+    ran, _ = rerun()
     assert ran == ["export ste_w8", "summary"]  # re-exported: the same bytes bench.json timed
     assert graph.read_bytes() == exported
 
@@ -456,11 +460,8 @@ def test_pipeline_end_to_end_rerun_and_resume(tmp_path):
         assert record.settings.fused
         record.settings.fused = False
         record.save(out / "bench.json")
-        fifth = run_cli(*argv)
-        assert fifth.returncode == 0, fifth.stdout + fifth.stderr
-        steps = step_lines(fifth.stdout)
-        assert [label for label in labels if not steps[label][0].startswith("skipped")] == [
-            "benchmark", "summary"]
+        ran, _ = rerun()
+        assert ran == ["benchmark", "summary"]
         assert BenchRecord.load(out / "bench.json").settings.fused
         # the fused graphs are built in memory by the exporter: timings of what an older
         # exporter built (another sha256) are not this code's graph's
@@ -469,11 +470,8 @@ def test_pipeline_end_to_end_rerun_and_resume(tmp_path):
         assert fused_entry is not None and fused_entry.onnx_file is None
         fused_entry.onnx_sha256 = "0" * 64
         record.save(out / "bench.json")
-        sixth = run_cli(*argv)
-        assert sixth.returncode == 0, sixth.stdout + sixth.stderr
-        steps = step_lines(sixth.stdout)
-        assert [label for label in labels if not steps[label][0].startswith("skipped")] == [
-            "benchmark", "summary"]
+        ran, steps = rerun()
+        assert ran == ["benchmark", "summary"]
         assert "its lsq_w8_fused graph is not the one this code builds" in \
             steps["benchmark"][0]
         assert BenchRecord.load(out / "bench.json").model("lsq_w8_fused").onnx_sha256 != \
