@@ -298,6 +298,20 @@ def _resolve(spec: tuple[str | int, ...] | None, header: list[str], where: str, 
             )
         is_header = (not _is_timestamp(names[positions[2]]) if has_header is None
                      else has_header)
+        if default and is_header:
+            # a header naming some of user, item, timestamp elsewhere than where positions
+            # 0, 1, 2 read them (e.g. item,user,ts): reading by position would swap them
+            misplaced = [(role, names.index(role)) for role in DEFAULT_COLUMNS
+                         if role in names and names.index(role) != positions[_ROLES.index(role)]]
+            if misplaced:
+                role, at = misplaced[0]
+                raise DataFormatError(
+                    f"{where}: the header {','.join(names)} names {role!r} at position {at}, "
+                    f"but without all of {', '.join(DEFAULT_COLUMNS)} named the columns are "
+                    "read by position (user 0, item 1, timestamp 2); say which columns hold "
+                    "user, item and timestamp with columns= (--columns), e.g. "
+                    f"columns='{_suggest(names)}'"
+                )
     else:
         is_header = True
     if is_header:
@@ -322,6 +336,13 @@ def _resolve(spec: tuple[str | int, ...] | None, header: list[str], where: str, 
     if len(set(positions)) != 3:
         raise ValueError(f"columns {spec!r} name the same column twice")
     return positions, is_header
+
+
+def _suggest(names: list[str]) -> str:
+    """A ``columns=`` value for a header naming user and item (and some time column)."""
+    rest = [n for n in names if n not in ("user", "item")]
+    return ",".join(["user" if "user" in names else names[0],
+                     "item" if "item" in names else names[1], rest[0] if rest else "timestamp"])
 
 
 # -- timestamps ------------------------------------------------------------------------------

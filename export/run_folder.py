@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from data import LeaveOneOutSplit, leave_one_out, load_dataset
 from qat.checkpoint import load_checkpoint
@@ -125,8 +125,9 @@ def load_run_split(run_dir: str | Path, num_items: int, data: str | None = None,
     data = _recorded_data(run_dir) if recorded else data
     if data is None:
         raise ValueError(f"{run_dir / CONFIG} records no dataset: pass --data")
+    options = recorded_data_options(run_dir)  # read the file as training read it
     try:
-        dataset = load_dataset(data, cache_dir=cache_dir, mirror=mirror)
+        dataset = load_dataset(data, cache_dir=cache_dir, mirror=mirror, **options)
     except ValueError as err:
         if recorded:  # a relative path in config.json is relative to where it trained
             raise ValueError(f"{err} (recorded in {run_dir / CONFIG}); pass --data") from err
@@ -140,6 +141,19 @@ def load_run_split(run_dir: str | Path, num_items: int, data: str | None = None,
     for run in (run_dir, *also):
         check_run_data(run, fingerprint, data)
     return str(data), leave_one_out(dataset)
+
+
+def recorded_data_options(run_dir: str | Path) -> dict[str, Any]:
+    """How the run read its data file (config.json's ``data_options``: ``columns``,
+    ``min_user_interactions``, as ``data.load_dataset`` takes them); ``{}`` (the defaults) for
+    runs that recorded none."""
+    try:
+        options = json.loads((Path(run_dir) / CONFIG).read_text()).get("data_options")
+    except (OSError, ValueError, AttributeError):
+        return {}
+    if not isinstance(options, dict):
+        return {}
+    return {k: options[k] for k in ("columns", "min_user_interactions") if k in options}
 
 
 def recorded_fingerprint(run_dir: str | Path) -> str | None:

@@ -79,7 +79,7 @@ RESUMABLE_CHANGES = frozenset({"epochs", "patience", "eval_every", "threads", "p
 # run_info entries that may differ on resume: where the data file lies (its fingerprint must
 # match), the run a QAT model started from (used only at the start), and where it trains (the
 # global batch is what the optimizer sees, whatever the device or number of processes).
-RUN_INFO_MAY_CHANGE = frozenset({"data", "init_from", "device", "processes"})
+RUN_INFO_MAY_CHANGE = frozenset({"data", "data_options", "init_from", "device", "processes"})
 RUN_INFO_LABELS = {"data_fingerprint": "dataset fingerprint",
                    "init_from_sha256": "--init-from checkpoint sha256"}
 

@@ -105,7 +105,25 @@ def resolve_architecture(options: TrainRunOptions, num_items: int,
     return SASRecConfig(num_items=num_items, **values)
 
 
-def check_same_dataset(init_from: Path, init_info: dict[str, Any], fingerprint: str) -> None:
+def data_options(options: TrainRunOptions) -> dict[str, Any]:
+    """The ``data.load_dataset`` options that say how ``--data`` is read (``--columns``,
+    ``--min-user-interactions``); recorded in the run's config.json as ``data_options``."""
+    return {"columns": options.columns,
+            "min_user_interactions": options.min_user_interactions}
+
+
+def data_option_flags(recorded: dict[str, Any]) -> str:
+    """``recorded`` data options as the command-line flags that give them."""
+    flags = []
+    if recorded.get("columns") is not None:
+        flags.append(f"--columns {recorded['columns']}")
+    if recorded.get("min_user_interactions", 1) != 1:
+        flags.append(f"--min-user-interactions {recorded['min_user_interactions']}")
+    return " ".join(flags) or "no --columns and no --min-user-interactions"
+
+
+def check_same_dataset(init_from: Path, init_info: dict[str, Any], fingerprint: str,
+                       options: dict[str, Any] | None = None) -> None:
     """Refuse to fine-tune a model on another dataset than the one it was trained on.
 
     Compares dataset fingerprints (``SequenceDataset.fingerprint``): a copy of the data with
@@ -114,10 +132,13 @@ def check_same_dataset(init_from: Path, init_info: dict[str, Any], fingerprint: 
     """
     recorded = init_info.get("data_fingerprint")
     if recorded is not None and recorded != fingerprint:
+        read = init_info.get("data_options")
+        how = ("" if read is None or options is None or read == options else
+               f"; it read the file with {data_option_flags(read)}: give the same")
         raise ValueError(f"--init-from {init_from} was trained on {init_info.get('data')} "
                          f"(dataset fingerprint {recorded[:12]}), but --data has fingerprint "
                          f"{fingerprint[:12]}: the same item ids must mean the same items; use "
-                         "that run's dataset")
+                         f"that run's dataset{how}")
 
 
 def global_batch_size(options: TrainRunOptions, world_size: int) -> int:
@@ -191,8 +212,7 @@ def _train_run(options: TrainRunOptions, ctx: DistributedContext) -> MetricsReco
 
     def load() -> Any:
         return load_dataset(options.data, cache_dir=options.cache_dir, mirror=options.mirror,
-                            columns=options.columns,
-                            min_user_interactions=options.min_user_interactions)
+                            **data_options(options))
 
     def cache() -> None:
         load()
@@ -206,7 +226,7 @@ def _train_run(options: TrainRunOptions, ctx: DistributedContext) -> MetricsReco
                          + ", ".join(f[:12] for f in fingerprints) + "): give every node the "
                          "same --data file")
     if init_model is not None:
-        check_same_dataset(options.init_from, init_info, fingerprint)
+        check_same_dataset(options.init_from, init_info, fingerprint, data_options(options))
     split = leave_one_out(dataset)
     model_config = resolve_architecture(options, dataset.num_items, init_config)
 
@@ -230,6 +250,8 @@ def _train_run(options: TrainRunOptions, ctx: DistributedContext) -> MetricsReco
               + (f", from {options.init_from}" if init_model is not None else "")
               + f"; {where}; {torch.get_num_threads()} thread(s)", file=sys.stderr)
     run_info = {"data": str(dataset.source), "data_fingerprint": fingerprint,
+                # how the file was read: later steps (export, benchmark) read it the same way
+                "data_options": data_options(options),
                 "bits": bits if method.is_quantized else 32,
                 "init_from": str(options.init_from) if options.init_from else None,
                 # the FP32 checkpoint it started from: run_all tells a stale QAT run by it

@@ -156,6 +156,22 @@ def test_default_positions_without_header_or_with_another_header(tmp_path):
     assert read_interactions(no_header, columns="0,1,2").num_rows == len(ROWS)
 
 
+def test_a_header_naming_columns_out_of_position_is_refused(tmp_path):
+    """A header naming user or item but not all three defaults (no ``timestamp``) is read by
+    position; where a named column sits elsewhere than its position (item,user,ts) that would
+    swap users and items silently: an error naming the column and a columns= to pass. Named
+    where the positions read them (user,item,ts) it is fine."""
+    swapped = _write(tmp_path / "a.csv", [(i, u, t) for u, i, t in ROWS],
+                     header=("item", "user", "ts"))
+    with pytest.raises(DataFormatError, match=r"a\.csv:1: the header item,user,ts names 'user' "
+                       r"at position 1.*columns='user,item,ts'"):
+        load_interactions(swapped, min_item_interactions=3)
+    assert load_interactions(swapped, columns="user,item,ts",
+                             min_item_interactions=3).sequences == EXPECTED
+    in_place = _write(tmp_path / "b.csv", ROWS, header=("user", "item", "ts"))
+    assert load_interactions(in_place, min_item_interactions=3).sequences == EXPECTED
+
+
 @pytest.mark.parametrize(("columns", "message"), [
     ("a,b", "expected 3 columns"),
     ("a,b,c,d", "expected 3 columns"),

@@ -18,6 +18,9 @@ from export.parity_record import ParityRecord
 from export.recommend import load_recommender, recommend
 
 
+DATA_OPTIONS = ["--columns", "customer,product,bought_at", "--min-user-interactions", "3"]
+
+
 def sku(item: int) -> str:
     return f"SKU-{item:03d}, blue"  # a comma inside the id: the CSV quotes it
 
@@ -26,18 +29,21 @@ def sku(item: int) -> str:
 def shop(tmp_path_factory):
     """(log file, FP32 run, LSQ run), trained and exported once."""
     root = tmp_path_factory.mktemp("shop")
-    rows = [(f"customer {user}", sku(item), f"2026-01-{1 + step:02d}T10:00:00")
+    rows = [(f"2026-01-{1 + step:02d}T10:00:00", f"customer {user}", sku(item))
             for user, items in cyclic_dataset().sequences.items()
             for step, item in enumerate(items)]
+    # one-off visitors, dropped by --min-user-interactions 3
+    rows += [(f"2026-01-0{1 + step}T10:00:00", f"visitor {v}", sku(1 + v + step))
+             for v in range(3) for step in range(2)]
     random.Random(0).shuffle(rows)  # file order is not time order
     log = root / "shop.csv"
     with open(log, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["customer", "product", "bought_at"])
+        # not in user, item, timestamp order: read by position the file means something else
+        writer.writerow(["bought_at", "customer", "product"])
         writer.writerows(rows)
     train, export = load_script("train_qat"), load_script("export_int8")
-    common = ["--data", str(log), "--columns", "customer,product,bought_at", *TINY_TRAIN,
-              "--eval-negatives", "5"]
+    common = ["--data", str(log), *DATA_OPTIONS, *TINY_TRAIN, "--eval-negatives", "5"]
     fp32, lsq = root / "fp32", root / "lsq"
     assert train.main([*common, "--epochs", "40", "--out", str(fp32)]) == 0
     assert train.main([*common, "--epochs", "2", "--qconfig", "lsq", "--init-from", str(fp32),
@@ -48,13 +54,35 @@ def shop(tmp_path_factory):
 
 def test_run_folders_carry_the_raw_item_ids(shop):
     log, fp32, lsq = shop
-    dataset = load_dataset(log, columns="customer,product,bought_at")
+    dataset = load_dataset(log, columns="customer,product,bought_at", min_user_interactions=3)
+    assert dataset.num_users == len(cyclic_dataset().sequences)  # the visitors dropped
     for run in (fp32, lsq):
         ids = ItemIds.load(run / ITEM_IDS)
         assert ids == dataset.item_ids
         assert sorted(ids.raw) == sorted(sku(i) for i in range(1, 21))
         config = json.loads((run / "config.json").read_text())
         assert config["data_fingerprint"] == dataset.fingerprint()
+        assert config["data_options"] == {"columns": "customer,product,bought_at",
+                                          "min_user_interactions": 3}
+
+
+def test_later_steps_read_the_log_as_training_did(shop, tmp_path, capsys):
+    """Export (done in the fixture without data flags), the benchmark and a QAT fine-tune read
+    the log with the options config.json records; a fine-tune given other options is refused
+    with the flags that read it."""
+    log, fp32, lsq = shop
+    assert ParityRecord.load(lsq / "parity.json").passed
+    bench = load_script("benchmark")
+    assert bench.main(["--runs", str(fp32), str(lsq), "--out", str(tmp_path / "b.json"),
+                       "--batches", "1", "--threads", "1", "--repeats", "2", "--warmup", "1",
+                       "--no-baselines", "--no-fused"]) == 0
+    train = load_script("train_qat")
+    status = train.main(["--data", str(log), "--columns", "customer,product,bought_at",
+                         *TINY_TRAIN, "--epochs", "1", "--qconfig", "ste", "--init-from",
+                         str(fp32), "--out", str(tmp_path / "ste")])
+    assert status == 2
+    assert ("it read the file with --columns customer,product,bought_at "
+            "--min-user-interactions 3: give the same") in capsys.readouterr().err
 
 
 def test_eval_negatives_are_recorded(shop):
