@@ -324,6 +324,20 @@ def eval_batches(
     return _eval_iter(ids, histories, targets, max_len, batch_size)
 
 
+def check_eval_negatives(num_negatives: int, num_items: int) -> None:
+    """Refuse a sampled evaluation with at least as many negatives as the catalogue has items:
+    drawn with replacement they repeat items, and ranking among them no longer means "among N
+    other items" (with 1,000 negatives of 30 items nDCG fell below the full ranking's).
+
+    Raises:
+        ValueError: ``num_negatives >= num_items``.
+    """
+    if num_negatives >= num_items:
+        raise ValueError(f"--eval-negatives {num_negatives} is not below the catalogue's "
+                         f"{num_items} items: sampled evaluation ranks the target among that "
+                         "many other items; the full ranking (always reported) covers them all")
+
+
 def sample_negatives_for_eval(
     split: LeaveOneOutSplit,
     which: str,

@@ -40,6 +40,7 @@ from export.bench_candidates import (
 )
 from export.bench_quality import WHICH, quality
 from export.bench_record import Baseline, BenchRecord, BenchSetup, Timing
+from export.bench_catalogue import TOP_K as CATALOGUE_TOP_K
 from export.bench_catalogue import catalogue_candidates, catalogue_inputs
 from export.bench_timing import add_ratios, add_ratios_by_name, time_cases
 from export.latency import eval_inputs, machine_info
@@ -51,6 +52,8 @@ DEFAULT_THREADS = (1, 2)
 DEFAULT_REPEATS = 100
 DEFAULT_WARMUP = 10
 DEFAULT_CALIBRATION_USERS = 512
+
+MAX_CATALOGUE_ITEMS = 5_000_000  # --items: a 5M x 50 float32 table is 1 GB; beyond, refuse
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -105,12 +108,19 @@ class BenchSettings:
             object.__setattr__(self, "cache_dir", Path(self.cache_dir))
         for flag, name, low in (("--batches", "batches", 1), ("--threads", "threads", 1),
                                 ("--sweep-hidden", "sweep_hidden", 1),
-                                ("--items", "sweep_items", 2)):
+                                ("--items", "sweep_items", CATALOGUE_TOP_K)):
             values = tuple(dict.fromkeys(getattr(self, name)))
             bad = [v for v in values if v < low]
             if bad:
-                raise ValueError(f"{flag} values must be >= {low}, got {bad[0]}")
+                why = (f" (its top-k graphs return {CATALOGUE_TOP_K} items)"
+                       if name == "sweep_items" else "")
+                raise ValueError(f"{flag} values must be >= {low}{why}, got {bad[0]}")
             object.__setattr__(self, name, values)
+        too_many = [n for n in self.sweep_items if n > MAX_CATALOGUE_ITEMS]
+        if too_many:
+            raise ValueError(f"--items {too_many[0]} is above {MAX_CATALOGUE_ITEMS:,} (each "
+                             "catalogue is a random model with tables of that many rows in "
+                             "memory, several copies while exporting)")
         if self.top_k is not None and self.top_k < 1:
             raise ValueError(f"--top-k must be >= 1, got {self.top_k}")
         if not self.batches or not self.threads:

@@ -45,6 +45,7 @@ import numpy as np
 import onnx
 
 from data import ITEM_IDS, ItemIds, LeaveOneOutSplit
+from data.batching import check_eval_negatives
 from data.item_ids import METADATA_KEY
 from export import native_ops
 from export.onnx_file import save_onnx
@@ -236,6 +237,8 @@ def export_run(run_dir: str | Path, *, data: str | None = None, cache_dir: Path 
         raise ValueError(f"--scoring must be {AUTO} or one of {', '.join(SCORING_PATHS)}, got "
                          f"{scoring!r}")
     run = load_run(run_dir)
+    if eval_negatives:
+        check_eval_negatives(eval_negatives, run.model.config.num_items)
     if not 1 <= top_k <= run.model.config.num_items:
         raise ValueError(f"--top-k must be in [1, {run.model.config.num_items}] (the number of "
                          f"items), got {top_k}")

@@ -135,8 +135,13 @@ class PipelineSettings:
                                      f"{', '.join(map(str, supported))}, not {bits}")
         positive = {"--bench-batches": self.bench_batches, "--bench-threads": self.bench_threads,
                     "--bench-repeats": (self.bench_repeats,)}
-        if self.bench_top_k is not None:
-            positive["--bench-top-k"] = (self.bench_top_k,)
+        # every optional count given must be positive: checked now, not when its step starts
+        for name in ("bench_top_k", "epochs", "qat_epochs", "patience", "max_len", "hidden",
+                     "blocks", "heads", "batch_size"):
+            if getattr(self, name) is not None:
+                positive["--" + name.replace("_", "-")] = (getattr(self, name),)
+        if self.sweep_hidden:
+            positive["--sweep-hidden"] = self.sweep_hidden
         for flag, values in positive.items():
             if not values or min(values) < 1:
                 raise ValueError(f"{flag} must be >= 1")
@@ -462,8 +467,13 @@ def run_pipeline(settings: PipelineSettings) -> int:
     """Run (or skip) every step in order; returns the exit status (0, 1, or 130 on Ctrl-C)."""
     fp32, qat = build_runs(settings)
     runs = [fp32, *qat]
-    data_fingerprint = functools.cache(
-        lambda: load_dataset(settings.data, mirror=settings.mirror).fingerprint())
+    dataset = functools.cache(lambda: load_dataset(settings.data, mirror=settings.mirror))
+
+    def data_fingerprint() -> str:
+        return dataset().fingerprint()
+    if settings.bench_top_k is not None and settings.bench_top_k > dataset().num_items:
+        raise ValueError(f"--bench-top-k {settings.bench_top_k} is above the "
+                         f"{dataset().num_items} items of {settings.data}")
     steps = ([train_step(run, fp32, settings, data_fingerprint) for run in runs]
              + [export_step(run, settings) for run in runs]
              + [bench_step(runs, settings), summary_step()])

@@ -41,6 +41,35 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(EXIT_USER_ERROR, f"error: {message} (see {self.prog} --help)\n")
 
 
+MAX_SEED = 2**32 - 1  # numpy's legacy seeding and every generator the project seeds accept it
+MAX_THREADS = 1024  # torch.set_num_threads far above the cores crashes the process (SIGSEGV)
+
+
+def _integer(text: str, what: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{what} is an integer, got {text!r}") from None
+
+
+def seed_arg(text: str) -> int:
+    """argparse ``type`` of a random seed: an integer in [0, 2**32 - 1]."""
+    value = _integer(text, "a seed")
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"a seed is an integer in [0, {MAX_SEED}], got {text}")
+    return value
+
+
+def threads_arg(text: str) -> int:
+    """argparse ``type`` of a thread count: an integer in [0, 1024] (0: the library's default,
+    one per core)."""
+    value = _integer(text, "a thread count")
+    if not 0 <= value <= MAX_THREADS:
+        raise argparse.ArgumentTypeError(
+            f"a thread count is in [0, {MAX_THREADS}] (0: one per core), got {text}")
+    return value
+
+
 def error_line(err: BaseException) -> str:
     """``err`` as one line: its message's lines joined, or its type's name if it has none.
 

@@ -12,6 +12,7 @@ A QAT run ends by folding, converting and saving ``model_int8.pt`` and its INT8 
 """
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Any
 import torch
 
 from data import ItemIds, leave_one_out, load_dataset
+from data.batching import check_eval_negatives
 from qat.config import SASRecConfig, TrainConfig
 from qat.distributed import DistributedContext, setup_distributed
 from qat.evaluate import evaluate
@@ -207,6 +209,10 @@ def _train_run(options: TrainRunOptions, ctx: DistributedContext) -> MetricsReco
         progress=options.progress, **sampling)
     if options.threads:
         torch.set_num_threads(options.threads)
+    if options.quant_lr is not None and not (math.isfinite(options.quant_lr)
+                                             and options.quant_lr > 0):
+        raise ValueError(f"--quant-lr must be a positive finite learning rate, got "
+                         f"{options.quant_lr}")
     if options.eval_negatives < 0:
         raise ValueError(f"--eval-negatives must be >= 0 (0: off), got {options.eval_negatives}")
 
@@ -228,6 +234,14 @@ def _train_run(options: TrainRunOptions, ctx: DistributedContext) -> MetricsReco
     if init_model is not None:
         check_same_dataset(options.init_from, init_info, fingerprint, data_options(options))
     split = leave_one_out(dataset)
+    if options.eval_negatives:
+        check_eval_negatives(options.eval_negatives, dataset.num_items)
+    if not split.valid:
+        longest = max((len(items) for items in dataset.sequences.values()), default=0)
+        raise ValueError(f"{options.data}: no user has the 3 interactions the leave-one-out "
+                         f"split needs (train, validate, test; the longest of "
+                         f"{dataset.num_users} users has {longest}): nothing to validate or "
+                         "test on")
     model_config = resolve_architecture(options, dataset.num_items, init_config)
 
     torch.manual_seed(options.seed)

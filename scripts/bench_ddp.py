@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from qat.checkpoint import load_checkpoint
-from qat.cli import ArgumentParser, run_cli
+from qat.cli import ArgumentParser, run_cli, threads_arg
 from qat.run_files import CHECKPOINT
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,7 +35,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data", required=True, help="dataset (train_qat.py --data)")
     p.add_argument("--max-len", type=int, nargs="+", default=[50, 200], help="max lengths")
     p.add_argument("--processes", type=int, default=2, help="DDP processes (default 2)")
-    p.add_argument("--threads", type=int, default=1, help="intra-op threads per process")
+    p.add_argument("--threads", type=threads_arg, default=1, help="intra-op threads per process")
     p.add_argument("--epochs", type=int, default=3, help="epochs per run (the first is warm-up)")
     p.add_argument("--batch-size", type=int, default=128, help="global batch")
     p.add_argument("--out", type=Path, default=Path("runs/bench_ddp"), help="output folder")

@@ -55,6 +55,7 @@ import torch
 from data import LeaveOneOutSplit
 from export.latency import machine_info
 from qat.checkpoint import save_json
+from qat.cli import seed_arg, threads_arg
 from qat.config import NEGATIVE_SAMPLING, SASRecConfig, TrainConfig
 from qat.model import SASRec
 from qat.train import Trainer
@@ -84,7 +85,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--negative-sampling", choices=list(NEGATIVE_SAMPLING), default="uniform")
     p.add_argument("--steps", type=int, default=3, help="timed steps per configuration (>= 1)")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps first")
-    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    p.add_argument("--threads", type=threads_arg, default=1, help="torch intra-op threads")
     p.add_argument("--epoch-users", type=int, default=6040,
                    help="users per epoch for the derived s/epoch (default: ML-1M's 6,040)")
     p.add_argument("--memory-limit-gb", type=float, default=8.0,
@@ -92,7 +93,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "address-space cap (GiB)")
     p.add_argument("--timeout", type=float, default=600.0,
                    help="seconds before a configuration's worker is stopped")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_arg, default=0)
     p.add_argument("--out", type=Path, default=None, help="also write the figures as JSON")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # internal: one config
     args = p.parse_args(argv)

@@ -34,6 +34,7 @@ from data import DataFormatError, DownloadError, TrainBatcher
 from export.latency import latency_stats, machine_info, round_order
 from export.run_folder import load_run_split
 from qat.checkpoint import save_json
+from qat.cli import seed_arg, threads_arg
 from qat.config import TrainConfig
 from qat.finetune import load_float_model, prepare_for_method, qat_hooks
 from qat.quantize import ignore_torch_quantization_warnings
@@ -58,8 +59,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--steps", type=int, default=30, help="timed steps per model (>= 1)")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps per model first")
-    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
-    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--threads", type=threads_arg, default=1, help="torch intra-op threads")
+    p.add_argument("--seed", type=seed_arg, default=42)
     p.add_argument("--out", type=Path, default=None, help="also write the figures as JSON")
     return p.parse_args(argv)
 

@@ -80,7 +80,7 @@ from export.bench import (
     BenchSettings,
     benchmark_to_file,
 )
-from qat.cli import ArgumentParser, run_cli
+from qat.cli import ArgumentParser, run_cli, threads_arg
 from qat.quantize import ignore_torch_quantization_warnings
 
 
@@ -97,7 +97,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, required=True, help="JSON file to write")
     p.add_argument("--batches", type=int, nargs="+", default=list(DEFAULT_BATCHES), metavar="B",
                    help=f"batch sizes (default {_words(DEFAULT_BATCHES)})")
-    p.add_argument("--threads", type=int, nargs="+", default=list(DEFAULT_THREADS), metavar="N",
+    p.add_argument("--threads", type=threads_arg, nargs="+", default=list(DEFAULT_THREADS),
+                   metavar="N",
                    help=f"intra-op thread counts (default {_words(DEFAULT_THREADS)})")
     p.add_argument("--repeats", type=int, default=DEFAULT_REPEATS,
                    help="timed calls per model and case (default %(default)s)")

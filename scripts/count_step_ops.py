@@ -38,7 +38,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from export.latency import time_interleaved
-from qat.cli import ArgumentParser, run_cli
+from qat.cli import ArgumentParser, run_cli, threads_arg
 from qat.config import SASRecConfig
 from qat.distributed import resolve_device
 from qat.finetune import prepare_for_method, qat_hooks
@@ -66,7 +66,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--time-rounds", type=int, default=0,
                    help="also time this many interleaved rounds of one step per model (default "
                         "0: count only)")
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--threads", type=threads_arg, default=None,
                    help="torch intra-op threads (default: torch's)")
     return p.parse_args(argv)
 

@@ -47,7 +47,7 @@ import torch
 from export import OPTIMIZATION_LEVELS, native_ops
 from export.export_run import export_run, print_parity
 from export.sasrec_graph import SCORING_PATHS
-from qat.cli import ArgumentParser, run_cli
+from qat.cli import ArgumentParser, run_cli, seed_arg, threads_arg
 from qat.quantize import ignore_torch_quantization_warnings
 
 
@@ -62,7 +62,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cache-dir", type=Path, default=None,
                    help="download cache for named datasets (default $SASREC_QAT_CACHE or "
                         "~/.cache/sasrec-qat)")
-    p.add_argument("--threads", type=int, default=0,
+    p.add_argument("--threads", type=threads_arg, default=0,
                    help="torch and onnxruntime intra-op threads (0 = library default)")
     p.add_argument("--batch-size", type=int, default=256, help="users per evaluation batch")
     p.add_argument("--top-k", type=int, default=10, metavar="K",
@@ -81,7 +81,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval-negatives", type=int, default=0, metavar="N",
                    help="also compute the sampled metrics (target + N sampled negatives, the "
                         "paper's protocol) for torch and onnxruntime (default 0 = off)")
-    p.add_argument("--eval-seed", type=int, default=0, metavar="SEED",
+    p.add_argument("--eval-seed", type=seed_arg, default=0, metavar="SEED",
                    help="seed of the sampled negatives (default 0)")
     return p.parse_args(argv)
 

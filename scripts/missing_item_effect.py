@@ -31,6 +31,7 @@ from data import DataFormatError, DownloadError, LeaveOneOutSplit, drop_item_bef
 from export import load_run
 from export.run_folder import load_run_split
 from qat.checkpoint import save_json
+from qat.cli import ArgumentParser, run_cli, seed_arg
 from qat.evaluate import compute_ranks
 from qat.metrics import hit_at_k, ndcg_at_k
 from qat.quantize import ignore_torch_quantization_warnings
@@ -39,8 +40,8 @@ ML1M_USERS_MISSING_AN_ITEM = 2587
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", type=Path, required=True, metavar="RUN",
                    help="a train_qat.py run folder (FP32 or converted INT8 model)")
     p.add_argument("--data", default=None, metavar="PATH_OR_NAME",
@@ -49,7 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--users", type=int, default=ML1M_USERS_MISSING_AN_ITEM,
                    help="users who lose the item before their valid item (default 2587, as "
                         "many as ml-1m.txt lacks)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+    p.add_argument("--seeds", type=seed_arg, nargs="+", default=[0, 1, 2],
                    help="one random draw of users per seed")
     p.add_argument("--k", type=int, default=10, help="cut-off of nDCG and Hit")
     p.add_argument("--out", type=Path, default=None, help="also write the results as JSON")
@@ -78,33 +79,37 @@ def damaged_valid_metrics(score_last, split: LeaveOneOutSplit, users: list[int],
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit status 0; 2 with one ``error:`` line for bad input (``qat.cli.run_cli``); 130 on
+    Ctrl-C."""
+    return run_cli(_main, argv, extra=(DataFormatError, DownloadError))
+
+
+def _main(argv: list[str] | None) -> int:
     args = parse_args(argv)
     ignore_torch_quantization_warnings()
-    try:
-        if args.k < 1:
-            raise ValueError(f"--k must be >= 1, got {args.k}")
-        run = load_run(args.run)
-        model = run.model
-        _, split = load_run_split(args.run, model.config.num_items, args.data,
-                                  cache_dir=args.cache_dir)
-        evaluated = sorted(split.valid)
-        if not 0 <= args.users <= len(evaluated):
-            raise ValueError(f"--users must lie in 0..{len(evaluated)} (the evaluated users), "
-                             f"got {args.users}")
-        intact = {}
-        for which in ("valid", "test"):
-            ranks = compute_ranks(model.score_last, split, which, max_len=model.config.max_len)
-            intact[which] = {f"ndcg@{args.k}": float(ndcg_at_k(ranks, args.k).mean()),
-                             f"hit@{args.k}": float(hit_at_k(ranks, args.k).mean())}
-        draws = []
-        for seed in args.seeds:
-            users = np.random.default_rng(seed).choice(evaluated, args.users, replace=False)
-            metrics = damaged_valid_metrics(model.score_last, split, sorted(users.tolist()),
-                                            max_len=model.config.max_len, k=args.k)
-            draws.append({"seed": seed, **metrics})
-    except (FileNotFoundError, ValueError, DataFormatError, DownloadError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    if args.out is not None and args.out.is_dir():
+        raise ValueError(f"--out {args.out} is a folder; give a file name for the JSON")
+    if args.k < 1:
+        raise ValueError(f"--k must be >= 1, got {args.k}")
+    run = load_run(args.run)
+    model = run.model
+    _, split = load_run_split(args.run, model.config.num_items, args.data,
+                              cache_dir=args.cache_dir)
+    evaluated = sorted(split.valid)
+    if not 1 <= args.users <= len(evaluated):
+        raise ValueError(f"--users must lie in 1..{len(evaluated)} (the evaluated users), "
+                         f"got {args.users}")
+    intact = {}
+    for which in ("valid", "test"):
+        ranks = compute_ranks(model.score_last, split, which, max_len=model.config.max_len)
+        intact[which] = {f"ndcg@{args.k}": float(ndcg_at_k(ranks, args.k).mean()),
+                         f"hit@{args.k}": float(hit_at_k(ranks, args.k).mean())}
+    draws = []
+    for seed in args.seeds:
+        users = np.random.default_rng(seed).choice(evaluated, args.users, replace=False)
+        metrics = damaged_valid_metrics(model.score_last, split, sorted(users.tolist()),
+                                        max_len=model.config.max_len, k=args.k)
+        draws.append({"seed": seed, **metrics})
     nd, hit = f"ndcg@{args.k}", f"hit@{args.k}"
     mean = {key: float(np.mean([d[key] for d in draws])) for key in (nd, hit)}
     print(f"{args.run}: {len(evaluated)} evaluated users, {args.users} lose the item before "

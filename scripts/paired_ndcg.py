@@ -28,6 +28,7 @@ from data import DataFormatError, DownloadError, LeaveOneOutSplit
 from export import RunModel, load_run
 from export.run_folder import load_run_split
 from qat.checkpoint import save_json
+from qat.cli import ArgumentParser, run_cli
 from qat.evaluate import compute_ranks
 from qat.metrics import ndcg_at_k
 from qat.quantize import ignore_torch_quantization_warnings
@@ -46,8 +47,8 @@ def paired_difference(run: torch.Tensor, reference: torch.Tensor) -> dict[str, f
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--reference", type=Path, required=True, metavar="RUN",
                    help="the run to compare against (usually the FP32 run)")
     p.add_argument("--runs", type=Path, nargs="+", required=True, metavar="RUN")
@@ -71,24 +72,29 @@ def per_user_ndcg(run: RunModel, split: LeaveOneOutSplit, which: str, k: int) ->
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit status 0; 2 with one ``error:`` line for bad input (``qat.cli.run_cli``); 130 on
+    Ctrl-C."""
+    return run_cli(_main, argv, extra=(DataFormatError, DownloadError))
+
+
+def _main(argv: list[str] | None) -> int:
     args = parse_args(argv)
     ignore_torch_quantization_warnings()
-    try:
-        if args.k < 1:
-            raise ValueError(f"--k must be >= 1, got {args.k}")
-        reference_run = load_run(args.reference)
-        _, split = load_run_split(args.reference, reference_run.model.config.num_items,
-                                  args.data, cache_dir=args.cache_dir)
-        reference = per_user_ndcg(reference_run, split, args.which, args.k)
-        rows = []
-        for run_dir in args.runs:
-            values = per_user_ndcg(load_run(run_dir), split, args.which, args.k)
-            rows.append({"run": str(run_dir), f"ndcg@{args.k}": float(values.mean()),
-                         "ratio": float(values.mean() / reference.mean()),
-                         "difference": paired_difference(values, reference)})
-    except (FileNotFoundError, ValueError, DataFormatError, DownloadError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    if args.out is not None and args.out.is_dir():
+        raise ValueError(f"--out {args.out} is a folder; give a file name for the JSON")
+    if args.k < 1:
+        raise ValueError(f"--k must be >= 1, got {args.k}")
+    reference_run = load_run(args.reference)
+    _, split = load_run_split(args.reference, reference_run.model.config.num_items,
+                              args.data, cache_dir=args.cache_dir, shared=True,
+                              also=args.runs)  # every run's recorded dataset is checked
+    reference = per_user_ndcg(reference_run, split, args.which, args.k)
+    rows = []
+    for run_dir in args.runs:
+        values = per_user_ndcg(load_run(run_dir), split, args.which, args.k)
+        rows.append({"run": str(run_dir), f"ndcg@{args.k}": float(values.mean()),
+                     "ratio": float(values.mean() / reference.mean()),
+                     "difference": paired_difference(values, reference)})
     base = float(reference.mean())
     print(f"reference {args.reference}: {args.which} nDCG@{args.k} {base:.4f} "
           f"({reference.numel()} users)")

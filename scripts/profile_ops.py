@@ -26,7 +26,7 @@ from export.latency import machine_info
 from export.op_profile import OpProfile, profile_ops, random_histories
 from export.recommend import model_max_len, model_num_items
 from export.runtime import make_session
-from qat.cli import ArgumentParser, run_cli
+from qat.cli import ArgumentParser, run_cli, seed_arg, threads_arg
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -34,11 +34,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--models", type=Path, nargs="+", required=True, metavar="FILE",
                    help="exported graphs (model_fp32.onnx, model_int8_fused.onnx, ...)")
     p.add_argument("--batch", type=int, default=256, help="rows per run (default 256)")
-    p.add_argument("--threads", type=int, default=1, help="intra-op threads (default 1)")
+    p.add_argument("--threads", type=threads_arg, default=1, help="intra-op threads (default 1)")
     p.add_argument("--runs", type=int, default=50, help="profiled runs (default 50)")
     p.add_argument("--warmup", type=int, default=5, help="runs before profiling (default 5)")
     p.add_argument("--top", type=int, default=15, help="op types listed per model (default 15)")
-    p.add_argument("--seed", type=int, default=0, help="of the random histories (default 0)")
+    p.add_argument("--seed", type=seed_arg, default=0, help="of the random histories (default 0)")
     return p.parse_args(argv)
 
 

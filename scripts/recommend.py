@@ -41,7 +41,7 @@ from export.recommend import (
     recommend,
     serving_model_path,
 )
-from qat.cli import ArgumentParser, run_cli
+from qat.cli import ArgumentParser, run_cli, threads_arg
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -56,7 +56,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     source.add_argument("--history-file", type=Path, metavar="FILE",
                         help="one user per line: raw item ids separated by spaces or commas")
     p.add_argument("--k", type=int, default=10, help="recommendations per user (default 10)")
-    p.add_argument("--threads", type=int, default=0,
+    p.add_argument("--threads", type=threads_arg, default=0,
                    help="onnxruntime intra-op threads (0 = library default)")
     return p.parse_args(argv)
 

@@ -38,7 +38,7 @@ import sys
 from pathlib import Path
 
 from export.pipeline import QAT_METHODS, PipelineSettings, run_pipeline
-from qat.cli import ArgumentParser, run_cli
+from qat.cli import ArgumentParser, run_cli, seed_arg, threads_arg
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -68,18 +68,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     train.add_argument("--patience", type=int,
                        help="early-stopping patience of every training run (20 FP32, 5 QAT)")
     train.add_argument("--batch-size", type=int, help="users per training batch (128)")
-    train.add_argument("--seed", type=int, help="random seed of every training run (42)")
+    train.add_argument("--seed", type=seed_arg, help="random seed of every training run (42)")
     train.add_argument("--device", default=None,
                        help="training device of every run: auto (CUDA when available; the "
                             "default), cpu, cuda, cuda:N; export, parity and latency stay on "
                             "the CPU")
-    train.add_argument("--threads", type=int,
+    train.add_argument("--threads", type=threads_arg,
                        help="torch/onnxruntime threads for training, evaluation and the parity "
                             "check (library default)")
     bench = p.add_argument_group("benchmark and summary")
     bench.add_argument("--bench-batches", nargs="+", type=int, default=[1, 256], metavar="B",
                        help="batch sizes to time (default 1 256)")
-    bench.add_argument("--bench-threads", nargs="+", type=int, default=[1, 2], metavar="T",
+    bench.add_argument("--bench-threads", nargs="+", type=threads_arg, default=[1, 2], metavar="T",
                        help="onnxruntime intra-op thread counts to time (default 1 2)")
     bench.add_argument("--bench-repeats", type=int, default=100, metavar="N",
                        help="timed runs per model, batch size and thread count (default 100)")

@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 from qat import METHODS
-from qat.cli import ArgumentParser, run_cli
+from qat.cli import ArgumentParser, run_cli, seed_arg, threads_arg
 from qat.config import LOSSES, NEGATIVE_SAMPLING
 from qat.distributed import launched_by_torchrun
 from qat.train_run import TrainRunOptions, train_run
@@ -84,7 +84,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--negative-sampling", choices=list(NEGATIVE_SAMPLING), default=None,
                    help="--loss sampled-ce: uniform (default), or popularity: (count + 1)^0.75 "
                         "of the training sequences, with the logQ correction")
-    p.add_argument("--seed", type=int, default=42, help="random seed (init, batches, dropout)")
+    p.add_argument("--seed", type=seed_arg, default=42, help="random seed (init, batches, dropout)")
     p.add_argument("--columns", default=None, metavar="USER,ITEM,TIMESTAMP",
                    help="CSV/TSV/parquet logs: the user, item and timestamp columns, by header "
                         "name or 0-based position (default: user,item,timestamp if the header "
@@ -95,7 +95,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval-negatives", type=int, default=0, metavar="N",
                    help="also report the paper's sampled metrics: the target ranked among N "
                         "sampled unseen items (100 in Kang & McAuley 2018); 0: off")
-    p.add_argument("--threads", type=int, default=0,
+    p.add_argument("--threads", type=threads_arg, default=0,
                    help="torch intra-op threads (0 = torch default)")
     p.add_argument("--bucket", action="store_true",
                    help="batch users of similar length together and trim padding: 2-3x faster "

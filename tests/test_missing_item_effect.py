@@ -71,5 +71,15 @@ def test_cli_on_a_trained_run(tmp_path, capsys):
 def test_bad_users_exit_2(tmp_path, capsys):
     _, fp32, _ = train_tiny_runs(tmp_path, epochs=1)
     assert effect.main(["--run", str(fp32), "--users", "41"]) == 2
-    assert "--users must lie in 0..40" in capsys.readouterr().err
+    assert "--users must lie in 1..40" in capsys.readouterr().err
+    assert effect.main(["--run", str(fp32), "--users", "0"]) == 2  # no damaged users to mean
+    assert "--users must lie in 1..40" in capsys.readouterr().err
+    assert effect.main(["--run", str(fp32), "--out", str(tmp_path)]) == 2  # a folder
+    assert f"--out {tmp_path} is a folder" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exited:  # argparse's own exit, status 2
+        effect.main(["--run", str(fp32), "--seeds", "-1"])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --seeds: a seed is an integer in [0, 4294967295], got -1" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert effect.main(["--run", str(tmp_path / "nope")]) == 2

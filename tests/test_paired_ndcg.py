@@ -53,3 +53,7 @@ def test_bad_input_exits_2(tmp_path, capsys):
     assert paired.main(["--reference", str(tmp_path / "nope"), "--runs",
                         str(tmp_path / "nope")]) == 2
     assert "error:" in capsys.readouterr().err
+    assert paired.main(["--reference", str(tmp_path), "--runs", str(tmp_path), "--out",
+                        str(tmp_path)]) == 2  # --out a folder: before any computation
+    err = capsys.readouterr().err
+    assert f"--out {tmp_path} is a folder" in err and "Traceback" not in err
