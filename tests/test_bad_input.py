@@ -31,7 +31,7 @@ from conftest import TINY_TRAIN, cyclic_dataset, load_script, train_tiny_runs
 
 from data import SequenceDataset, write_sasrec_text
 
-SCRIPTS = ("train_qat", "export_int8", "benchmark", "run_all", "recommend")
+SCRIPTS = ("train_qat", "export_int8", "benchmark", "run_all", "recommend", "paired_ndcg")
 REFUSED_URL = "http://127.0.0.1:9/ml-1m.zip"  # discard port: nothing listens, refused at once
 
 
@@ -90,6 +90,14 @@ def _resume(w: World, *flags: str) -> list[str]:
     run = w.copy(w.fp32, "resumed")
     return ["--data", str(w.data), *TINY_TRAIN, "--epochs", "2", "--out", str(run), "--resume",
             *flags]
+
+
+def _permuted_run(w: World) -> Path:
+    """An FP32 run of the permuted copy: same architecture and item count, other items."""
+    run = w.tmp / "permuted_run"
+    assert load_script("train_qat").main(["--data", str(_permuted_copy(w)), *TINY_TRAIN,
+                                          "--epochs", "1", "--out", str(run)]) == 0
+    return run
 
 
 def _retrained_fp32(w: World) -> Path:
@@ -305,6 +313,10 @@ CASES = [
     Case("recommend: a file that is not ONNX", "recommend",
          lambda w: ["--model", str(_write(w.tmp / "m.onnx", b"not onnx")), "--history", "1"],
          r"m\.onnx"),
+    # -- paired_ndcg.py --------------------------------------------------------------------------
+    Case("paired_ndcg: a run of another dataset than the reference's", "paired_ndcg",
+         lambda w: ["--reference", str(w.fp32), "--runs", str(_permuted_run(w))],
+         r"permuted_run was trained on a dataset with fingerprint"),
     # -- run_all.py ------------------------------------------------------------------------------
     Case("run_all: zero --qat-epochs (refused before the FP32 run trains)", "run_all",
          lambda w: ["--data", str(w.data), "--out", str(w.tmp / "all"), "--qat-epochs", "0"],
