@@ -99,6 +99,11 @@ class SequenceDataset:
         return digest.hexdigest()
 
 
+# read_sasrec_text: the largest item id may exceed the distinct items by this many (or 4x):
+# gaps from filtered items are fine, ids that would size a table of billions of rows are not
+SPARSE_ID_SLACK = 100_000
+
+
 def read_sasrec_text(path: str | os.PathLike[str]) -> SequenceDataset:
     """Read a SASRec ``user item`` text file.
 
@@ -118,7 +123,8 @@ def read_sasrec_text(path: str | os.PathLike[str]) -> SequenceDataset:
         FileNotFoundError: if ``path`` is not a file.
         DataFormatError: ``path:line_no: ...`` for an empty file, a line without exactly two
             whitespace-separated fields (including a blank line before the end), a field that is
-            not an integer, or an id < 1.
+            not an integer, an id < 1, or item ids far sparser than dense numbering
+            (``SPARSE_ID_SLACK``).
         ValueError: the cached ``item_ids.json`` is unreadable or maps another number of items
             than the text file holds (delete the cache directory to rebuild it).
     """
@@ -138,8 +144,17 @@ def read_sasrec_text(path: str | os.PathLike[str]) -> SequenceDataset:
             f"{path}:{row + 1}: {('user', 'item')[col]} id {pairs[row, col]} is not positive; "
             "ids start at 1 (0 is the padding item)"
         )
-    sequences = _group_by_user(pairs[:, 0], pairs[:, 1])
     num_items = int(pairs[:, 1].max())
+    distinct = int(np.unique(pairs[:, 1]).size)
+    if num_items > max(4 * distinct, distinct + SPARSE_ID_SLACK):
+        row = int(np.argmax(pairs[:, 1]))
+        raise DataFormatError(
+            f"{path}:{row + 1}: item id {num_items} but the file holds {distinct:,} distinct "
+            "items: a SASRec text file numbers items 1..I (each id is a row of the model's "
+            "item table); renumber them, or give the log as .csv/.tsv (ids of any kind, "
+            "renumbered on reading)"
+        )
+    sequences = _group_by_user(pairs[:, 0], pairs[:, 1])
     item_ids = _cached_item_ids(path, num_items)
     return SequenceDataset(
         sequences=sequences,
