@@ -116,11 +116,14 @@ def load_run_split(run_dir: str | Path, num_items: int, data: str | None = None,
             checked too.
 
     Raises:
-        ValueError: no dataset recorded nor given, an unreadable recorded dataset (the message
+        ValueError: a missing or unreadable config.json (of ``run_dir`` or ``also``), no
+            dataset recorded nor given, an unreadable recorded dataset (the message
             says where it was recorded), a dataset with another number of items, or one whose
             fingerprint differs from the one ``config.json`` records (``check_run_data``).
     """
     run_dir = Path(run_dir)
+    for run in (run_dir, *map(Path, also)):
+        _check_config_readable(run)  # else the dataset checks below would pass by default
     recorded = data is None
     data = _recorded_data(run_dir) if recorded else data
     if data is None:
@@ -184,6 +187,26 @@ def check_run_data(run_dir: str | Path, fingerprint: str, data: str) -> None:
 def _load_int8(run_dir: Path) -> tuple[SASRec, dict]:
     """``qat.finetune.load_int8_model`` already names the file in a one-line ``ValueError``."""
     return load_int8_model(run_dir)
+
+
+def _check_config_readable(run_dir: Path) -> None:
+    """A run folder's config.json must exist and hold a JSON object: it names the dataset, its
+    fingerprint and how it was read, without which another dataset would go unnoticed.
+
+    Raises:
+        ValueError: missing, unreadable or not a JSON object (named, with what to do).
+    """
+    path = run_dir / CONFIG
+    if not path.is_file():
+        raise ValueError(f"{path} is missing: the run's dataset cannot be checked; restore the "
+                         "file (train_qat.py writes it first), or train the run again")
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{path} is unreadable ({str(err).splitlines()[0]}): the run's "
+                         "dataset cannot be checked; restore the file") from err
+    if not isinstance(config, dict):
+        raise ValueError(f"{path} is not a JSON object: the run's dataset cannot be checked")
 
 
 def _recorded_data(run_dir: Path) -> str | None:

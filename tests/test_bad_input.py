@@ -65,6 +65,12 @@ def _write(path: Path, content: bytes | str) -> Path:
     return path
 
 
+def _without(path: Path) -> Path:
+    """Delete ``path``; returns its folder."""
+    path.unlink()
+    return path.parent
+
+
 def _truncate(path: Path) -> Path:
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     return path
@@ -265,6 +271,12 @@ CASES = [
     Case("export: --eval-negatives beyond the catalogue", "export_int8",
          lambda w: ["--run", str(w.copy(w.ste, "ste")), "--eval-negatives", "1000"],
          r"--eval-negatives 1000 is not below the catalogue's \d+ items"),
+    Case("export: config.json deleted (the dataset check would pass by default)", "export_int8",
+         lambda w: ["--run", str(_without(w.copy(w.ste, "ste") / "config.json")), "--data",
+                    str(_permuted_copy(w))], r"ste/config\.json is missing: the run's dataset"),
+    Case("export: config.json truncated", "export_int8",
+         lambda w: ["--run", str(_truncate(w.copy(w.ste, "ste") / "config.json").parent)],
+         r"ste/config\.json is unreadable \(.*\): the run's dataset cannot be checked"),
     Case("export: no run folder", "export_int8",
          lambda w: ["--run", str(w.tmp / "nope")], r"no run folder at"),
     Case("export: empty folder", "export_int8",
