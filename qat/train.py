@@ -202,8 +202,12 @@ class Trainer:
             if self.item_ids is not None:  # the run folder speaks the raw ids of its data
                 self.item_ids.save(self.out_dir / ITEM_IDS)
 
+        if self.out_dir.exists() and not self.out_dir.is_dir():
+            raise ValueError(f"--out {self.out_dir} is a file; give a folder for the run")
         # rank 0 reads (other nodes need not see the folder) and sends it to every rank
         ckpt = self.ctx.on_main(read_checkpoint)
+        if resume and ckpt is None and self.ctx.is_main:  # e.g. killed before the first epoch
+            tqdm.write(f"--resume: no checkpoint in {self.out_dir} yet; starting the run")
         if ckpt is not None:
             self._check_resumable(ckpt)
         self.ctx.on_main(start_folder)

@@ -159,6 +159,15 @@ def test_refused_resume_of_another_model_leaves_config_json(cyclic_split, tmp_pa
     assert _config_bytes(tmp_path) == before
 
 
+def test_resume_without_a_checkpoint_starts_the_run_and_says_so(cyclic_split, tmp_path, capsys):
+    """--resume where no checkpoint was written yet (killed in the first epoch, or a new
+    folder) starts the run, with one line saying so (a mistyped --out is then visible)."""
+    metrics = make_trainer(cyclic_split, tmp_path / "new", epochs=1).fit(resume=True)
+    assert metrics.epochs_run == 1
+    assert f"--resume: no checkpoint in {tmp_path / 'new'} yet; starting the run" in \
+        capsys.readouterr().out
+
+
 def test_resume_may_extend_epochs_and_records_it(cyclic_split, tmp_path):
     make_trainer(cyclic_split, tmp_path, epochs=1).fit()
     make_trainer(cyclic_split, tmp_path, epochs=2, patience=50).fit(resume=True)
