@@ -22,6 +22,7 @@ from pathlib import Path
 
 from qat import METHODS
 from qat.cli import ArgumentParser, run_cli, seed_arg, threads_arg
+from qat.quantize import ignore_torch_quantization_warnings
 from qat.config import LOSSES, NEGATIVE_SAMPLING
 from qat.distributed import launched_by_torchrun
 from qat.train_run import TrainRunOptions, train_run
@@ -112,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
+    ignore_torch_quantization_warnings()  # converting the QAT model repeats them
     metrics = train_run(TrainRunOptions(**vars(parse_args(argv)))).to_json()
     if int(os.environ.get("RANK", "0")) != 0:  # torchrun: rank 0 reports
         return 0
