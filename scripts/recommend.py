@@ -83,6 +83,11 @@ def _main(argv: list[str] | None) -> int:
     results = recommend(session, histories, args.k, item_ids=item_ids)
     for line in format_recommendations(results, lines or None):
         print(line)
+    for i, recs in enumerate(results):
+        if len(recs) < args.k:  # the history excludes all but these items
+            where = f"line {lines[i]}" if lines else "the history"
+            print(f"note: {where}: {len(recs)} of the {args.k} asked for; the history covers "
+                  f"the rest of the {item_ids.num_items} items", file=sys.stderr)
     return 0
 
 

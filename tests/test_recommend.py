@@ -367,6 +367,19 @@ def test_cli_prints_rank_raw_id_score_and_title(file, model_files, sessions):
         f"{r.rank}\t{r.item}\t{r.score:.6f}\tTitle of {r.item}" for r in want]
 
 
+def test_cli_says_when_the_history_leaves_fewer_than_k_items(model_files):
+    """A history covering all but 2 items: those 2 printed, and a note that k was not met."""
+    ids = shuffled_ids()
+    history = [ids.raw[i] for i in range(2, NUM_ITEMS)]  # all but the first two items
+    result = run_in_process("recommend", "--model", model_files["with_map"], "--history",
+                            *history, "--k", 5)
+    assert result.returncode == 0, result.stderr
+    assert sorted(line.split("\t")[1] for line in result.stdout.splitlines()) == \
+        sorted(ids.raw[:2])
+    assert (f"note: the history: 2 of the 5 asked for; the history covers the rest of the "
+            f"{NUM_ITEMS} items") in result.stderr
+
+
 def test_a_run_folder_serves_its_fastest_exported_graph(model_files, tmp_path):
     """--model DIR: the first of SERVING_PREFERENCE there (top-k, fused INT8 first), named on
     stderr; a folder without an exported graph is one error line naming the export command."""
