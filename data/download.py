@@ -126,7 +126,8 @@ def download_file(
         part.unlink(missing_ok=True)
         raise ChecksumMismatchError(
             f"downloaded {url} has md5 {actual}, expected {md5.lower()}; the file was deleted. "
-            "Retry; if it persists the server's file changed: check it and pass md5="
+            "Retry; if it persists the server's file changed: check it (a named dataset's "
+            "md5 is registered in data.download.DATASETS)"
         )
     os.replace(part, dest)
     return dest

@@ -207,7 +207,7 @@ def test_min_item_count_is_counted_over_all_rows_first(tmp_path):
     assert _raw_sequences(load_interactions(path, min_item_interactions=2)) == {
         1: ["x"], 2: ["x"]}
     with pytest.raises(ValueError, match="no interactions left .* fewer than 3 interactions; "
-                                         "lower min_item_interactions"):
+                                         "the log needs items seen at least 3 times"):
         load_interactions(path, min_item_interactions=3)
 
 
@@ -224,7 +224,8 @@ def test_min_user_interactions_after_the_item_filter(tmp_path):
     d = load_interactions(path, min_item_interactions=2, min_user_interactions=3)
     assert _raw_sequences(d) == {1: ["y", "x", "y"]}
     assert d.item_ids.raw == ("y", "x")  # renumbered by first appearance among those kept
-    with pytest.raises(ValueError, match="fewer than 4 interactions; lower min_user_interactions"):
+    with pytest.raises(ValueError, match="fewer than 4 interactions; lower "
+                                         "--min-user-interactions"):
         load_interactions(path, min_item_interactions=2, min_user_interactions=4)
     with pytest.raises(ValueError, match="min_user_interactions must be >= 0"):
         load_interactions(path, min_user_interactions=-1)
