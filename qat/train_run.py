@@ -192,6 +192,11 @@ def _train_run(options: TrainRunOptions, ctx: DistributedContext) -> MetricsReco
             return model, ckpt, file_sha256(Path(options.init_from) / CHECKPOINT)
         init_model, init_ckpt, init_sha256 = ctx.on_main(read_init)
         init_config, init_info = init_model.config, init_ckpt.get("run_info") or {}
+        if ctx.is_main and not init_ckpt.get("finished", True):
+            print(f"note: --init-from {options.init_from} has not finished training (epoch "
+                  f"{(init_ckpt.get('state') or {}).get('epoch', '?')}); fine-tuning starts from "
+                  f"its best model so far (epoch {init_ckpt.get('best_epoch')})",
+                  file=sys.stderr)
     finetune = method.is_quantized and init_model is not None
     schedule = {k: getattr(options, k) if getattr(options, k) is not None else v[int(finetune)]
                 for k, v in SCHEDULE_DEFAULTS.items()}

@@ -340,3 +340,21 @@ def test_sampled_ce_with_the_whole_catalogue_is_the_trainers_ce(cyclic_split, tm
         trainer.model.eval()
     torch.testing.assert_close(sampled._loss(batch, 0.0), ce._loss(batch, 0.0), atol=1e-5,
                                rtol=1e-6)
+
+
+def test_init_from_an_unfinished_run_says_so(tmp_path):
+    """Fine-tuning from an FP32 run whose training did not finish (killed, or still running):
+    allowed (its best model so far), with a note naming the epochs."""
+    from conftest import TINY_TRAIN, run_in_process, train_tiny_runs
+
+    from qat.checkpoint import save_checkpoint
+
+    data, fp32, _ = train_tiny_runs(tmp_path)
+    ckpt = load_checkpoint(fp32 / "checkpoint.pt")
+    ckpt["finished"] = False  # as a run interrupted after its first epoch leaves it
+    save_checkpoint(ckpt, fp32 / "checkpoint.pt")
+    result = run_in_process("train_qat", "--data", data, *TINY_TRAIN, "--epochs", "1",
+                            "--qconfig", "ste", "--init-from", fp32, "--out", tmp_path / "ste")
+    assert result.returncode == 0, result.stderr
+    assert (f"note: --init-from {fp32} has not finished training (epoch 1); fine-tuning starts "
+            "from its best model so far (epoch 1)") in result.stderr
