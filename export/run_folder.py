@@ -73,6 +73,10 @@ def load_run(run_dir: str | Path) -> RunModel:
             its INT8 model.
     """
     run_dir = Path(run_dir)
+    if run_dir.is_file():
+        raise FileNotFoundError(f"{run_dir} is a file, not a run folder: give the folder "
+                                "train_qat.py wrote (--out), e.g. "
+                                f"{run_dir.parent if str(run_dir.parent) != '.' else 'runs/fp32'}")
     if not run_dir.is_dir():
         raise FileNotFoundError(f"no run folder at {run_dir}")
     data = _recorded_data(run_dir)
