@@ -32,6 +32,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from data import UnknownItemError
 from export import native_ops
 from export.recommend import (
     embedded_item_ids,
@@ -80,7 +81,14 @@ def _main(argv: list[str] | None) -> int:
         print(f"note: {model} carries no item id map (exported before maps were "
               f"embedded): raw ids are its internal ids 1..{item_ids.num_items}",
               file=sys.stderr)
-    results = recommend(session, histories, args.k, item_ids=item_ids)
+    try:
+        results = recommend(session, histories, args.k, item_ids=item_ids)
+    except UnknownItemError as err:
+        if not lines:
+            raise
+        unknown = set(err.unknown)
+        first = next(n for n, h in zip(lines, histories) if unknown & set(h))
+        raise ValueError(f"{args.history_file}:{first}: {err}") from err
     for line in format_recommendations(results, lines or None):
         print(line)
     for i, recs in enumerate(results):

@@ -453,6 +453,10 @@ def test_cli_bad_input_is_one_error_line(model_files, tmp_path):
     assert "no model file at" in error_line(run_in_process(
         "recommend", "--model", tmp_path / "none.onnx", "--history", "1"))
     assert "--history" in error_line(run_in_process("recommend", "--model", model))
+    users = tmp_path / "users.txt"
+    users.write_text("sku100 sku101\n\nsku101 zz\n")  # the unknown id on line 3
+    message = error_line(run_in_process("recommend", "--model", model, "--history-file", users))
+    assert message.startswith(f"error: {users}:3: unknown item id(s) 'zz'"), message
     empty = tmp_path / "empty.txt"
     empty.write_text("\n\n")
     assert "holds no history" in error_line(run_in_process(
