@@ -67,6 +67,9 @@ class PipelineSettings:
         data: dataset for every step (a name such as ``ml-1m`` or a file).
         out: the study folder: one run folder per model, logs/, bench.json, the summary.
         mirror: download URL for a dataset name (train_qat.py --mirror).
+        columns, min_user_interactions: how an interaction log is read (train_qat.py
+            ``--columns``, ``--min-user-interactions``; None: its defaults), given to every
+            training run; later steps read them from the runs' config.json.
         methods, bits: one QAT run per method and bit width.
         max_len, hidden, blocks, heads, epochs, patience, batch_size, seed, threads: passed to
             the training runs when given (None: train_qat.py's default); architecture flags
@@ -90,6 +93,8 @@ class PipelineSettings:
     data: str
     out: Path = Path("runs/all")
     mirror: str | None = None
+    columns: str | None = None
+    min_user_interactions: int | None = None
     methods: tuple[str, ...] = ()
     bits: tuple[int, ...] = (8,)
     max_len: int | None = None
@@ -328,7 +333,8 @@ def train_step(run: Run, fp32: Run, settings: PipelineSettings,
                                  f"{run.folder} to train it again")
             return Plan(skip=f"{run.folder / METRICS} describes the model files as they are")
         flags = ["--qconfig", run.method, "--data", settings.data, "--out", str(run.folder),
-                 "--no-progress", *optional_flags(settings, ["mirror", "device"])]
+                 "--no-progress", *optional_flags(settings, ["mirror", "device", "columns",
+                                                             "min_user_interactions"])]
         if run.quantized:
             flags += ["--bits", str(run.bits), "--init-from", str(fp32.folder)]
             flags += optional_flags(settings, ["patience", "batch_size", "seed", "threads"])
@@ -467,7 +473,10 @@ def run_pipeline(settings: PipelineSettings) -> int:
     """Run (or skip) every step in order; returns the exit status (0, 1, or 130 on Ctrl-C)."""
     fp32, qat = build_runs(settings)
     runs = [fp32, *qat]
-    dataset = functools.cache(lambda: load_dataset(settings.data, mirror=settings.mirror))
+    read = {k: v for k, v in (("columns", settings.columns),
+                              ("min_user_interactions", settings.min_user_interactions))
+            if v is not None}  # as the training runs read the file (train_qat.py's flags)
+    dataset = functools.cache(lambda: load_dataset(settings.data, mirror=settings.mirror, **read))
 
     def data_fingerprint() -> str:
         return dataset().fingerprint()

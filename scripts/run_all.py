@@ -59,6 +59,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     train = p.add_argument_group(
         "model and training (default: train_qat.py's own default; the architecture flags go to "
         "the FP32 run, QAT runs inherit its architecture)")
+    train.add_argument("--columns", default=None, metavar="USER,ITEM,TIMESTAMP",
+                       help="train_qat.py --columns: the user, item and timestamp columns of a "
+                            "CSV/TSV/parquet log")
+    train.add_argument("--min-user-interactions", type=int, default=None, metavar="N",
+                       help="train_qat.py --min-user-interactions (1)")
     train.add_argument("--max-len", type=int, help="longest history the model reads (200)")
     train.add_argument("--hidden", type=int, help="embedding/hidden width d (50)")
     train.add_argument("--blocks", type=int, help="self-attention blocks (2)")

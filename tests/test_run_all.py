@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -166,6 +167,10 @@ def fake_pipeline(tmp_path, monkeypatch):
     monkeypatch.setattr(pipeline.native_ops, "build_key", lambda: FAKE_BUILD)
     # the stand-in runs hold no models to build graphs from; the stand-in benchmark times none
     monkeypatch.setattr(pipeline, "built_graphs", lambda runs, settings, fused: {})
+    # the default --data d.txt does not exist: a catalogue of 20 items for --bench-top-k
+    real_load = pipeline.load_dataset
+    monkeypatch.setattr(pipeline, "load_dataset", lambda data, **kwargs: (
+        real_load(data, **kwargs) if Path(data).is_file() else SimpleNamespace(num_items=20)))
 
     def run(capsys, statuses: dict[str, int], *extra: str) -> tuple[int, str, str]:
         for role in pipeline.SCRIPTS:
@@ -191,7 +196,8 @@ def test_flags_reach_each_script(fake_pipeline, capsys):
     status, stdout, err = run(capsys, {}, "--hidden", "16", "--qat-epochs", "3", "--epochs",
                               "7", "--threads", "1", "--bench-repeats", "5", "--no-baselines",
                               "--int8-fast", "--torch-int8", "--bench-top-k", "5",
-                              "--sweep-hidden", "8", "16")
+                              "--sweep-hidden", "8", "16", "--columns", "u,i,t",
+                              "--min-user-interactions", "3")
     assert status == 0, stdout + err
     by_step = {(c[0], c[c.index("--out") + 1] if "--out" in c else c[c.index("--run") + 1]): c
                for c in calls()}
@@ -202,6 +208,9 @@ def test_flags_reach_each_script(fake_pipeline, capsys):
     assert ste[ste.index("--init-from") + 1] == str(out / "fp32")
     assert ste[ste.index("--epochs") + 1] == "3" and "--hidden" not in ste
     assert ste[ste.index("--bits") + 1] == "8" and ste[ste.index("--threads") + 1] == "1"
+    for call in (fp32, ste):  # every training run reads the log the same way
+        assert call[call.index("--columns") + 1] == "u,i,t"
+        assert call[call.index("--min-user-interactions") + 1] == "3"
     bench = by_step[("benchmark", str(out / "bench.json"))]
     assert bench[bench.index("--runs") + 1:bench.index("--out")] == [
         str(out / name) for name in ("fp32", "ste_w8", "pact_w8")]
