@@ -49,8 +49,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None) -> int:
     args = parse_args(argv)
-    if min(args.batch, args.threads, args.runs, args.top) < 1 or args.warmup < 0:
-        raise ValueError("--batch, --threads, --runs and --top must be >= 1, --warmup >= 0")
+    for flag, value, low in (("--batch", args.batch, 1), ("--threads", args.threads, 1),
+                             ("--runs", args.runs, 1), ("--top", args.top, 1),
+                             ("--warmup", args.warmup, 0)):
+        if value < low:
+            raise ValueError(f"{flag} must be >= {low}, got {value}")
     shapes = []
     for path in args.models:
         if not path.is_file():

@@ -67,7 +67,8 @@ def test_cli_prints_one_table_per_model_and_refuses_bad_input(tmp_path):
     save_onnx(build_sasrec_onnx(tiny_model("fp32", config=smaller)), other)
     for args, message in ((["--models", tmp_path / "none.onnx"], "no model file at"),
                           (["--models", fp32, other], "different catalogues or lengths"),
-                          (["--models", fp32, "--runs", 0], "must be >= 1")):
+                          (["--models", fp32, "--runs", 0], "--runs must be >= 1, got 0"),
+                          (["--models", fp32, "--warmup", -2], "--warmup must be >= 0, got -2")):
         result = run_in_process("profile_ops", *args)
         assert result.returncode == 2
         errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
