@@ -54,6 +54,7 @@ from qat.distributed import resolve_device
 from qat.metrics_record import MetricsRecord
 from qat.records import file_sha256
 from qat.registry import METHODS
+from qat.train_run import data_option_flags
 from qat.run_files import CHECKPOINT, CONFIG, INT8_MODEL, METRICS
 
 QAT_METHODS = tuple(name for name, method in METHODS.items() if method.is_quantized)
@@ -298,8 +299,13 @@ def finished_run_mismatch(run: Run, fp32: Run, settings: PipelineSettings,
         return None
     recorded = config.get("data_fingerprint")
     if isinstance(recorded, str) and recorded != data_fingerprint():
+        read = config.get("data_options")
+        asked = {"columns": settings.columns,
+                 "min_user_interactions": settings.min_user_interactions or 1}
+        how = (f", read with {data_option_flags(read)}: give the same"
+               if isinstance(read, dict) and read != asked else "")
         return (f"it was trained on another dataset ({config.get('data')}, fingerprint "
-                f"{recorded[:12]}; --data {settings.data} has {data_fingerprint()[:12]})")
+                f"{recorded[:12]}; --data {settings.data} has {data_fingerprint()[:12]}{how})")
     started_from = config.get("init_from_sha256")
     fp32_checkpoint = fp32.folder / CHECKPOINT
     if run.quantized and isinstance(started_from, str) and fp32_checkpoint.is_file():

@@ -307,6 +307,13 @@ def test_a_finished_run_of_another_dataset_or_architecture_stops_the_pipeline(
         f"{older[:12]}, now {ste['init_from_sha256'][:12]}); use another --out, or delete "
         f"{out / 'ste_w8'} to train it again"]
     assert not [c for c in calls() if c[0] == "train_qat"]
+    # a run that read the log with other options: the message names the flags to give
+    other_read = {**config, "data_fingerprint": "1" * 64,
+                  "data_options": {"columns": "u,i,t", "min_user_interactions": 3}}
+    (out / "fp32" / "config.json").write_text(json.dumps(other_read))
+    status, _, stderr = run(capsys, {}, "--data", str(data_a))
+    assert status == 2 and "read with --columns u,i,t --min-user-interactions 3: give the " \
+        "same)" in stderr, stderr
 
 
 def test_usage_errors(capsys):
@@ -327,7 +334,8 @@ def test_help_documents_every_flag():
     for flag in ["--data", "--out", "--methods", "--bits", "--max-len", "--hidden", "--blocks",
                  "--heads", "--epochs", "--qat-epochs", "--patience", "--batch-size", "--threads",
                  "--bench-threads", "--bench-repeats", "--bench-batches", "--no-baselines",
-                 "--seed", "--summary-threads", "--quiet", "--no-progress"]:
+                 "--seed", "--summary-threads", "--quiet", "--no-progress", "--columns",
+                 "--min-user-interactions", "--bench-top-k", "--sweep-hidden"]:
         assert flag in out
     assert "python scripts/run_all.py --data ml-1m" in out  # the reproduce command
 
