@@ -390,8 +390,8 @@ class Trainer:
                 from err
         if saved != self.model_config:
             raise ValueError(f"cannot resume: {where} holds a model {saved}, this run asks for "
-                             f"{self.model_config}; drop the architecture flags or choose another "
-                             "--out")
+                             f"{self.model_config}; give the architecture flags it was trained "
+                             "with (the same command plus --resume), or choose another --out")
         if ckpt.get("method") != self.method:
             raise ValueError(f"cannot resume: {where} was trained with --qconfig "
                              f"{ckpt.get('method')}, not {self.method}")
@@ -410,8 +410,9 @@ class Trainer:
         if differences:
             raise ValueError(f"cannot resume: {where} was trained with " + ", ".join(differences)
                              + "; a resumed run keeps its settings (only "
-                             + ", ".join(sorted(RESUMABLE_CHANGES)) + " may change): drop "
-                             "those flags, or start a new --out")
+                             + ", ".join(sorted(RESUMABLE_CHANGES)) + " may change): give "
+                             "the flags it was trained with (the same command plus --resume), "
+                             "or start a new --out")
         if not isinstance(ckpt.get("state"), dict):
             raise ValueError(f"cannot resume: {where} has no training state")
 

@@ -16,9 +16,10 @@ OUT/logs/<step>.log:
                          a fused graph's row follows its run's)
 
 Rerunning the same command skips what is finished: a training run whose metrics.json holds test
-results (and, for QAT, the INT8 model), an export whose parity.json is newer than the model file,
-and a bench.json newer than every ONNX file, with a record of every run at every batch size and
-thread count, made with the same --bench-repeats (and with baselines unless --no-baselines). A
+results (and, for QAT, the INT8 model), an export whose parity.json describes the model file and
+its ONNX files as they are, and a bench.json that timed every run's current files (all matched by
+sha256, not modification time) at every batch size and thread count, made with the same
+--bench-repeats (and with baselines unless --no-baselines) on this CPU. A
 run folder with checkpoint.pt but no final metrics (an interrupted run) is continued with
 --resume. A finished training run is never retrained: delete its folder to redo it. A finished
 run of another dataset (config.json's fingerprint), of another --max-len/--hidden/--blocks/
@@ -39,6 +40,7 @@ from pathlib import Path
 
 from export.pipeline import QAT_METHODS, PipelineSettings, run_pipeline
 from qat.cli import ArgumentParser, run_cli, seed_arg, threads_arg
+from qat.quantize import ignore_torch_quantization_warnings
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -124,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
+    ignore_torch_quantization_warnings()  # reading INT8 runs to check bench.json repeats them
     settings = settings_from_args(parse_args(argv))
     settings.out.mkdir(parents=True, exist_ok=True)
     return run_pipeline(settings)

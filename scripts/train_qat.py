@@ -40,8 +40,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="fine-tune from the best model of this fp32 run folder (architecture "
                         "flags then default to that run's)")
     p.add_argument("--data", required=True,
-                   help="dataset name (ml-1m: downloaded from GroupLens and cached) or a path to "
-                        "a SASRec 'user item' text file, a ratings.dat or an ml-1m.zip")
+                   help="dataset name (ml-1m, ml-20m: downloaded from GroupLens and cached) or "
+                        "a path: a SASRec 'user item' text file, a ratings.dat or "
+                        "ml-1m/ml-20m zip, or an interaction log .csv/.tsv/.parquet (see "
+                        "--columns)")
     p.add_argument("--cache-dir", type=Path, default=None,
                    help="download cache (default $SASREC_QAT_CACHE or ~/.cache/sasrec-qat)")
     p.add_argument("--mirror", default=None, metavar="URL",
