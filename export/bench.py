@@ -18,6 +18,7 @@ real test users at every batch size and thread count; then, apart, random models
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 from dataclasses import dataclass
@@ -194,8 +195,11 @@ def run_benchmark(settings: BenchSettings) -> BenchRecord:
     add_ratios_by_name(records, {c.name: fp32_name if fp32_name is None or c.serving == "scores"
                                  else f"{fp32_name}{TOP_K_SUFFIX}" for c in candidates})
     sweep: list[Timing] = []
+    sweep_graphs: dict[str, str] = {}
     for hidden in settings.sweep_hidden:
         models = sweep_candidates(hidden, first, fused=fused)
+        sweep_graphs.update({c.name: hashlib.sha256(c.onnx).hexdigest() for c in models
+                             if c.onnx is not None})
         sweep += time_cases(models, inputs, what=f"sweep hidden {hidden}", **cases)
     add_ratios(sweep, {d: f"sweep_fp32_d{d}" for d in settings.sweep_hidden})
     catalogue: list[Timing] = []
@@ -228,7 +232,7 @@ def run_benchmark(settings: BenchSettings) -> BenchRecord:
         sweep_quantization=f"{SWEEP_METHOD}, {SWEEP_BITS}-bit weights, "
                            f"{SWEEP_CALIBRATION} random calibration sequences",
         sweep_items=list(settings.sweep_items), top_k=settings.top_k,
-        native_build=native_ops.build_key() if fused else None)
+        native_build=native_ops.build_key() if fused else None, sweep_graphs=sweep_graphs)
     return BenchRecord(machine=machine_info(), settings=setup,
                        models=[c.describe() for c in candidates],
                        baselines=[_baseline(r) for r in baselines], records=records,

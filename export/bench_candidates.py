@@ -223,11 +223,12 @@ def fused_candidates(runs: Sequence[BenchRun]) -> list[Candidate]:
 
 
 def built_graph_digests(runs: Sequence[BenchRun], *, fused: bool, int8_fast: bool,
-                        top_k: int | None) -> dict[str, str]:
+                        top_k: int | None, sweep_hidden: Sequence[int] = ()) -> dict[str, str]:
     """sha256 of every graph the benchmark would build in memory from ``runs`` with these
-    options (the fused, plain-op and top-k graphs, and a run's graph where it has no exported
-    file), by bench name: what ``BenchRecord.changed_graphs`` compares with a record. Built by
-    the functions the benchmark uses, so the two cannot drift.
+    options (the fused, plain-op and top-k graphs, a run's graph where it has no exported
+    file, and the ``sweep_hidden`` random models), by bench name: what
+    ``BenchRecord.changed_graphs`` compares with a record. Built by the functions the
+    benchmark uses, so the two cannot drift.
 
     Raises:
         NativeBuildError: ``fused`` where the kernels cannot be built.
@@ -239,6 +240,8 @@ def built_graph_digests(runs: Sequence[BenchRun], *, fused: bool, int8_fast: boo
         graphs += fast_candidates(runs)
     if top_k is not None:
         graphs += top_k_candidates(graphs, runs, top_k)
+    for hidden in sweep_hidden:
+        graphs += sweep_candidates(hidden, runs[0].run.model.config, fused=fused)
     return {c.name: hashlib.sha256(c.onnx).hexdigest() for c in graphs
             if c.onnx is not None and c.onnx_file is None}
 

@@ -72,6 +72,8 @@ class BenchSetup(Record):
         top_k: k of the runs' top-k graphs timed (``--top-k``; None: none were).
         native_build: ``export.native_ops.build_key()`` of the kernels that ran the fused
             graphs (None: none were timed, or a record older than this field).
+        sweep_graphs: sha256 of each ``--sweep-hidden`` graph timed, by name (random models
+            built from seeds by the exporter: ``changed_graphs`` compares them too).
     """
 
     KIND = "bench_settings"
@@ -103,6 +105,7 @@ class BenchSetup(Record):
     sweep_items: list[int] = field(default_factory=list)
     top_k: int | None = None
     native_build: str | None = None
+    sweep_graphs: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -388,14 +391,16 @@ class BenchRecord(Record):
         return None
 
     def changed_graphs(self, built: Mapping[str, str]) -> str | None:
-        """Why the graphs the benchmark builds in memory (fused, plain-op and top-k graphs:
+        """Why the graphs the benchmark builds in memory (fused, plain-op, top-k and sweep graphs:
         ``export.bench_candidates.built_graph_digests``, name -> sha256 of what this code
         builds now) are not the ones timed, or None. ``missing`` checks the files; these
         graphs come from the code, so a change to the exporter makes their timings another
         graph's. Graphs the record does not name are ``missing``'s business."""
         for name, digest in built.items():
             entry = self.model(name)
-            if entry is not None and entry.onnx_sha256 != digest:
+            timed = (entry.onnx_sha256 if entry is not None
+                     else self.settings.sweep_graphs.get(name, digest))
+            if timed != digest:
                 return (f"its {name} graph is not the one this code builds (sha256 differs: "
                         "the exporter changed since it was timed)")
         return None

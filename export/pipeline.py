@@ -259,7 +259,8 @@ def built_graphs(runs: list[Run], settings: PipelineSettings, *, fused: bool) ->
     """sha256 of each graph the benchmark step builds in memory from the runs, by bench name
     (``export.bench_candidates.built_graph_digests``; loads every run's model)."""
     return built_graph_digests(load_runs([run.folder for run in runs]), fused=fused,
-                               int8_fast=settings.int8_fast, top_k=settings.bench_top_k)
+                               int8_fast=settings.int8_fast, top_k=settings.bench_top_k,
+                               sweep_hidden=settings.sweep_hidden)
 
 
 # -- the steps -----------------------------------------------------------------------------------

@@ -459,11 +459,17 @@ def test_fused_graphs_are_timed_with_their_parity(bench, runs):
     described = bench.model("lsq_w8_fused")
     assert described.kind == "onnx_int8_fused" and described.onnx_bytes > 0
     # the digest of the graph timed is what the exporter builds now (run_all's reuse check)
-    digests = built_graph_digests(load_runs([runs[2]]), fused=True, int8_fast=False,
-                                  top_k=None)
+    digests = built_graph_digests(load_runs([runs[1], runs[2]]), fused=True, int8_fast=False,
+                                  top_k=None, sweep_hidden=(8, 16))
     assert digests["lsq_w8_fused"] == described.onnx_sha256
-    assert set(digests) <= {"lsq_w8", "lsq_w8_fused"}  # lsq_w8 where it was not exported
+    sweep = {name for name in digests if name.startswith("sweep_")}
+    assert sweep == set(bench.settings.sweep_graphs) and len(sweep) == 6  # 2 widths x 3
+    assert set(digests) - sweep <= {"fp32", "lsq_w8", "lsq_w8_fused"}  # where not exported
     assert bench.changed_graphs(digests) is None
+    name = sorted(sweep)[0]  # a sweep graph the exporter now builds differently
+    assert bench.changed_graphs({**digests, name: "0" * 64}) == (
+        f"its {name} graph is not the one this code builds (sha256 differs: the exporter "
+        "changed since it was timed)")
 
 
 def test_no_compiler_skips_the_fused_graphs_with_a_note(runs, tmp_path, monkeypatch):
