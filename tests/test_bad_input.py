@@ -91,6 +91,16 @@ def _train(w: World, *flags: str, out: str = "out") -> list[str]:
             *flags]
 
 
+def _bench(w: World, *flags: str) -> list[str]:
+    """benchmark.py on the shared FP32 run, writing into the case's folder, plus ``flags``."""
+    return ["--runs", str(w.fp32), "--out", str(w.tmp / "b.json"), *flags]
+
+
+def _run_all(w: World, *flags: str) -> list[str]:
+    """run_all.py on the shared data into the case's folder, plus ``flags``."""
+    return ["--data", str(w.data), "--out", str(w.tmp / "all"), *flags]
+
+
 def _resume(w: World, *flags: str) -> list[str]:
     """Resume a copy of the FP32 run with the flags it was trained with, plus ``flags``."""
     run = w.copy(w.fp32, "resumed")
@@ -302,11 +312,10 @@ CASES = [
          r"/bin/false", env={"CXX": "/bin/false", "SASREC_QAT_CACHE": "{tmp}/native-cache"}),
     # -- benchmark.py ----------------------------------------------------------------------------
     Case("benchmark: a catalogue smaller than its top-k lists", "benchmark",
-         lambda w: ["--runs", str(w.fp32), "--out", str(w.tmp / "b.json"), "--items", "9"],
+         lambda w: _bench(w, "--items", "9"),
          r"--items values must be >= 10 \(its top-k graphs return 10 items\), got 9"),
     Case("benchmark: a catalogue too large for memory", "benchmark",
-         lambda w: ["--runs", str(w.fp32), "--out", str(w.tmp / "b.json"), "--items",
-                    "2000000000"], r"--items 2000000000 is above 5,000,000"),
+         lambda w: _bench(w, "--items", "2000000000"), r"--items 2000000000 is above 5,000,000"),
     Case("benchmark: no run folder", "benchmark",
          lambda w: ["--runs", str(w.tmp / "nope"), "--out", str(w.tmp / "b.json")],
          r"no run folder at"),
@@ -342,19 +351,19 @@ CASES = [
          r"permuted_run was trained on a dataset with fingerprint"),
     # -- run_all.py ------------------------------------------------------------------------------
     Case("run_all: zero --qat-epochs (refused before the FP32 run trains)", "run_all",
-         lambda w: ["--data", str(w.data), "--out", str(w.tmp / "all"), "--qat-epochs", "0"],
+         lambda w: _run_all(w, "--qat-epochs", "0"),
          r"--qat-epochs must be >= 1"),
     Case("run_all: zero --sweep-hidden", "run_all",
-         lambda w: ["--data", str(w.data), "--out", str(w.tmp / "all"), "--sweep-hidden", "0"],
+         lambda w: _run_all(w, "--sweep-hidden", "0"),
          r"--sweep-hidden must be >= 1"),
     Case("run_all: --bench-top-k above the catalogue", "run_all",
-         lambda w: ["--data", str(w.data), "--out", str(w.tmp / "all"), "--bench-top-k",
-                    "1000"], r"--bench-top-k 1000 is above the \d+ items of"),
+         lambda w: _run_all(w, "--bench-top-k", "1000"),
+         r"--bench-top-k 1000 is above the \d+ items of"),
     Case("run_all: bad bits", "run_all",
-         lambda w: ["--data", str(w.data), "--out", str(w.tmp / "all"), "--methods", "apot",
-                    "--bits", "6"], r"apot supports --bits 4, 8, not 6"),
+         lambda w: _run_all(w, "--methods", "apot", "--bits", "6"),
+         r"apot supports --bits 4, 8, not 6"),
     Case("run_all: device that is not there", "run_all",
-         lambda w: ["--data", str(w.data), "--out", str(w.tmp / "all"), "--device", "cuda:99"],
+         lambda w: _run_all(w, "--device", "cuda:99"),
          r"--device cuda:99: (CUDA is not available|this machine has \d+ GPU)"),
     Case("run_all: ml-1m offline", "run_all",
          lambda w: ["--data", "ml-1m", "--mirror", REFUSED_URL, "--out", str(w.tmp / "all"),
