@@ -18,7 +18,6 @@ real test users at every batch size and thread count; then, apart, random models
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import sys
 from dataclasses import dataclass
@@ -198,8 +197,7 @@ def run_benchmark(settings: BenchSettings) -> BenchRecord:
     sweep_graphs: dict[str, str] = {}
     for hidden in settings.sweep_hidden:
         models = sweep_candidates(hidden, first, fused=fused)
-        sweep_graphs.update({c.name: hashlib.sha256(c.onnx).hexdigest() for c in models
-                             if c.onnx is not None})
+        sweep_graphs.update({c.name: c.onnx_sha256 for c in models if c.onnx is not None})
         sweep += time_cases(models, inputs, what=f"sweep hidden {hidden}", **cases)
     add_ratios(sweep, {d: f"sweep_fp32_d{d}" for d in settings.sweep_hidden})
     catalogue: list[Timing] = []

@@ -96,13 +96,17 @@ class Candidate:
                       ratio_to_fp32=None, sweep_hidden=self.sweep_hidden,
                       serving=self.serving, scoring=self.scoring)
 
+    @property
+    def onnx_sha256(self) -> str | None:
+        """sha256 of the ONNX bytes timed (None: a torch model)."""
+        return None if self.onnx is None else hashlib.sha256(self.onnx).hexdigest()
+
     def describe(self) -> TimedModel:
         """What bench.json says about it: identity, source, and the sha256 of what was timed."""
         return TimedModel(model=self.name, kind=self.kind, run=self.run, method=self.method,
                           bits=self.bits, source=self.source,
                           onnx_bytes=None if self.onnx is None else len(self.onnx),
-                          onnx_sha256=(None if self.onnx is None
-                                       else hashlib.sha256(self.onnx).hexdigest()),
+                          onnx_sha256=self.onnx_sha256,
                           onnx_file=self.onnx_file, model_file=self.model_file,
                           model_sha256=self.model_sha256)
 
@@ -242,8 +246,7 @@ def built_graph_digests(runs: Sequence[BenchRun], *, fused: bool, int8_fast: boo
         graphs += top_k_candidates(graphs, runs, top_k)
     for hidden in sweep_hidden:
         graphs += sweep_candidates(hidden, runs[0].run.model.config, fused=fused)
-    return {c.name: hashlib.sha256(c.onnx).hexdigest() for c in graphs
-            if c.onnx is not None and c.onnx_file is None}
+    return {c.name: c.onnx_sha256 for c in graphs if c.onnx is not None and c.onnx_file is None}
 
 
 def fast_candidates(runs: Sequence[BenchRun]) -> list[Candidate]:
