@@ -126,13 +126,14 @@ def load_run_split(run_dir: str | Path, num_items: int, data: str | None = None,
             fingerprint differs from the one ``config.json`` records (``check_run_data``).
     """
     run_dir = Path(run_dir)
-    for run in (run_dir, *map(Path, also)):
-        _check_config_readable(run)  # else the dataset checks below would pass by default
+    config = _read_config(run_dir)  # else the dataset checks below would pass by default
+    for run in also:
+        _read_config(Path(run))
     recorded = data is None
-    data = _recorded_data(run_dir) if recorded else data
+    data = (str(config["data"]) if config.get("data") else None) if recorded else data
     if data is None:
         raise ValueError(f"{run_dir / CONFIG} records no dataset: pass --data")
-    options = recorded_data_options(run_dir)  # read the file as training read it
+    options = _data_options(config)  # read the file as training read it
     try:
         dataset = load_dataset(data, cache_dir=cache_dir, mirror=mirror, **options)
     except ValueError as err:
@@ -150,14 +151,11 @@ def load_run_split(run_dir: str | Path, num_items: int, data: str | None = None,
     return str(data), leave_one_out(dataset)
 
 
-def recorded_data_options(run_dir: str | Path) -> dict[str, Any]:
+def _data_options(config: dict[str, Any]) -> dict[str, Any]:
     """How the run read its data file (config.json's ``data_options``: ``columns``,
     ``min_user_interactions``, as ``data.load_dataset`` takes them); ``{}`` (the defaults) for
     runs that recorded none."""
-    try:
-        options = json.loads((Path(run_dir) / CONFIG).read_text()).get("data_options")
-    except (OSError, ValueError, AttributeError):
-        return {}
+    options = config.get("data_options")
     if not isinstance(options, dict):
         return {}
     return {k: options[k] for k in ("columns", "min_user_interactions") if k in options}
@@ -193,9 +191,10 @@ def _load_int8(run_dir: Path) -> tuple[SASRec, dict]:
     return load_int8_model(run_dir)
 
 
-def _check_config_readable(run_dir: Path) -> None:
-    """A run folder's config.json must exist and hold a JSON object: it names the dataset, its
-    fingerprint and how it was read, without which another dataset would go unnoticed.
+def _read_config(run_dir: Path) -> dict[str, Any]:
+    """A run folder's config.json, which must exist and hold a JSON object: it names the
+    dataset, its fingerprint and how it was read, without which another dataset would go
+    unnoticed.
 
     Raises:
         ValueError: missing, unreadable or not a JSON object (named, with what to do).
@@ -211,6 +210,7 @@ def _check_config_readable(run_dir: Path) -> None:
                          "dataset cannot be checked; restore the file") from err
     if not isinstance(config, dict):
         raise ValueError(f"{path} is not a JSON object: the run's dataset cannot be checked")
+    return config
 
 
 def _recorded_data(run_dir: Path) -> str | None:
