@@ -157,6 +157,15 @@ class PipelineSettings:
             raise ValueError(f"--summary-threads {self.summary_threads} is not among "
                              "--bench-threads " + " ".join(map(str, self.bench_threads)))
 
+    @property
+    def data_options(self) -> dict[str, Any]:
+        """How the training runs read ``data`` (train_qat.py's ``--columns`` and
+        ``--min-user-interactions``, its defaults where not given), as config.json records
+        them (``data_options``) and ``data.load_dataset`` takes them."""
+        return {"columns": self.columns,
+                "min_user_interactions": (1 if self.min_user_interactions is None
+                                          else self.min_user_interactions)}
+
 
 ROOT = Path(__file__).resolve().parents[1]  # the repository: scripts/ lives there
 SCRIPTS = {name: ROOT / "scripts" / f"{name}.py"
@@ -301,10 +310,8 @@ def finished_run_mismatch(run: Run, fp32: Run, settings: PipelineSettings,
     recorded = config.get("data_fingerprint")
     if isinstance(recorded, str) and recorded != data_fingerprint():
         read = config.get("data_options")
-        asked = {"columns": settings.columns,
-                 "min_user_interactions": settings.min_user_interactions or 1}
         how = (f", read with {data_option_flags(read)}: give the same"
-               if isinstance(read, dict) and read != asked else "")
+               if isinstance(read, dict) and read != settings.data_options else "")
         return (f"it was trained on another dataset ({config.get('data')}, fingerprint "
                 f"{recorded[:12]}; --data {settings.data} has {data_fingerprint()[:12]}{how})")
     started_from = config.get("init_from_sha256")
@@ -480,10 +487,8 @@ def run_pipeline(settings: PipelineSettings) -> int:
     """Run (or skip) every step in order; returns the exit status (0, 1, or 130 on Ctrl-C)."""
     fp32, qat = build_runs(settings)
     runs = [fp32, *qat]
-    read = {k: v for k, v in (("columns", settings.columns),
-                              ("min_user_interactions", settings.min_user_interactions))
-            if v is not None}  # as the training runs read the file (train_qat.py's flags)
-    dataset = functools.cache(lambda: load_dataset(settings.data, mirror=settings.mirror, **read))
+    dataset = functools.cache(lambda: load_dataset(settings.data, mirror=settings.mirror,
+                                                   **settings.data_options))
 
     def data_fingerprint() -> str:
         return dataset().fingerprint()
