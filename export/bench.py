@@ -46,6 +46,7 @@ from export.bench_timing import add_ratios, add_ratios_by_name, time_cases
 from export.latency import eval_inputs, machine_info
 from export.ort_baselines import PTQResult
 from export.run_folder import load_run_split
+from qat.cli import check_output_file
 
 DEFAULT_BATCHES = (1, 256)
 DEFAULT_THREADS = (1, 2)
@@ -252,8 +253,7 @@ def benchmark_to_file(settings: BenchSettings, out: str | Path) -> BenchRecord:
         OSError: ``out`` cannot be written.
     """
     out = Path(out)
-    if out.is_dir():
-        raise ValueError(f"--out {out} is a folder; give a file name")
+    check_output_file(out)
     record = run_benchmark(settings)
     try:
         record.save(out)

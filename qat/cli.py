@@ -70,6 +70,13 @@ def threads_arg(text: str) -> int:
     return value
 
 
+def check_output_file(path: str | os.PathLike | None, flag: str = "--out") -> None:
+    """Refuse, before any work, an output file path that names a folder (``ValueError``: the
+    error line says so); None (no output asked for) passes."""
+    if path is not None and os.path.isdir(path):
+        raise ValueError(f"{flag} {path} is a folder; give a file name for the JSON")
+
+
 def error_line(err: BaseException) -> str:
     """``err`` as one line: its message's lines joined, or its type's name if it has none.
 

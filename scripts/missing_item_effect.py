@@ -31,7 +31,7 @@ from data import DataFormatError, DownloadError, LeaveOneOutSplit, drop_item_bef
 from export import load_run
 from export.run_folder import load_run_split
 from qat.checkpoint import save_json
-from qat.cli import ArgumentParser, run_cli, seed_arg
+from qat.cli import ArgumentParser, check_output_file, run_cli, seed_arg
 from qat.evaluate import compute_ranks
 from qat.metrics import hit_at_k, ndcg_at_k
 from qat.quantize import ignore_torch_quantization_warnings
@@ -87,8 +87,7 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str] | None) -> int:
     args = parse_args(argv)
     ignore_torch_quantization_warnings()
-    if args.out is not None and args.out.is_dir():
-        raise ValueError(f"--out {args.out} is a folder; give a file name for the JSON")
+    check_output_file(args.out)
     if args.k < 1:
         raise ValueError(f"--k must be >= 1, got {args.k}")
     run = load_run(args.run)
