@@ -7,7 +7,8 @@ behind "QAT on a GPU is bound by launching small kernels" (issue 12).
 
 One training step of a random SASRec (``--num-items``, ``--max-len``, ``--hidden``,
 ``--blocks``; the counts depend on the architecture, not the weights): forward, full-softmax
-cross-entropy (``qat.losses.softmax_ce``), the method's regularizer, backward and Adam, after
+cross-entropy (``qat.losses.softmax_ce``), the method's regularizer, backward and Adam (the
+trainer's, ``qat.train.make_adam``: fused; ``--adam foreach`` or ``loop`` for torch's others), after
 ``--warmup`` untimed steps (lazy initialisation, probes), under ``torch.profiler``. Printed per
 method: aten operators (all, and leaves: those calling no other aten operator, about one kernel
 each), host reads of device scalars (``aten::_local_scalar_dense``: a device sync each on CUDA),
@@ -16,13 +17,16 @@ operators to FP32's. Every operator costs host time, which is what bounds a QAT 
 not every one launches a kernel (the quantizers' flags are host tensors, observers.grid
 HOST_BUFFERS), so on a GPU read the kernel column for launches.
 
+``--adam fused foreach`` counts (and times) every method with each Adam, so the effect of the
+optimizer is measured in one run.
+
 ``--time-rounds N`` then times the same steps: N rounds of one step of every model, in a balanced
 order (``export.latency.time_interleaved``), median ms per step and its ratio to FP32's. On a tiny
-model on the CPU with ``--threads 1 --foreach`` (multi-tensor Adam, which torch picks on CUDA)
-this is a host-bound proxy of the GPU step, where time is the host's per-operator cost too::
+model on the CPU with ``--threads 1`` this is a host-bound proxy of the GPU step, where time is
+the host's per-operator cost too::
 
     python scripts/count_step_ops.py --num-items 200 --max-len 20 --hidden 16 \
-        --threads 1 --foreach --time-rounds 80
+        --threads 1 --time-rounds 80
 
 Exit status: 0 done; 2 bad input (one error: line).
 """
@@ -46,6 +50,9 @@ from qat.losses import softmax_ce
 from qat.model import SASRec
 from qat.quantize import ignore_torch_quantization_warnings
 from qat.registry import METHODS, get_method
+from qat.train import make_adam
+
+ADAM_KINDS = ("fused", "foreach", "loop")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -60,9 +67,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--blocks", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3)")
-    p.add_argument("--foreach", action="store_true",
-                   help="multi-tensor Adam (torch's choice on CUDA; default: torch's choice for "
-                        "the device)")
+    p.add_argument("--adam", choices=ADAM_KINDS, nargs="+", default=["fused"],
+                   help="Adam's implementation: fused (the trainer's, qat.train.make_adam; "
+                        "default), foreach (multi-tensor lists, torch's default on CUDA) or loop "
+                        "(per parameter, torch's default on the CPU); several: every method with "
+                        "each, rows METHOD/KIND, each against FP32 with the same kind, all timed "
+                        "in the same rounds")
     p.add_argument("--time-rounds", type=int, default=0,
                    help="also time this many interleaved rounds of one step per model (default "
                         "0: count only)")
@@ -97,45 +107,53 @@ def _main(argv: list[str] | None) -> int:
     targets = torch.randint(1, args.num_items + 1, (args.batch_size, args.max_len),
                             generator=generator)
     print(f"device {device}, torch {torch.__version__}, {config}")
-    print(f"{'method':10s} {'aten ops':>9s} {'leaf ops':>9s} {'x FP32':>7s} {'scalar reads':>13s} "
-          f"{'copies':>7s} {'kernels':>8s}")
-    baseline = None
-    steps = {}
-    foreach = True if args.foreach else None
-    for name in ["fp32", *args.methods]:
-        steps[name] = training_step(name, config, args.bits, inputs.to(device),
-                                    targets.to(device), device, foreach)
-        counts = count_step(steps[name], device, args.warmup)
-        baseline = baseline or counts["leaf"]
-        kernels = "-" if counts["kernels"] is None else str(counts["kernels"])
-        print(f"{name:10s} {counts['aten']:9d} {counts['leaf']:9d} "
-              f"{counts['leaf'] / baseline:6.2f}x {counts['scalar_reads']:13d} "
-              f"{counts['copies']:7d} {kernels:>8s}")
+    kinds = list(dict.fromkeys(args.adam))
+    label = (lambda name, kind: name) if len(kinds) == 1 else \
+        (lambda name, kind: f"{name}/{kind}")
+    width = max(10, *(len(label(name, kind)) for name in METHODS for kind in kinds))
+    print(f"{'method':{width}s} {'aten ops':>9s} {'leaf ops':>9s} {'x FP32':>7s} "
+          f"{'scalar reads':>13s} {'copies':>7s} {'kernels':>8s}")
+    steps, fp32_of = {}, {}
+    for kind in kinds:
+        baseline = None
+        for name in ["fp32", *args.methods]:
+            row = label(name, kind)
+            fp32_of[row] = label("fp32", kind)
+            steps[row] = training_step(name, config, args.bits, inputs.to(device),
+                                       targets.to(device), device, kind)
+            counts = count_step(steps[row], device, args.warmup)
+            baseline = baseline or counts["leaf"]
+            kernels = "-" if counts["kernels"] is None else str(counts["kernels"])
+            print(f"{row:{width}s} {counts['aten']:9d} {counts['leaf']:9d} "
+                  f"{counts['leaf'] / baseline:6.2f}x {counts['scalar_reads']:13d} "
+                  f"{counts['copies']:7d} {kernels:>8s}")
     if args.time_rounds:
         medians = time_steps(steps, args.time_rounds, device)
-        print(f"\n{'method':10s} {'median ms':>10s} {'x FP32':>7s}   "
+        print(f"\n{'method':{width}s} {'median ms':>10s} {'x FP32':>7s}   "
               f"({args.time_rounds} interleaved rounds, {torch.get_num_threads()} threads)")
-        for name, ms in medians.items():
-            print(f"{name:10s} {ms:10.2f} {ms / medians['fp32']:6.2f}x")
+        for row, ms in medians.items():
+            print(f"{row:{width}s} {ms:10.2f} {ms / medians[fp32_of[row]]:6.2f}x")
     return 0
 
 
 def training_step(name: str, config: SASRecConfig, bits: int, inputs: torch.Tensor,
                   targets: torch.Tensor, device: torch.device,
-                  foreach: bool | None = None) -> Callable[[], None]:
+                  adam: str = "fused") -> Callable[[], None]:
     """One training step of a fresh ``name`` model (``"fp32"`` or a QAT method), as a closure:
-    forward, loss, regularizer, backward, Adam (``foreach`` as ``torch.optim.Adam``'s)."""
+    forward, loss, regularizer, backward, Adam (``adam``: one of ``ADAM_KINDS``)."""
     torch.manual_seed(0)
     model = SASRec(config).to(device).train()
     regularizer = None
     if name == "fp32":
-        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, foreach=foreach)
+        groups = [{"params": list(model.parameters())}]
     else:
         method = get_method(name)
         model = prepare_for_method(model, method, bits, inputs).to(device).train()
         hooks = qat_hooks(model, method, lr=1e-3, quant_lr=method.quant_lr)
-        optimizer = torch.optim.Adam(hooks.param_groups, foreach=foreach)
+        groups = hooks.param_groups
         regularizer = hooks.regularizer
+    optimizer = (make_adam(groups, lr=1e-3, weight_decay=0.0) if adam == "fused" else
+                 torch.optim.Adam(groups, lr=1e-3, foreach=adam == "foreach"))
 
     def step() -> None:
         loss = softmax_ce(model(inputs), targets, model.item_table())

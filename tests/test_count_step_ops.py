@@ -23,7 +23,7 @@ def test_counts_fp32_and_each_method_with_their_ratio():
 
 def test_time_rounds_print_a_median_per_model_against_fp32():
     result = run_in_process("count_step_ops", *TINY, "--methods", "pact", "--threads", "1",
-                            "--foreach", "--time-rounds", "3")
+                            "--adam", "foreach", "--time-rounds", "3")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     header = next(i for i, line in enumerate(lines) if "median ms" in line)
@@ -46,3 +46,19 @@ def test_bad_input_is_one_error_line():
         assert result.returncode == 2
         errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
         assert len(errors) == 1 and message in errors[0], result.stderr
+
+
+def test_several_adam_kinds_are_rows_of_one_run_each_against_its_own_fp32():
+    result = run_in_process("count_step_ops", *TINY, "--methods", "ste", "--adam", "fused",
+                            "loop")
+    assert result.returncode == 0, result.stderr
+    rows = {line.split()[0]: line.split() for line in result.stdout.splitlines()[2:]}
+    assert list(rows) == ["fp32/fused", "ste/fused", "fp32/loop", "ste/loop"]
+    leaf = {name: int(row[2]) for name, row in rows.items()}
+    for kind in ("fused", "loop"):
+        assert rows[f"fp32/{kind}"][3] == "1.00x"
+        assert rows[f"ste/{kind}"][3] == f"{leaf[f'ste/{kind}'] / leaf[f'fp32/{kind}']:.2f}x"
+    # the fused Adam updates every parameter in one operator; the loop runs several per
+    # parameter, and the forward and backward are the same
+    assert leaf["fp32/fused"] < leaf["fp32/loop"]
+    assert leaf["ste/loop"] - leaf["ste/fused"] == leaf["fp32/loop"] - leaf["fp32/fused"] > 0

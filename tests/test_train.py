@@ -1,4 +1,5 @@
 """Trainer: learning, early stopping, atomic checkpoints, resume, NaN handling."""
+import copy
 import json
 
 import pytest
@@ -358,3 +359,51 @@ def test_init_from_an_unfinished_run_says_so(tmp_path):
     assert result.returncode == 0, result.stderr
     assert (f"note: --init-from {fp32} has not finished training (epoch 1); fine-tuning starts "
             "from its best model so far (epoch 1)") in result.stderr
+
+
+def _adam_reference_step(p, grad, m, v, t, lr, betas, wd, eps=1e-8):
+    """Kingma & Ba's Adam (torch's L2 weight decay folded into the gradient), in float64."""
+    g = grad + wd * p
+    m = betas[0] * m + (1 - betas[0]) * g
+    v = betas[1] * v + (1 - betas[1]) * g * g
+    m_hat, v_hat = m / (1 - betas[0] ** t), v / (1 - betas[1] ** t)
+    return p - lr * m_hat / (v_hat.sqrt() + eps), m, v
+
+
+def test_trainer_adam_is_fused_and_steps_by_adams_formula(cyclic_split, tmp_path):
+    from qat.train import make_adam
+    trainer = make_trainer(cyclic_split, tmp_path, weight_decay=0.01)
+    assert trainer.optimizer.defaults["fused"] is True  # CPU float parameters: the fused kernel
+    torch.manual_seed(1)
+    w = torch.nn.Parameter(torch.randn(7, 5))
+    optimizer = make_adam([{"params": [w]}], lr=1e-2, weight_decay=0.01)
+    p, m, v = w.detach().double().clone(), torch.zeros(7, 5, dtype=torch.float64), 0
+    v = torch.zeros_like(m)
+    for t in range(1, 4):
+        grad = torch.randn(7, 5)
+        w.grad = grad.clone()
+        optimizer.step()
+        p, m, v = _adam_reference_step(p, grad.double(), m, v, t, 1e-2, (0.9, 0.98), 0.01)
+        torch.testing.assert_close(w.detach().double(), p, rtol=1e-6, atol=1e-7)
+
+
+def test_fused_adam_resumes_the_state_of_the_per_parameter_loop():
+    """A checkpoint written by the loop implementation (runs before the fused one) resumes."""
+    from qat.train import make_adam
+    torch.manual_seed(2)
+    grads = [torch.randn(4, 3) for _ in range(4)]
+    a = torch.nn.Parameter(torch.randn(4, 3))
+    b = torch.nn.Parameter(a.detach().clone())
+    loop = torch.optim.Adam([a], lr=1e-2, betas=(0.9, 0.98), foreach=False)
+    for grad in grads[:2]:
+        a.grad = grad.clone()
+        loop.step()
+    fused = make_adam([{"params": [b]}], lr=1e-2, weight_decay=0.0)
+    b.data.copy_(a.detach())
+    fused.load_state_dict(copy.deepcopy(loop.state_dict()))  # as read back from a checkpoint
+    for grad in grads[2:]:
+        a.grad, b.grad = grad.clone(), grad.clone()
+        loop.step()
+        fused.step()
+    assert fused.state[b]["step"].item() == 4
+    torch.testing.assert_close(b.detach(), a.detach(), rtol=1e-6, atol=1e-7)
