@@ -124,6 +124,24 @@ def make_adam(groups: list[dict[str, Any]], *, lr: float, weight_decay: float) -
                             fused=fused or None)
 
 
+IMPLEMENTATION_KEYS = ("fused", "foreach", "capturable", "differentiable")
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """``optimizer.load_state_dict(state)``, keeping ``optimizer``'s implementation.
+
+    torch takes every group option from the saved state, the implementation flags included:
+    a checkpoint of the per-parameter loop would silently turn the fused Adam back into the
+    loop, and one written with ``fused=True`` would fail on a device without the kernel. The
+    implementation is this machine's choice (``make_adam``), not part of the run's state.
+    """
+    kept = [{key: group[key] for key in IMPLEMENTATION_KEYS if key in group}
+            for group in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, implementation in zip(optimizer.param_groups, kept):
+        group.update(implementation)
+
+
 class Trainer:
     """Trains ``model`` on ``split`` and writes the run folder ``out_dir``.
 
@@ -400,7 +418,7 @@ class Trainer:
 
     def _load_snapshot(self, snapshot: dict[str, Any]) -> None:
         self.model.load_state_dict(snapshot["model"])
-        self.optimizer.load_state_dict(snapshot["optimizer"])
+        load_optimizer_state(self.optimizer, snapshot["optimizer"])
 
     def _check_resumable(self, ckpt: dict[str, Any]) -> None:
         """Refuse (``ValueError``) a resume whose settings differ from the checkpoint's."""
@@ -441,7 +459,7 @@ class Trainer:
     def _restore(self, ckpt: dict[str, Any]) -> dict[str, Any]:
         state = ckpt["state"]
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(self.optimizer, state["optimizer"])
         self.rng.bit_generator.state = state["numpy_rng"]
         if self.sampler is not None:
             self.sampler.set_state(state["sampler_rng"])

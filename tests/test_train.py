@@ -388,8 +388,9 @@ def test_trainer_adam_is_fused_and_steps_by_adams_formula(cyclic_split, tmp_path
 
 
 def test_fused_adam_resumes_the_state_of_the_per_parameter_loop():
-    """A checkpoint written by the loop implementation (runs before the fused one) resumes."""
-    from qat.train import make_adam
+    """A checkpoint written by the loop implementation (runs before the fused one) resumes,
+    and the optimizer stays fused."""
+    from qat.train import load_optimizer_state, make_adam
     torch.manual_seed(2)
     grads = [torch.randn(4, 3) for _ in range(4)]
     a = torch.nn.Parameter(torch.randn(4, 3))
@@ -400,10 +401,23 @@ def test_fused_adam_resumes_the_state_of_the_per_parameter_loop():
         loop.step()
     fused = make_adam([{"params": [b]}], lr=1e-2, weight_decay=0.0)
     b.data.copy_(a.detach())
-    fused.load_state_dict(copy.deepcopy(loop.state_dict()))  # as read back from a checkpoint
+    load_optimizer_state(fused, copy.deepcopy(loop.state_dict()))  # as read from a checkpoint
+    assert fused.param_groups[0]["fused"] is True  # torch's load would take the loop's None
     for grad in grads[2:]:
         a.grad, b.grad = grad.clone(), grad.clone()
         loop.step()
         fused.step()
     assert fused.state[b]["step"].item() == 4
     torch.testing.assert_close(b.detach(), a.detach(), rtol=1e-6, atol=1e-7)
+
+
+def test_a_fused_adam_checkpoint_resumes_into_the_loop_where_there_is_no_kernel():
+    from qat.train import load_optimizer_state, make_adam
+    w = torch.nn.Parameter(torch.randn(3))
+    fused = make_adam([{"params": [w]}], lr=1e-2, weight_decay=0.0)
+    w.grad = torch.ones(3)
+    fused.step()
+    loop = torch.optim.Adam([w], lr=1e-2, betas=(0.9, 0.98), foreach=False)
+    load_optimizer_state(loop, copy.deepcopy(fused.state_dict()))
+    assert loop.param_groups[0]["fused"] is None and loop.param_groups[0]["foreach"] is False
+    assert loop.state[w]["step"].item() == 1
