@@ -32,7 +32,7 @@ def build_sequences(
     source: str,
     item_noun: str = "interactions",
     item_param: str = "min_item_interactions",
-) -> tuple[dict[int, list[int]], int, np.ndarray]:
+) -> tuple[dict[int, list[int]], int, np.ndarray, np.ndarray]:
     """Filter, time-sort and renumber rows given as integer codes.
 
     Steps, in order:
@@ -55,7 +55,8 @@ def build_sequences(
         item_noun, item_param: words for the item threshold in messages.
 
     Returns:
-        ``(sequences, U, item_order)``: ``item_order[i - 1]`` is the code of new item ``i``.
+        ``(sequences, U, item_order, user_order)``: ``item_order[i - 1]`` is the code of new
+        item ``i``, ``user_order[u - 1]`` the ``user_rank`` of new user ``u``.
 
     Raises:
         ValueError: if no row is left.
@@ -73,7 +74,7 @@ def build_sequences(
     user_rank, item_code = user_rank[order], item_code[order]
     order = np.argsort(user_rank, kind="stable")
     user_rank, item_code = user_rank[order], item_code[order]
-    _, users = np.unique(user_rank, return_inverse=True)
+    user_order, users = np.unique(user_rank, return_inverse=True)
     users = users.reshape(-1) + 1
     old_items, first_index, item_inverse = np.unique(
         item_code, return_index=True, return_inverse=True
@@ -88,7 +89,7 @@ def build_sequences(
     item_list = items.tolist()
     heads = users[edges[:-1]].tolist()
     sequences = {u: item_list[a:b] for u, a, b in zip(heads, edges[:-1], edges[1:], strict=True)}
-    return sequences, int(users[-1]), old_items[by_appearance]
+    return sequences, int(users[-1]), old_items[by_appearance], user_order
 
 
 def drop_short_users(dataset: SequenceDataset, min_user: int) -> SequenceDataset:
@@ -97,7 +98,7 @@ def drop_short_users(dataset: SequenceDataset, min_user: int) -> SequenceDataset
     Users and items are renumbered as preprocessing does (users in ascending old id, items by
     first appearance), so on a preprocessed dataset this equals preprocessing the raw log with
     ``min_user_interactions=min_user``: the item threshold is applied first either way. The
-    item id map, if any, follows the new item ids.
+    item id map, if any, follows the new item ids, and the raw user ids the new user ids.
     """
     if min_user <= 1:
         return dataset
@@ -107,9 +108,11 @@ def drop_short_users(dataset: SequenceDataset, min_user: int) -> SequenceDataset
     items = np.fromiter((i for u in users for i in dataset.sequences[u]), dtype=np.int64,
                         count=int(lengths.sum()))
     position = np.arange(items.size, dtype=np.int64)  # keeps every user's order
-    sequences, num_users, item_order = build_sequences(
+    sequences, num_users, item_order, user_order = build_sequences(
         user_rank, items, position, min_item=0, min_user=min_user, source=dataset.source
     )
+    old_users = dataset.raw_user_ids()
+    user_ids = tuple(old_users[users[r] - 1] for r in user_order.tolist())
     item_ids = None
     if dataset.item_ids is not None:
         old = dataset.item_ids
@@ -117,7 +120,7 @@ def drop_short_users(dataset: SequenceDataset, min_user: int) -> SequenceDataset
         item_ids = ItemIds(tuple(old.raw[i] for i in picked),
                            None if old.titles is None else tuple(old.titles[i] for i in picked))
     return SequenceDataset(sequences=sequences, num_users=num_users, num_items=len(item_order),
-                           source=dataset.source, item_ids=item_ids)
+                           source=dataset.source, item_ids=item_ids, user_ids=user_ids)
 
 
 def _drop_rare(rows: tuple[np.ndarray, ...], codes: np.ndarray, minimum: int, what: str,

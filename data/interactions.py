@@ -191,7 +191,8 @@ def preprocess_interactions(
         titles: raw item id -> title; items without one get ``""``. None: no titles.
 
     Returns:
-        The dataset with ``item_ids`` (raw ids of items ``1..I``, and titles if given).
+        The dataset with ``item_ids`` (raw ids of items ``1..I``, and titles if given) and
+        ``user_ids`` (raw ids of users ``1..U``).
 
     Raises:
         ValueError: a negative threshold, or no interaction left.
@@ -208,7 +209,7 @@ def preprocess_interactions(
         order = sorted(range(len(users)), key=users.__getitem__)
     rank = np.empty(len(users), dtype=np.int64)
     rank[np.asarray(order, dtype=np.int64)] = np.arange(len(users), dtype=np.int64)
-    sequences, num_users, item_order = build_sequences(
+    sequences, num_users, item_order, user_order = build_sequences(
         rank[interactions.user_codes],
         interactions.item_codes,
         interactions.timestamps,
@@ -224,6 +225,7 @@ def preprocess_interactions(
         num_items=len(raw),
         source=interactions.source,
         item_ids=ItemIds(raw, item_titles),
+        user_ids=tuple(users[order[r]] for r in user_order.tolist()),
     )
 
 

@@ -90,6 +90,10 @@ class ItemIds:
         """The title of internal item ``internal``, or None when the source had none."""
         return None if self.titles is None else self.titles[internal - 1]
 
+    def __contains__(self, raw: object) -> bool:
+        """Whether raw item ``raw`` (compared as text) is one of the map's items."""
+        return str(raw) in self._index
+
     def internal_id(self, raw: str) -> int:
         """The internal id of raw item ``raw``; ``UnknownItemError`` if the model lacks it."""
         try:

@@ -114,8 +114,9 @@ def preprocess_ratings(
         source: recorded in ``SequenceDataset.source``.
 
     Returns:
-        The dataset with ``num_users = U``, ``num_items = I`` and ``item_ids`` holding the raw
-        movie ids (``"1193"``), without titles (``load_movielens_raw`` adds them).
+        The dataset with ``num_users = U``, ``num_items = I``, ``item_ids`` holding the raw
+        movie ids (``"1193"``), without titles (``load_movielens_raw`` adds them), and
+        ``user_ids`` the raw user ids.
 
     Raises:
         ValueError: if ``ratings`` is not ``(N, 3)``, a threshold is negative, or no interaction
@@ -127,9 +128,9 @@ def preprocess_ratings(
         raise ValueError(
             f"ratings must have shape (N, 3) as (user, movie, timestamp), got {table.shape}"
         )
-    _, user_rank = np.unique(table[:, 0], return_inverse=True)
+    raw_users, user_rank = np.unique(table[:, 0], return_inverse=True)
     movies, movie_code = np.unique(table[:, 1], return_inverse=True)
-    sequences, num_users, item_order = build_sequences(
+    sequences, num_users, item_order, user_order = build_sequences(
         user_rank.reshape(-1),
         movie_code.reshape(-1),
         table[:, 2],
@@ -145,6 +146,7 @@ def preprocess_ratings(
         num_items=len(item_order),
         source=source,
         item_ids=ItemIds(tuple(str(m) for m in movies[item_order].tolist())),
+        user_ids=tuple(str(u) for u in raw_users[user_order].tolist()),
     )
 
 

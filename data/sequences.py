@@ -20,6 +20,7 @@ import hashlib
 import os
 import re
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from pathlib import Path
 
 import numpy as np
@@ -44,10 +45,14 @@ class SequenceDataset:
         item_ids: the raw id (and title, where the source has titles) of every internal item
             ``1..num_items``, or None when the ids are already the source's ids (a SASRec text
             file: use ``ItemIds.identity(num_items)``). Not part of ``fingerprint()``.
+        user_ids: the raw id of every user ``1..num_users`` (``user_ids[u - 1]``), or None when
+            the ids are the source's (a SASRec text file); ``raw_user_ids()`` gives them either
+            way. Not part of ``fingerprint()`` or of equality.
 
     Raises:
         ValueError: if a user id exceeds ``num_users``, an item id is outside
-            ``1..num_items``, or ``item_ids`` holds another number of items.
+            ``1..num_items``, ``item_ids`` holds another number of items, or ``user_ids``
+            another number of users.
     """
 
     sequences: dict[int, list[int]]
@@ -55,8 +60,12 @@ class SequenceDataset:
     num_items: int
     source: str
     item_ids: ItemIds | None = None
+    user_ids: tuple[str, ...] | None = dataclass_field(default=None, compare=False)
 
     def __post_init__(self) -> None:
+        if self.user_ids is not None and len(self.user_ids) != self.num_users:
+            raise ValueError(f"{self.source}: user_ids names {len(self.user_ids)} users but the "
+                             f"dataset has num_users={self.num_users}")
         if self.item_ids is not None and self.item_ids.num_items != self.num_items:
             raise ValueError(
                 f"{self.source}: item_ids maps {self.item_ids.num_items} items but the dataset "
@@ -76,6 +85,13 @@ class SequenceDataset:
                     f"{self.source}: item ids span {lo}..{hi} but must lie in "
                     f"1..num_items={self.num_items} (0 is the padding id)"
                 )
+
+    def raw_user_ids(self) -> tuple[str, ...]:
+        """The raw id of every user ``1..num_users``: ``user_ids``, or the internal ids as text
+        when the source's ids are the internal ones."""
+        if self.user_ids is not None:
+            return self.user_ids
+        return tuple(str(u) for u in range(1, self.num_users + 1))
 
     @property
     def num_interactions(self) -> int:

@@ -374,10 +374,10 @@ def read_history_file(path: str | os.PathLike) -> tuple[list[int], list[list[str
 
 
 def format_recommendations(results: list[list[Recommendation]],
-                           lines: Sequence[int] | None = None) -> list[str]:
+                           lines: Sequence[int | str] | None = None) -> list[str]:
     """``rank<TAB>raw id<TAB>score[<TAB>title]`` per recommendation (score to 6 decimals, the
     title when there is one), prefixed with ``lines[i]<TAB>`` (the user's line number in a
-    history file) when ``lines`` is given."""
+    history file, or their raw user id) when ``lines`` is given."""
     out = []
     for i, recs in enumerate(results):
         prefix = f"{lines[i]}\t" if lines is not None else ""

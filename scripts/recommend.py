@@ -5,11 +5,24 @@ Examples:
     python scripts/recommend.py --model runs/lsq/model_int8_fused_top_k.onnx --history 1193 661 914
     python scripts/recommend.py --model runs/fp32/model_fp32.onnx --history-file users.txt --k 5
     python scripts/recommend.py --model runs/lsq --history 1193 661 914   # the run's fastest graph
+    python scripts/recommend.py --model runs/lsq --data my_log.csv --out recs.tsv  # every user
 
 --history: one user's raw item ids (as in the data: ML-1M movie ids, ...), oldest first.
 --history-file: one user per line, raw ids separated by spaces or commas; blank lines are
 skipped. Each output line is "rank<TAB>raw id<TAB>score[<TAB>title]" (the title when the model's
-item id map has titles); with --history-file each line starts with the user's line number.
+item id map has titles); with --history-file each line starts with the user's line number
+(--batch-size users per onnxruntime run; the lines are printed once every user is scored).
+
+--data: every user of an interaction log (any --data train_qat.py reads: a dataset name, a
+SASRec text file, ratings.dat, a .csv/.tsv/.parquet log with --columns and
+--min-user-interactions), or the --users named, each from their whole history in the log (time
+order, the test item included). Each line is "user<TAB>rank<TAB>raw id<TAB>score[<TAB>title]",
+users by raw id in ascending order (or as --users lists them), --batch-size users per
+onnxruntime run, a progress bar on stderr; --out writes the lines to a file (atomically: a
+crash leaves no half file), else they go to stdout. Items of the log the model does not know
+are an error naming them, before anything is written; --drop-unknown-items leaves them out of
+the histories (counted on stderr; a user left with none gets no list). The logic is
+export/recommend_log.py.
 
 Items of the history are never recommended; equal scores rank the lower internal id first; an
 empty history is refused (the model never learnt to predict from nothing). Any exported model
@@ -23,16 +36,22 @@ A run folder serves its first graph in export.recommend.SERVING_PREFERENCE among
 parity.json describes (export_int8.py's record), and refuses graphs exported from another model
 file than the folder's.
 
-Exit status: 0 done; 2 bad input (one error: line: unknown item ids, all named; a missing or
-unloadable model file; a run folder whose graphs are of another model; an empty history).
+Exit status: 0 done; 2 bad input (one error: line: unknown item or user ids, all named; a
+missing or unloadable model file or log; a run folder whose graphs are of another model; an
+empty history).
 """
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
+from typing import TextIO
 
-from data import UnknownItemError
+from onnxruntime import InferenceSession
+from tqdm.auto import tqdm
+
+from data import ItemIds, UnknownItemError, load_dataset
+from data.atomic import atomic_write
 from export import native_ops
 from export.recommend import (
     embedded_item_ids,
@@ -42,7 +61,12 @@ from export.recommend import (
     recommend,
     serving_model_path,
 )
-from qat.cli import ArgumentParser, run_cli, threads_arg
+from export.recommend_log import (
+    DEFAULT_BATCH_SIZE,
+    recommend_in_batches,
+    user_histories,
+)
+from qat.cli import ArgumentParser, check_output_file, run_cli, threads_arg
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -56,7 +80,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="one user's raw item ids, oldest first")
     source.add_argument("--history-file", type=Path, metavar="FILE",
                         help="one user per line: raw item ids separated by spaces or commas")
+    source.add_argument("--data", metavar="PATH_OR_NAME",
+                        help="every user of this interaction log (as train_qat.py's --data), "
+                             "each from their whole history")
+    log = p.add_argument_group("with --data")
+    log.add_argument("--columns", default=None, metavar="USER,ITEM,TIMESTAMP",
+                     help="CSV/TSV/parquet logs: the user, item and timestamp columns (as "
+                          "train_qat.py's)")
+    log.add_argument("--min-user-interactions", type=int, default=1, metavar="N",
+                     help="drop users with fewer interactions, as train_qat.py (default 1)")
+    log.add_argument("--cache-dir", type=Path, default=None,
+                     help="download cache of named datasets (as train_qat.py's)")
+    log.add_argument("--users", nargs="+", metavar="RAW_USER_ID",
+                     help="only these users, in this order (default: every user)")
+    log.add_argument("--drop-unknown-items", action="store_true",
+                     help="leave items the model does not know out of the histories instead "
+                          "of failing")
+    log.add_argument("--out", type=Path, default=None,
+                     help="write the lines to this file (default: stdout)")
     p.add_argument("--k", type=int, default=10, help="recommendations per user (default 10)")
+    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
+                   help=f"users per onnxruntime run, --history-file and --data (default "
+                        f"{DEFAULT_BATCH_SIZE})")
     p.add_argument("--threads", type=threads_arg, default=0,
                    help="onnxruntime intra-op threads (0 = library default)")
     return p.parse_args(argv)
@@ -69,20 +114,29 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None) -> int:
     args = parse_args(argv)
+    if args.data is None:
+        used = [flag for flag, value in (("--columns", args.columns), ("--users", args.users),
+                                         ("--out", args.out), ("--cache-dir", args.cache_dir))
+                if value is not None]
+        used += [flag for flag, given in (
+            ("--min-user-interactions", args.min_user_interactions != 1),
+            ("--drop-unknown-items", args.drop_unknown_items)) if given]
+        if used:
+            raise ValueError(f"{', '.join(used)} only apply with --data")
+    else:
+        return _recommend_log(args)
     if args.history_file is not None:
         lines, histories = read_history_file(args.history_file)
     else:
         lines, histories = [], [args.history]
-    model = serving_model_path(args.model)
-    if model != args.model:
-        print(f"note: serving {model}", file=sys.stderr)
-    session, item_ids = load_recommender(model, threads=args.threads)
-    if embedded_item_ids(session) is None:
-        print(f"note: {model} carries no item id map (exported before maps were "
-              f"embedded): raw ids are its internal ids 1..{item_ids.num_items}",
-              file=sys.stderr)
+    session, item_ids = _load(args)
     try:
-        results = recommend(session, histories, args.k, item_ids=item_ids)
+        if args.batch_size < 1:
+            raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+        results = []  # printed once all are scored: an error leaves no partial output
+        for start in range(0, len(histories), args.batch_size):
+            results += recommend(session, histories[start:start + args.batch_size], args.k,
+                                 item_ids=item_ids)
     except UnknownItemError as err:
         if not lines:
             raise
@@ -96,6 +150,69 @@ def _main(argv: list[str] | None) -> int:
             where = f"line {lines[i]}" if lines else "the history"
             print(f"note: {where}: {len(recs)} of the {args.k} asked for; the history covers "
                   f"the rest of the {item_ids.num_items} items", file=sys.stderr)
+    return 0
+
+
+def _load(args: argparse.Namespace) -> tuple[InferenceSession, ItemIds]:
+    """``--model``'s session and item map, with notes on which graph a run folder serves and on
+    a model without an embedded map."""
+    model = serving_model_path(args.model)
+    if model != args.model:
+        print(f"note: serving {model}", file=sys.stderr)
+    session, item_ids = load_recommender(model, threads=args.threads)
+    if embedded_item_ids(session) is None:
+        print(f"note: {model} carries no item id map (exported before maps were "
+              f"embedded): raw ids are its internal ids 1..{item_ids.num_items}",
+              file=sys.stderr)
+    return session, item_ids
+
+
+def _recommend_log(args: argparse.Namespace) -> int:
+    """--data: every (or every --users) user of the log, batch by batch, to --out or stdout."""
+    if args.k < 1:
+        raise ValueError(f"--k must be >= 1, got {args.k}")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    check_output_file(args.out)
+    session, item_ids = _load(args)  # before the log: a bad model fails fast
+    dataset = load_dataset(args.data, args.cache_dir, columns=args.columns,
+                           min_user_interactions=args.min_user_interactions)
+    try:
+        histories = user_histories(dataset, item_ids, users=args.users,
+                                   drop_unknown_items=args.drop_unknown_items)
+    except UnknownItemError as err:
+        raise ValueError(f"{dataset.source}: {err}; --drop-unknown-items leaves them out of "
+                         "the histories") from err
+    if histories.dropped_items:
+        print(f"note: {histories.dropped_items} interaction(s) with items the model does not "
+              "know were left out", file=sys.stderr)
+    if histories.skipped_users:
+        shown = ", ".join(histories.skipped_users[:10])
+        more = f" and {len(histories.skipped_users) - 10} more" \
+            if len(histories.skipped_users) > 10 else ""
+        print(f"note: no list for {len(histories.skipped_users)} user(s) left without a known "
+              f"item: {shown}{more}", file=sys.stderr)
+
+    def write(out: TextIO) -> None:
+        short = 0
+        with tqdm(total=len(histories.users), unit="user", file=sys.stderr,
+                  disable=None) as bar:
+            for users, lists in recommend_in_batches(session, histories, args.k,
+                                                     item_ids=item_ids,
+                                                     batch_size=args.batch_size):
+                for line in format_recommendations(lists, users):
+                    out.write(line + "\n")
+                short += sum(len(recs) < args.k for recs in lists)
+                bar.update(len(users))
+        if short:
+            print(f"note: {short} user(s) got fewer than {args.k}: their histories cover the "
+                  f"rest of the {item_ids.num_items} items", file=sys.stderr)
+
+    if args.out is None:
+        write(sys.stdout)
+    else:
+        atomic_write(args.out, write, mode="w")
+        print(f"wrote {len(histories.users)} users' lists to {args.out}", file=sys.stderr)
     return 0
 
 

@@ -61,6 +61,7 @@ def test_preprocess_exact(tmp_path):
     assert d.sequences == EXPECTED
     assert (d.num_users, d.num_items) == (3, 4)
     assert d.source == str(tmp_path / "ratings.dat")
+    assert d.user_ids == ("2", "3", "5")  # user 7 lost every rating: not a user any more
 
 
 def test_preprocess_from_tuples_and_source():

@@ -443,6 +443,21 @@ def test_cli_history_file_and_model_without_map(model_files, models, tmp_path):
     assert result.stdout.splitlines() == [
         f"{line}\t{r.rank}\t{r.item}\t{r.score:.6f}" for line, recs in zip((1, 3), want)
         for r in recs]  # the user's line number first; the blank line 2 skipped
+    batched = run_in_process("recommend", "--model", model_files["bare"], "--history-file",
+                             users, "--k", 3, "--batch-size", 1)
+    assert batched.returncode == 0 and batched.stdout == result.stdout
+
+
+def test_cli_history_file_batches_print_nothing_when_a_later_one_fails(model_files, tmp_path):
+    users = tmp_path / "users.txt"
+    users.write_text("sku100 sku101\nsku102\nsku101 zz\n")  # the unknown id on line 3
+    result = run_in_process("recommend", "--model", model_files["with_map"], "--history-file",
+                            users, "--batch-size", 1)
+    assert result.returncode == 2 and result.stdout == ""
+    assert f"error: {users}:3: unknown item id(s) 'zz'" in result.stderr
+    assert "--batch-size must be >= 1" in run_in_process(
+        "recommend", "--model", model_files["with_map"], "--history", "sku100",
+        "--batch-size", 0).stderr
 
 
 def test_cli_bad_input_is_one_error_line(model_files, tmp_path):

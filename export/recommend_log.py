@@ -1,0 +1,127 @@
+"""Top-k recommendations for every user of an interaction log, by raw user and item ids.
+
+    session, item_ids = load_recommender("runs/lsq")               # export.recommend
+    dataset = load_dataset("my_log.csv")                           # data.load_dataset
+    histories = user_histories(dataset, item_ids)
+    for users, lists in recommend_in_batches(session, histories, k=10, item_ids=item_ids):
+        ...
+
+A user's history is their whole sequence as the loader reads the log (time order, the same
+preprocessing as training: items below the minimum count dropped, ``--min-user-interactions``),
+all of it, the test item included: a recommendation is for what comes after everything seen.
+Items go through raw ids (the dataset's ``item_ids``, identity ids for a SASRec text file) into
+the model's map, so the log may be read another way than at training or be a newer one, as long
+as the model knows its items. Users are named by raw id (``SequenceDataset.raw_user_ids``).
+
+Rules (tests/test_recommend_log.py):
+
+* **Unknown items** (in the log, not in the model's catalogue) are an error naming them, before
+  anything is scored: ``data.UnknownItemError``. With ``drop_unknown_items`` they are left out
+  of the histories instead, counted in ``UserHistories.dropped_items``; a user left with no item
+  gets no list and is named in ``UserHistories.skipped_users``.
+* **Users** (``users``): raw ids to serve, in the order given, once each; an id the log lacks is
+  an error naming every such id. Default: every user of the log in internal order (ascending
+  raw id, as the loader numbers them).
+* The lists are ``export.recommend.recommend``'s (seen items excluded, ties to the lower
+  internal id), computed ``batch_size`` users per onnxruntime run.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
+
+import onnxruntime as ort
+
+from data import ItemIds, SequenceDataset, UnknownItemError
+from export.recommend import Recommendation, recommend
+
+DEFAULT_BATCH_SIZE = 256
+
+
+@dataclass
+class UserHistories:
+    """What ``user_histories`` prepared: the users to serve and their raw-id histories.
+
+    Attributes:
+        users: raw user ids, in serving order.
+        histories: ``histories[i]``: ``users[i]``'s raw item ids, oldest first.
+        dropped_items: interactions left out as unknown to the model (``drop_unknown_items``).
+        skipped_users: users left without a known item (no list for them).
+    """
+
+    users: list[str]
+    histories: list[list[str]]
+    dropped_items: int = 0
+    skipped_users: list[str] = field(default_factory=list)
+
+
+def user_histories(dataset: SequenceDataset, model_items: ItemIds, *,
+                   users: Sequence[str] | None = None,
+                   drop_unknown_items: bool = False) -> UserHistories:
+    """Each served user's history in raw item ids, checked against the model's map.
+
+    Args:
+        dataset: the log, as ``data.load_dataset`` read it.
+        model_items: the model's item map (``export.recommend.load_recommender``).
+        users: raw user ids to serve (default: all, in internal order).
+        drop_unknown_items: leave items the model does not know out of the histories instead
+            of failing.
+
+    Raises:
+        ValueError: ``users`` names ids the log lacks (all named), or is empty.
+        data.UnknownItemError: items of the served histories the model lacks (all named), unless
+            ``drop_unknown_items``.
+    """
+    raw_users = dataset.raw_user_ids()
+    if users is None:
+        picked = [u for u in range(1, dataset.num_users + 1) if dataset.sequences.get(u)]
+    else:
+        if not users:
+            raise ValueError("users is empty: name at least one user, or serve them all")
+        index = {raw: internal for internal, raw in enumerate(raw_users, start=1)}
+        wanted = list(dict.fromkeys(str(u) for u in users))
+        missing = [u for u in wanted if u not in index or not dataset.sequences.get(index[u])]
+        if missing:
+            shown = ", ".join(repr(u) for u in missing[:10])
+            more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
+            raise ValueError(f"user id(s) {shown}{more} not in {dataset.source} (users without "
+                             "an interaction left after preprocessing are not in it either)")
+        picked = [index[u] for u in wanted]
+    log_items = dataset.item_ids or ItemIds.identity(dataset.num_items)
+    raw_item = log_items.raw
+    out = UserHistories(users=[], histories=[])
+    unknown: dict[str, None] = {}
+    for user in picked:
+        history = [raw_item[i - 1] for i in dataset.sequences[user]]
+        known = [item for item in history if item in model_items]
+        if len(known) < len(history):
+            if not drop_unknown_items:
+                unknown.update((item, None) for item in history if item not in model_items)
+                continue
+            out.dropped_items += len(history) - len(known)
+            if not known:
+                out.skipped_users.append(raw_users[user - 1])
+                continue
+        out.users.append(raw_users[user - 1])
+        out.histories.append(known)
+    if unknown:
+        raise UnknownItemError(list(unknown))
+    return out
+
+
+def recommend_in_batches(session: ort.InferenceSession, histories: UserHistories, k: int = 10, *,
+                         item_ids: ItemIds | None = None,
+                         batch_size: int = DEFAULT_BATCH_SIZE,
+                         ) -> Iterator[tuple[list[str], list[list[Recommendation]]]]:
+    """``(users, lists)`` for each run of ``batch_size`` users, in serving order
+    (``export.recommend.recommend`` on each batch).
+
+    Raises:
+        ValueError: ``batch_size`` < 1, and what ``recommend`` raises.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    for start in range(0, len(histories.users), batch_size):
+        stop = start + batch_size
+        yield (histories.users[start:stop],
+               recommend(session, histories.histories[start:stop], k, item_ids=item_ids))
