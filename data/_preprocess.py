@@ -131,7 +131,8 @@ def _drop_rare(rows: tuple[np.ndarray, ...], codes: np.ndarray, minimum: int, wh
     if not keep.all():
         rows = tuple(column[keep] for column in rows)
     if rows[0].size == 0:
-        fix = (f"lower --min-user-interactions ({param}=)" if param == "min_user_interactions"
+        fix = ("lower --min-user-interactions (data.load_dataset's min_user_interactions)"
+               if param == "min_user_interactions"
                else f"the log needs items seen at least {minimum} times, as the ML-1M "
                     f"preprocessing rule ({param}= of data.load_interactions)")
         raise ValueError(f"{source or 'ratings'}: no interactions left after dropping {what}; "

@@ -90,6 +90,11 @@ class ItemIds:
         """The title of internal item ``internal``, or None when the source had none."""
         return None if self.titles is None else self.titles[internal - 1]
 
+    @property
+    def is_identity(self) -> bool:
+        """Whether raw id ``"i"`` is internal item ``i`` for every item (``identity``)."""
+        return all(raw == str(i) for i, raw in enumerate(self.raw, start=1))
+
     def __contains__(self, raw: object) -> bool:
         """Whether raw item ``raw`` (compared as text) is one of the map's items."""
         return str(raw) in self._index

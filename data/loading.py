@@ -22,6 +22,7 @@ def load_dataset(
     mirror: str | None = None,
     columns: Columns = None,
     min_user_interactions: int = 1,
+    min_item_interactions: int | None = None,
 ) -> SequenceDataset:
     """Load sequences from a dataset name or a file.
 
@@ -58,6 +59,11 @@ def load_dataset(
             with 1 or 2 interactions then only train (the leave-one-out split evaluates users
             with at least 3). Applies to named datasets and raw files; a SASRec text file is
             already preprocessed and takes only the default.
+        min_item_interactions: raw sources (logs, ``ratings.dat``, zips) drop items with fewer
+            interactions; default None: the ML-1M rule, 5. 0 or 1 keeps every item (serving a
+            log: ``export.recommend_log``, where an item the model does not know is handled
+            there). A SASRec text file or a named dataset's cache is read as it is (already
+            filtered when it was written), so it takes only None, 0 or 1.
 
     Returns:
         The dataset.
@@ -71,12 +77,19 @@ def load_dataset(
     """
     if min_user_interactions < 0:
         raise ValueError(f"min_user_interactions must be >= 0, got {min_user_interactions}")
+    if min_item_interactions is not None and min_item_interactions < 0:
+        raise ValueError(f"min_item_interactions must be >= 0, got {min_item_interactions}")
     is_log = Path(path_or_name).suffix.lower() in SUFFIXES
     is_name = isinstance(path_or_name, str) and path_or_name in DATASETS
     if columns is not None and (is_name or not is_log):
         raise ValueError(
-            f"{path_or_name}: columns= applies to {', '.join(SUFFIXES)} interaction logs only"
+            f"{path_or_name}: columns= (--columns) applies to {', '.join(SUFFIXES)} "
+            "interaction logs only"
         )
+    if not (is_log or min_item_interactions is None or min_item_interactions <= 1) and (
+            is_name or not _is_raw(Path(path_or_name))):
+        raise ValueError(f"{path_or_name}: min_item_interactions applies to raw logs; a SASRec "
+                         "text file or a named dataset's cache is already filtered")
     if is_name:
         dataset = read_sasrec_text(fetch_dataset(path_or_name, cache_dir, url=mirror))
         return drop_short_users(dataset, min_user_interactions)
@@ -93,15 +106,25 @@ def load_dataset(
         )
     if is_log:
         return load_interactions(path, columns=columns,
-                                 min_user_interactions=min_user_interactions)
+                                 min_user_interactions=min_user_interactions,
+                                 **({} if min_item_interactions is None else
+                                    {"min_item_interactions": min_item_interactions}))
     if _is_movielens_raw(path):
-        return load_movielens_raw(path, min_user_interactions=min_user_interactions)
+        return load_movielens_raw(path, min_user_interactions=min_user_interactions,
+                                  **({} if min_item_interactions is None else
+                                     {"min_item_ratings": min_item_interactions}))
     if min_user_interactions > 1:
         raise ValueError(
-            f"{path}: min_user_interactions applies to raw logs; a SASRec text file is already "
-            "preprocessed (filter it before writing it, or load the raw log)"
+            f"{path}: min_user_interactions (--min-user-interactions) applies to raw logs; a "
+            "SASRec text file is already preprocessed (filter it before writing it, or load the "
+            "raw log)"
         )
     return read_sasrec_text(path)
+
+
+def _is_raw(path: Path) -> bool:
+    """A source read with the preprocessing rules (a log or raw MovieLens), not a text file."""
+    return path.suffix.lower() in SUFFIXES or (path.is_file() and _is_movielens_raw(path))
 
 
 def _is_movielens_raw(path: Path) -> bool:

@@ -23,6 +23,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
+from pathlib import Path
 from typing import Callable, NoReturn, Sequence
 
 from data import DownloadError
@@ -70,11 +72,26 @@ def threads_arg(text: str) -> int:
     return value
 
 
-def check_output_file(path: str | os.PathLike | None, flag: str = "--out") -> None:
-    """Refuse, before any work, an output file path that names a folder (``ValueError``: the
-    error line says so); None (no output asked for) passes."""
-    if path is not None and os.path.isdir(path):
-        raise ValueError(f"{flag} {path} is a folder; give a file name for the JSON")
+def check_output_file(path: str | os.PathLike | None, flag: str = "--out", *,
+                      what: str = "the JSON") -> None:
+    """Refuse, before any work, an output file path that names a folder or where no file can be
+    created (``ValueError``: the error line names ``flag``); None (no output asked for) passes.
+
+    The probe is a temporary file in the nearest existing folder above ``path`` (the writers
+    make missing folders), removed at once: nothing is left behind.
+    """
+    if path is None:
+        return
+    if os.path.isdir(path):
+        raise ValueError(f"{flag} {path} is a folder; give a file name for {what}")
+    folder = Path(path).absolute().parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise ValueError(f"{flag} {path}: cannot write there ({err.strerror or err})") from err
 
 
 def error_line(err: BaseException) -> str:

@@ -15,14 +15,18 @@ item id map has titles); with --history-file each line starts with the user's li
 
 --data: every user of an interaction log (any --data train_qat.py reads: a dataset name, a
 SASRec text file, ratings.dat, a .csv/.tsv/.parquet log with --columns and
---min-user-interactions), or the --users named, each from their whole history in the log (time
-order, the test item included). Each line is "user<TAB>rank<TAB>raw id<TAB>score[<TAB>title]",
-users by raw id in ascending order (or as --users lists them), --batch-size users per
+--min-user-interactions), or the --users named (each once), each from their whole history in
+the log (time order, the test item included; no item is dropped for being rare). Each line is
+"user<TAB>rank<TAB>raw id<TAB>score[<TAB>title]", users by raw id (ascending: numerically when
+every id is an integer, else by code point; or as --users lists them), --batch-size users per
 onnxruntime run, a progress bar on stderr; --out writes the lines to a file (atomically: a
-crash leaves no half file), else they go to stdout. Items of the log the model does not know
-are an error naming them, before anything is written; --drop-unknown-items leaves them out of
-the histories (counted on stderr; a user left with none gets no list). The logic is
-export/recommend_log.py.
+crash leaves no half file), else they stream to stdout. Items of the log the model does not
+know (new ones, or too rare to train on) cannot be read or recommended by it: they are left out
+of the histories with a note on stderr (--unknown-items error refuses them instead, naming them,
+before anything is written); a user left without an item gets no list and is named; no user
+left at all is an error. The log must speak the model's raw ids: a model trained on a SASRec
+text file without an item map knows internal ids, so serve it that file, not the raw log.
+The logic is export/recommend_log.py.
 
 Items of the history are never recommended; equal scores rank the lower internal id first; an
 empty history is refused (the model never learnt to predict from nothing). Any exported model
@@ -45,7 +49,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import TextIO
+from typing import Iterable, TextIO
 
 from onnxruntime import InferenceSession
 from tqdm.auto import tqdm
@@ -63,6 +67,8 @@ from export.recommend import (
 )
 from export.recommend_log import (
     DEFAULT_BATCH_SIZE,
+    SERVING_LOAD,
+    UNKNOWN_ITEMS,
     recommend_in_batches,
     user_histories,
 )
@@ -87,15 +93,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     log.add_argument("--columns", default=None, metavar="USER,ITEM,TIMESTAMP",
                      help="CSV/TSV/parquet logs: the user, item and timestamp columns (as "
                           "train_qat.py's)")
-    log.add_argument("--min-user-interactions", type=int, default=1, metavar="N",
-                     help="drop users with fewer interactions, as train_qat.py (default 1)")
+    log.add_argument("--min-user-interactions", type=int, default=None, metavar="N",
+                     help="drop users with fewer interactions, as train_qat.py (default 1: "
+                          "none); items are never dropped for being rare")
     log.add_argument("--cache-dir", type=Path, default=None,
                      help="download cache of named datasets (as train_qat.py's)")
     log.add_argument("--users", nargs="+", metavar="RAW_USER_ID",
-                     help="only these users, in this order (default: every user)")
-    log.add_argument("--drop-unknown-items", action="store_true",
-                     help="leave items the model does not know out of the histories instead "
-                          "of failing")
+                     help="only these users, in this order, each once (default: every user)")
+    log.add_argument("--unknown-items", choices=UNKNOWN_ITEMS, default=None,
+                     help="items of the log the model does not know: drop them from the "
+                          "histories, counted on stderr (default), or error")
     log.add_argument("--out", type=Path, default=None,
                      help="write the lines to this file (default: stdout)")
     p.add_argument("--k", type=int, default=10, help="recommendations per user (default 10)")
@@ -115,24 +122,21 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str] | None) -> int:
     args = parse_args(argv)
     if args.data is None:
-        used = [flag for flag, value in (("--columns", args.columns), ("--users", args.users),
-                                         ("--out", args.out), ("--cache-dir", args.cache_dir))
-                if value is not None]
-        used += [flag for flag, given in (
-            ("--min-user-interactions", args.min_user_interactions != 1),
-            ("--drop-unknown-items", args.drop_unknown_items)) if given]
+        used = [flag for flag, value in (
+            ("--columns", args.columns), ("--min-user-interactions", args.min_user_interactions),
+            ("--cache-dir", args.cache_dir), ("--users", args.users),
+            ("--unknown-items", args.unknown_items), ("--out", args.out)) if value is not None]
         if used:
             raise ValueError(f"{', '.join(used)} only apply with --data")
     else:
         return _recommend_log(args)
+    check_counts(args)
     if args.history_file is not None:
         lines, histories = read_history_file(args.history_file)
     else:
         lines, histories = [], [args.history]
     session, item_ids = _load(args)
     try:
-        if args.batch_size < 1:
-            raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
         results = []  # printed once all are scored: an error leaves no partial output
         for start in range(0, len(histories), args.batch_size):
             results += recommend(session, histories[start:start + args.batch_size], args.k,
@@ -160,6 +164,8 @@ def _load(args: argparse.Namespace) -> tuple[InferenceSession, ItemIds]:
     if model != args.model:
         print(f"note: serving {model}", file=sys.stderr)
     session, item_ids = load_recommender(model, threads=args.threads)
+    check_tsv_safe(item_ids.raw, "item ids of the model")
+    check_tsv_safe(item_ids.titles or (), "titles of the model's items")
     if embedded_item_ids(session) is None:
         print(f"note: {model} carries no item id map (exported before maps were "
               f"embedded): raw ids are its internal ids 1..{item_ids.num_items}",
@@ -167,31 +173,58 @@ def _load(args: argparse.Namespace) -> tuple[InferenceSession, ItemIds]:
     return session, item_ids
 
 
+def check_counts(args: argparse.Namespace) -> None:
+    """--k and --batch-size, before any work."""
+    for flag, value in (("--k", args.k), ("--batch-size", args.batch_size)):
+        if value < 1:
+            raise ValueError(f"{flag} must be >= 1, got {value}")
+
+
+def _some(values: list[str], shown: int = 10) -> str:
+    """The first ``shown`` of ``values``, quoted, and how many more."""
+    more = f" and {len(values) - shown} more" if len(values) > shown else ""
+    return ", ".join(repr(v) for v in values[:shown]) + more
+
+
+def check_tsv_safe(values: Iterable[str | None], what: str) -> None:
+    """Refuse ids or titles that would break a tab-separated line (a tab, CR or newline)."""
+    bad = [v for v in values if v is not None and any(c in v for c in "\t\r\n")]
+    if bad:
+        raise ValueError(f"{what} {_some(bad, 3)} hold a tab or line break: they cannot be "
+                         "written as tab-separated fields")
+
+
 def _recommend_log(args: argparse.Namespace) -> int:
     """--data: every (or every --users) user of the log, batch by batch, to --out or stdout."""
-    if args.k < 1:
-        raise ValueError(f"--k must be >= 1, got {args.k}")
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
-    check_output_file(args.out)
+    check_counts(args)
+    min_user = 1 if args.min_user_interactions is None else args.min_user_interactions
+    if min_user < 0:
+        raise ValueError(f"--min-user-interactions must be >= 0, got {min_user}")
+    check_output_file(args.out, what="the recommendations")
     session, item_ids = _load(args)  # before the log: a bad model fails fast
     dataset = load_dataset(args.data, args.cache_dir, columns=args.columns,
-                           min_user_interactions=args.min_user_interactions)
+                           min_user_interactions=min_user, **SERVING_LOAD)
+    if item_ids.is_identity and dataset.item_ids is not None:
+        print("note: the model's item ids are its internal ids 1.."
+              f"{item_ids.num_items} (trained on a SASRec text file without an item map), "
+              f"while {dataset.source} names raw ids: the same number need not be the same "
+              "item; serve it the text file it was trained on", file=sys.stderr)
+    users = None if args.users is None else [u.strip() for u in args.users]
     try:
-        histories = user_histories(dataset, item_ids, users=args.users,
-                                   drop_unknown_items=args.drop_unknown_items)
+        histories = user_histories(dataset, item_ids, users=users,
+                                   unknown_items=args.unknown_items or "drop")
     except UnknownItemError as err:
-        raise ValueError(f"{dataset.source}: {err}; --drop-unknown-items leaves them out of "
-                         "the histories") from err
+        raise ValueError(f"{dataset.source}: {err}; the default --unknown-items drop leaves "
+                         "them out of the histories") from err
+    check_tsv_safe(histories.users, "user ids")
     if histories.dropped_items:
-        print(f"note: {histories.dropped_items} interaction(s) with items the model does not "
-              "know were left out", file=sys.stderr)
+        print(f"note: {histories.dropped_items} interaction(s) with "
+              f"{len(histories.unknown_item_ids)} item(s) the model does not know were left "
+              f"out of the histories ({_some(histories.unknown_item_ids, 5)}); "
+              "--unknown-items error refuses them", file=sys.stderr)
     if histories.skipped_users:
-        shown = ", ".join(histories.skipped_users[:10])
-        more = f" and {len(histories.skipped_users) - 10} more" \
-            if len(histories.skipped_users) > 10 else ""
-        print(f"note: no list for {len(histories.skipped_users)} user(s) left without a known "
-              f"item: {shown}{more}", file=sys.stderr)
+        print(f"note: no list for {len(histories.skipped_users)} user(s) without an item the "
+              f"model knows: {_some(histories.skipped_users)}", file=sys.stderr)
 
     def write(out: TextIO) -> None:
         short = 0
@@ -209,7 +242,7 @@ def _recommend_log(args: argparse.Namespace) -> int:
                   f"rest of the {item_ids.num_items} items", file=sys.stderr)
 
     if args.out is None:
-        write(sys.stdout)
+        write(sys.stdout)  # streamed: a failure part way leaves the lines before it
     else:
         atomic_write(args.out, write, mode="w")
         print(f"wrote {len(histories.users)} users' lists to {args.out}", file=sys.stderr)

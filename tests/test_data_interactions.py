@@ -482,9 +482,9 @@ def test_load_dataset_dispatches_logs(tmp_path):
 def test_load_dataset_columns_and_min_user_only_where_they_apply(tmp_path):
     text = tmp_path / "seq.txt"
     text.write_text("1 1\n1 2\n")
-    with pytest.raises(ValueError, match="columns= applies to .csv, .tsv, .parquet"):
+    with pytest.raises(ValueError, match=r"columns= \(--columns\) applies to .csv, .tsv, .parquet"):
         load_dataset(text, columns="0,1,2")
-    with pytest.raises(ValueError, match="columns= applies to"):
+    with pytest.raises(ValueError, match=r"columns= \(--columns\) applies to"):
         load_dataset("ml-1m", columns="0,1,2")
     with pytest.raises(ValueError, match="a SASRec text file is already preprocessed"):
         load_dataset(text, min_user_interactions=2)

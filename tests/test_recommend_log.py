@@ -11,7 +11,7 @@ from conftest import TINY_TRAIN, cyclic_dataset, load_script, run_in_process
 from data import ItemIds, UnknownItemError, load_dataset
 from export.export_run import export_run
 from export.recommend import format_recommendations, load_recommender, recommend
-from export.recommend_log import recommend_in_batches, user_histories
+from export.recommend_log import SERVING_LOAD, recommend_in_batches, user_histories
 
 
 def write_log(path, extra_rows=()):
@@ -82,20 +82,48 @@ def test_histories_are_every_users_whole_log_in_raw_ids(served):
         user_histories(data, model_items, users=[])
 
 
-def test_unknown_items_fail_or_are_dropped_and_counted(served, tmp_path):
+def test_unknown_items_are_dropped_and_counted_or_refused(served, tmp_path):
     log, _ = served
     model_items = load_dataset(log).item_ids
-    # "new" is a fresh item seen 5 times (kept by the loader); "x" knows nothing else
-    extra = [("u1", "new", 3000), ("u2", "new", 3000), ("u3", "new", 3000),
+    # "new" and "rare" are items the model never saw; "x" has nothing else
+    extra = [("u1", "new", 3000), ("u2", "new", 3000), ("u3", "rare", 3000),
              ("x", "new", 1), ("x", "new", 2)]
-    newer = load_dataset(write_log(tmp_path / "newer.csv", extra))
-    with pytest.raises(UnknownItemError, match="'new'"):
-        user_histories(newer, model_items)
-    prepared = user_histories(newer, model_items, drop_unknown_items=True)
+    newer = load_dataset(write_log(tmp_path / "newer.csv", extra), **SERVING_LOAD)
+    prepared = user_histories(newer, model_items)
     assert prepared.dropped_items == 5 and prepared.skipped_users == ["x"]
+    assert prepared.unknown_item_ids == ["new", "rare"]
     assert "x" not in prepared.users and len(prepared.users) == 40
     reference = histories_from_rows(log)
-    assert prepared.histories == [reference[u] for u in prepared.users]  # "new" left out
+    assert prepared.histories == [reference[u] for u in prepared.users]  # unknown left out
+    with pytest.raises(UnknownItemError, match="'new', 'rare'"):
+        user_histories(newer, model_items, unknown_items="error")
+    with pytest.raises(ValueError, match="no user to serve .* 1 user"):
+        user_histories(newer, model_items, users=["x"])
+    with pytest.raises(ValueError, match="unknown_items must be one of drop, error"):
+        user_histories(newer, model_items, unknown_items="skip")
+
+
+def test_items_rare_in_the_served_log_stay_in_the_histories(served, tmp_path):
+    """Training's rule drops items seen fewer than 5 times; serving must not: a known item
+    left out of a history could be recommended back to the user who saw it."""
+    log, run = served
+    reference = histories_from_rows(log)
+    few = tmp_path / "few.csv"  # three users: every item is rare in this log
+    with open(few, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["user", "item", "timestamp"])
+        for user in ("u1", "u2", "u3"):
+            w.writerows((user, item, t) for t, item in enumerate(reference[user]))
+    session, item_ids = load_recommender(run, threads=1)
+    prepared = user_histories(load_dataset(few, **SERVING_LOAD), item_ids)
+    assert prepared.histories == [reference[u] for u in ("u1", "u2", "u3")]
+    out = tmp_path / "recs.tsv"
+    result = run_in_process("recommend", "--model", run, "--data", few, "--out", out,
+                            "--threads", "1")
+    assert result.returncode == 0, result.stderr
+    lines = [line.split("\t") for line in out.read_text().splitlines()]
+    assert {user for user, *_ in lines} == {"u1", "u2", "u3"}
+    assert all(item not in reference[user] for user, _, item, _ in lines)
 
 
 def test_batches_give_the_lists_of_one_run(served):
@@ -140,17 +168,28 @@ def test_cli_writes_every_users_lists_to_a_file(served, tmp_path):
 
 def test_cli_bad_input_is_one_error_line_and_writes_nothing(served, tmp_path):
     log, run = served
-    newer = write_log(tmp_path / "newer.csv", [(f"u{i}", "new", 3000) for i in range(1, 6)])
+    newer = write_log(tmp_path / "newer.csv", [(f"u{i}", "new", 3000) for i in range(1, 6)]
+                      + [("new_only", "new", 1), ("new_only", "new", 2)])
+    tabbed = write_log(tmp_path / "tabbed.csv", [("a\tb", "sku1", 1)])
     out = tmp_path / "recs.tsv"
     cases = [
         (["--data", log, "--users", "ghost", "--out", out], "'ghost' not in"),
-        (["--data", newer, "--out", out], "unknown item id(s) 'new'"),
+        (["--data", newer, "--unknown-items", "error", "--out", out],
+         "unknown item id(s) 'new'"),
         (["--data", log, "--batch-size", "0", "--out", out], "--batch-size must be >= 1"),
         (["--data", log, "--k", "0", "--out", out], "--k must be >= 1"),
-        (["--data", log, "--out", tmp_path], "is a folder"),
+        (["--data", log, "--min-user-interactions", "-1", "--out", out],
+         "--min-user-interactions must be >= 0"),
+        (["--data", log, "--out", tmp_path], "is a folder; give a file name for the "
+                                             "recommendations"),
+        (["--data", log, "--out", "/proc/recs.tsv"], "--out /proc/recs.tsv: cannot write there"),
+        (["--data", newer, "--users", "new_only", "--out", out], "no user to serve"),
+        (["--data", tabbed, "--out", out], "user ids 'a\\tb' hold a tab or line break"),
         (["--history", "sku1", "--out", out], "--out only apply with --data"),
-        (["--history", "sku1", "--users", "u1", "--drop-unknown-items"],
-         "--users, --drop-unknown-items only apply with --data"),
+        (["--history", "sku1", "--users", "u1", "--unknown-items", "drop"],
+         "--users, --unknown-items only apply with --data"),
+        (["--history", "sku1", "--min-user-interactions", "1"],
+         "--min-user-interactions only apply with --data"),
     ]
     for args, message in cases:
         result = run_in_process("recommend", "--model", run, *args, "--threads", "1")
@@ -158,12 +197,13 @@ def test_cli_bad_input_is_one_error_line_and_writes_nothing(served, tmp_path):
         assert result.returncode == 2 and len(errors) == 1 and message in errors[0], \
             (args, result.stderr)
         assert not out.exists()
-    assert "--drop-unknown-items" in run_in_process(
-        "recommend", "--model", run, "--data", newer, "--threads", "1").stderr
+    # the default drops what the model does not know, and says so
     result = run_in_process("recommend", "--model", run, "--data", newer, "--threads", "1",
-                            "--drop-unknown-items", "--out", out)
+                            "--out", out)
     assert result.returncode == 0, result.stderr
-    assert "note: 5 interaction(s) with items the model does not know were left out" \
+    assert "note: 7 interaction(s) with 1 item(s) the model does not know were left out of " \
+           "the histories ('new')" in result.stderr
+    assert "note: no list for 1 user(s) without an item the model knows: 'new_only'" \
         in result.stderr
     # 12 of the 20 items seen: 8 left per user, fewer than the 10 asked for, and said so
     assert len(out.read_text().splitlines()) == 40 * 8
@@ -178,3 +218,33 @@ def test_user_ids_must_name_every_user():
                    source="x", user_ids=("a", "b"))
     assert data.raw_user_ids() == ("1", "2", "3") and data.user_ids is None
     assert "sku1" in ItemIds(("sku1",)) and 1 not in ItemIds(("sku1",))
+    assert ItemIds.identity(3).is_identity and not ItemIds(("1", "3", "2")).is_identity
+
+
+def test_a_model_of_internal_ids_served_a_raw_log_gets_a_note(tmp_path, cyclic_file):
+    """A model trained on a SASRec text file knows internal ids; a raw log's ids are others
+    (the same number need not be the same item): said on stderr."""
+    run = tmp_path / "text_run"
+    assert load_script("train_qat").main(["--data", str(cyclic_file), *TINY_TRAIN, "--epochs",
+                                          "1", "--out", str(run)]) == 0
+    export_run(run, threads=1)
+    log = tmp_path / "raw.csv"
+    rows = "".join(f"a,{i},{i}\nb,{i},{i}\n" for i in range(1, 8))
+    log.write_text("user,item,timestamp\n" + rows)
+    result = run_in_process("recommend", "--model", run, "--data", log, "--threads", "1")
+    assert result.returncode == 0, result.stderr
+    assert "the model's item ids are its internal ids 1..20" in result.stderr
+    quiet = run_in_process("recommend", "--model", run, "--data", cyclic_file, "--threads", "1")
+    assert quiet.returncode == 0 and "internal ids" not in quiet.stderr
+
+
+def test_load_dataset_keeps_rare_items_when_asked(tmp_path, cyclic_file):
+    log = write_log(tmp_path / "log.csv", [("solo", "once", 1)])
+    assert "once" not in load_dataset(log).item_ids  # training's rule: fewer than 5, dropped
+    kept = load_dataset(log, min_item_interactions=0)
+    assert "once" in kept.item_ids and "solo" in kept.raw_user_ids()
+    assert load_dataset(cyclic_file, min_item_interactions=0).num_items == 20  # read as it is
+    with pytest.raises(ValueError, match="min_item_interactions applies to raw logs"):
+        load_dataset(cyclic_file, min_item_interactions=5)
+    with pytest.raises(ValueError, match="min_item_interactions must be >= 0"):
+        load_dataset(log, min_item_interactions=-1)
