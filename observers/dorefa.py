@@ -44,7 +44,6 @@ import torch
 from observers.grid import (
     EPS,
     channel_view,
-    flag,
 )
 from observers.ste import SteActivationFakeQuantize, SteWeightFakeQuantize
 
@@ -196,8 +195,9 @@ class DorefaActivationFakeQuantize(SteActivationFakeQuantize):
         self.calibration_steps = calibration_steps
         self.register_buffer("steps", torch.zeros(1, dtype=torch.int64))  # host flag
 
-    def _update_range(self, batch_min: torch.Tensor, batch_max: torch.Tensor) -> None:
-        if flag(self.initialized):  # running min/max instead of STE's moving average
+    def _update_range(self, batch_min: torch.Tensor, batch_max: torch.Tensor,
+                      initialized: bool) -> None:
+        if initialized:  # running min/max instead of STE's moving average
             batch_min = torch.minimum(batch_min, self.min_val)
             batch_max = torch.maximum(batch_max, self.max_val)
         self.min_val.copy_(batch_min)

@@ -441,6 +441,7 @@ def affine_qparams(
     quant_max: int = ACT_QUANT_MAX,
     *,
     eps: float = EPS,
+    out: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Affine ``(scale, zero_point)`` covering ``[min(min_val, 0), max(max_val, 0)]``.
 
@@ -452,16 +453,20 @@ def affine_qparams(
         \\epsilon\\right),\\quad
         z = \\mathrm{clamp}(q_{min} - \\mathrm{round}(\\min(x_{min},0) / s), q_{min}, q_{max})
 
-    Returns float32 scale and int64 zero point.
+    Returns float32 scale and int64 zero point; with ``out``, written into those two tensors
+    (an observer's buffers: no temporaries copied in afterwards) and returned.
 
     >>> affine_qparams(torch.tensor([-1.0]), torch.tensor([3.0]), 0, 255)
     (tensor([0.0157]), tensor([64]))
     """
     lo = torch.clamp(min_val.float(), max=0.0)
     hi = torch.clamp(max_val.float(), min=0.0)
-    scale = ((hi - lo) / float(quant_max - quant_min)).clamp(min=eps)
+    scale = torch.clamp((hi - lo) / float(quant_max - quant_min), min=eps,
+                        out=None if out is None else out[0])
     zero_point = torch.clamp(quant_min - torch.round(lo / scale), quant_min, quant_max)
-    return scale, zero_point.to(torch.int64)
+    if out is None:
+        return scale, zero_point.to(torch.int64)
+    return scale, out[1].copy_(zero_point)  # integral values: the int64 cast is exact
 
 
 def fold_weights_(model: nn.Module) -> list[str]:

@@ -149,8 +149,11 @@ class SteActivationFakeQuantize(ActivationFakeQuantize):
         self.register_buffer("scale", torch.ones(1, device=device))
         self.register_buffer("zero_point", torch.zeros(1, dtype=torch.int64, device=device))
 
-    def _update_range(self, batch_min: torch.Tensor, batch_max: torch.Tensor) -> None:
-        if not flag(self.initialized):
+    def _update_range(self, batch_min: torch.Tensor, batch_max: torch.Tensor,
+                      initialized: bool) -> None:
+        """Fold the batch range into ``min_val``/``max_val`` (``initialized``: a range was
+        observed before)."""
+        if not initialized:
             self.min_val.copy_(batch_min)
             self.max_val.copy_(batch_max)
         else:
@@ -166,19 +169,18 @@ class SteActivationFakeQuantize(ActivationFakeQuantize):
             batch_min, batch_max = inf, -inf
         else:
             lo, hi = torch.aminmax(x)  # one pass over x (min() and max() took two)
-            batch_min, batch_max = lo.float().reshape(1), hi.float().reshape(1)
+            batch_min, batch_max = lo.float(), hi.float()  # 0-d: broadcast into the buffers
         if world_size() > 1:
             batch_min, batch_max = global_min_max(batch_min, batch_max)
             empty = bool(batch_min > batch_max)  # every shard was empty
         if empty:
             return False
-        self._update_range(batch_min, batch_max)
-        scale, zero_point = affine_qparams(
-            self.min_val, self.max_val, self.quant_min, self.quant_max
-        )
-        self.scale.copy_(scale)
-        self.zero_point.copy_(zero_point)
-        self.initialized.fill_(1)
+        initialized = flag(self.initialized)
+        self._update_range(batch_min, batch_max, initialized)
+        affine_qparams(self.min_val, self.max_val, self.quant_min, self.quant_max,
+                       out=(self.scale, self.zero_point))
+        if not initialized:
+            self.initialized.fill_(1)
         return True
 
     def _scale(self) -> torch.Tensor:
