@@ -454,7 +454,8 @@ def affine_qparams(
         z = \\mathrm{clamp}(q_{min} - \\mathrm{round}(\\min(x_{min},0) / s), q_{min}, q_{max})
 
     Returns float32 scale and int64 zero point; with ``out``, written into those two tensors
-    (an observer's buffers: no temporaries copied in afterwards) and returned.
+    (an observer's buffers: no temporaries copied in afterwards) and returned. The zero point is
+    computed from the scale as stored in ``out[0]``: keep that float32.
 
     >>> affine_qparams(torch.tensor([-1.0]), torch.tensor([3.0]), 0, 255)
     (tensor([0.0157]), tensor([64]))

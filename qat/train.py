@@ -109,13 +109,13 @@ def make_adam(groups: list[dict[str, Any]], *, lr: float, weight_decay: float) -
     """Adam (Kingma & Ba 2015; betas (0.9, 0.98) as the SASRec port) over ``groups``, fused
     where torch has the kernel: every parameter a floating tensor on the CPU or CUDA.
 
-    The fused implementation updates every parameter of a device in one kernel, where the
-    default runs about a dozen operators per parameter (a loop on the CPU, ``foreach`` lists on
-    CUDA). A quantized SASRec has ~60 small quantizer parameters beside the weights, and a QAT
-    step on a GPU is bound by the host's per-operator cost (README, "Training on a GPU"), so
-    this matters most there. The update is Adam's formula either way; the roundings differ
-    from the loop's in the last bits. Checkpoints load either way (``step`` moves to the
-    parameter's device).
+    The fused implementation updates all parameters of a group (and device) in one kernel,
+    where the default runs about a dozen operators per parameter (a loop on the CPU) or per
+    group (``foreach`` lists on CUDA). A quantized SASRec has ~60 small quantizer parameters
+    beside the weights, and a QAT step on a GPU is bound by the host's per-operator cost
+    (README, "Training on a GPU"), so this matters most there. The update is Adam's formula
+    either way; the roundings differ from the loop's in the last bits. Checkpoints of either
+    load (``load_optimizer_state``).
     """
     params = [p for group in groups for p in group["params"]]
     fused = bool(params) and all(p.is_floating_point() and p.device.type in FUSED_ADAM_DEVICES
@@ -133,13 +133,17 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]
     torch takes every group option from the saved state, the implementation flags included:
     a checkpoint of the per-parameter loop would silently turn the fused Adam back into the
     loop, and one written with ``fused=True`` would fail on a device without the kernel. The
-    implementation is this machine's choice (``make_adam``), not part of the run's state.
+    implementation is this machine's choice (``make_adam``), not part of the run's state. The
+    saved groups get this optimizer's flags *before* torch reads them, because torch also
+    decides from them where each ``step`` tensor goes: a fused or capturable group needs its
+    steps as float32 on the parameter's device (a loop-Adam checkpoint written on a GPU keeps
+    them on the CPU, which the fused CUDA kernel refuses).
     """
-    kept = [{key: group[key] for key in IMPLEMENTATION_KEYS if key in group}
-            for group in optimizer.param_groups]
-    optimizer.load_state_dict(state)
-    for group, implementation in zip(optimizer.param_groups, kept):
-        group.update(implementation)
+    saved = dict(state)
+    saved["param_groups"] = [
+        {**group, **{key: live[key] for key in IMPLEMENTATION_KEYS if key in live}}
+        for group, live in zip(state["param_groups"], optimizer.param_groups)]
+    optimizer.load_state_dict(saved)
 
 
 class Trainer:

@@ -153,7 +153,8 @@ def training_step(name: str, config: SASRecConfig, bits: int, inputs: torch.Tens
         groups = hooks.param_groups
         regularizer = hooks.regularizer
     optimizer = (make_adam(groups, lr=1e-3, weight_decay=0.0) if adam == "fused" else
-                 torch.optim.Adam(groups, lr=1e-3, foreach=adam == "foreach"))
+                 torch.optim.Adam(groups, lr=1e-3, betas=(0.9, 0.98),  # as make_adam's
+                                  foreach=adam == "foreach"))
 
     def step() -> None:
         loss = softmax_ce(model(inputs), targets, model.item_table())

@@ -25,7 +25,8 @@ know (new ones, or too rare to train on) cannot be read or recommended by it: th
 of the histories with a note on stderr (--unknown-items error refuses them instead, naming them,
 before anything is written); a user left without an item gets no list and is named; no user
 left at all is an error. The log must speak the model's raw ids: a model trained on a SASRec
-text file without an item map knows internal ids, so serve it that file, not the raw log.
+text file without an item map knows internal ids, so serve it that file, not the raw log
+(and the reverse): either mix-up prints a note.
 The logic is export/recommend_log.py.
 
 Items of the history are never recommended; equal scores rank the lower internal id first; an
@@ -137,6 +138,9 @@ def _main(argv: list[str] | None) -> int:
         lines, histories = [], [args.history]
     session, item_ids = _load(args)
     try:
+        unknown = [item for history in histories for item in history if item not in item_ids]
+        if unknown:  # the whole file's, named in one error before anything is scored
+            raise UnknownItemError(list(dict.fromkeys(unknown)))
         results = []  # printed once all are scored: an error leaves no partial output
         for start in range(0, len(histories), args.batch_size):
             results += recommend(session, histories[start:start + args.batch_size], args.k,
@@ -209,6 +213,11 @@ def _recommend_log(args: argparse.Namespace) -> int:
               f"{item_ids.num_items} (trained on a SASRec text file without an item map), "
               f"while {dataset.source} names raw ids: the same number need not be the same "
               "item; serve it the text file it was trained on", file=sys.stderr)
+    elif dataset.item_ids is None and not item_ids.is_identity:
+        print(f"note: {dataset.source} is a SASRec text file of internal ids 1.."
+              f"{dataset.num_items}, while the model's map names raw ids (it was trained on "
+              "a raw log): the same number need not be the same item; serve it that log",
+              file=sys.stderr)
     users = None if args.users is None else [u.strip() for u in args.users]
     try:
         histories = user_histories(dataset, item_ids, users=users,

@@ -455,6 +455,10 @@ def test_cli_history_file_batches_print_nothing_when_a_later_one_fails(model_fil
                             users, "--batch-size", 1)
     assert result.returncode == 2 and result.stdout == ""
     assert f"error: {users}:3: unknown item id(s) 'zz'" in result.stderr
+    users.write_text("sku100 aa\nsku102\nsku101 zz\n")  # in two batches: both named at once
+    result = run_in_process("recommend", "--model", model_files["with_map"], "--history-file",
+                            users, "--batch-size", 1)
+    assert f"error: {users}:1: unknown item id(s) 'aa', 'zz'" in result.stderr
     assert "--batch-size must be >= 1" in run_in_process(
         "recommend", "--model", model_files["with_map"], "--history", "sku100",
         "--batch-size", 0).stderr

@@ -238,6 +238,14 @@ def test_a_model_of_internal_ids_served_a_raw_log_gets_a_note(tmp_path, cyclic_f
     assert quiet.returncode == 0 and "internal ids" not in quiet.stderr
 
 
+def test_a_model_of_raw_ids_served_a_text_file_gets_a_note(served, cyclic_file):
+    _, run = served  # trained on the log of sku ids; the text file holds internal ids
+    result = run_in_process("recommend", "--model", run, "--data", cyclic_file, "--threads", "1")
+    assert f"note: {cyclic_file} is a SASRec text file of internal ids 1..20, while the " \
+           "model's map names raw ids" in result.stderr
+    assert result.returncode == 2 and "no user to serve" in result.stderr  # none is known
+
+
 def test_load_dataset_keeps_rare_items_when_asked(tmp_path, cyclic_file):
     log = write_log(tmp_path / "log.csv", [("solo", "once", 1)])
     assert "once" not in load_dataset(log).item_ids  # training's rule: fewer than 5, dropped

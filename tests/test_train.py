@@ -377,7 +377,7 @@ def test_trainer_adam_is_fused_and_steps_by_adams_formula(cyclic_split, tmp_path
     torch.manual_seed(1)
     w = torch.nn.Parameter(torch.randn(7, 5))
     optimizer = make_adam([{"params": [w]}], lr=1e-2, weight_decay=0.01)
-    p, m, v = w.detach().double().clone(), torch.zeros(7, 5, dtype=torch.float64), 0
+    p, m = w.detach().double().clone(), torch.zeros(7, 5, dtype=torch.float64)
     v = torch.zeros_like(m)
     for t in range(1, 4):
         grad = torch.randn(7, 5)
@@ -411,6 +411,26 @@ def test_fused_adam_resumes_the_state_of_the_per_parameter_loop():
     torch.testing.assert_close(b.detach(), a.detach(), rtol=1e-6, atol=1e-7)
 
 
+def test_loading_places_the_steps_as_the_live_optimizer_needs_them():
+    """torch places each saved ``step`` by the *saved* groups' flags (fused: float32 on the
+    parameter's device); a loop-Adam checkpoint written on a GPU keeps its steps on the CPU,
+    where the fused CUDA kernel refuses them. Here the misplaced step is a float64 one: the
+    fused optimizer must get it as float32, as it would get a CPU step moved to the GPU."""
+    from qat.train import load_optimizer_state, make_adam
+    w = torch.nn.Parameter(torch.randn(3))
+    loop = torch.optim.Adam([w], lr=1e-2, betas=(0.9, 0.98), foreach=False)
+    w.grad = torch.ones(3)
+    loop.step()
+    state = copy.deepcopy(loop.state_dict())
+    state["state"][0]["step"] = torch.tensor(1.0, dtype=torch.float64)
+    fused = make_adam([{"params": [w]}], lr=1e-2, weight_decay=0.0)
+    load_optimizer_state(fused, state)
+    step = fused.state[w]["step"]
+    assert step.dtype == torch.float32 and step.device == w.device and step.item() == 1
+    fused.step()  # the fused kernel takes it
+    assert fused.state[w]["step"].item() == 2
+
+
 def test_a_fused_adam_checkpoint_resumes_into_the_loop_where_there_is_no_kernel():
     from qat.train import load_optimizer_state, make_adam
     w = torch.nn.Parameter(torch.randn(3))
@@ -421,3 +441,5 @@ def test_a_fused_adam_checkpoint_resumes_into_the_loop_where_there_is_no_kernel(
     load_optimizer_state(loop, copy.deepcopy(fused.state_dict()))
     assert loop.param_groups[0]["fused"] is None and loop.param_groups[0]["foreach"] is False
     assert loop.state[w]["step"].item() == 1
+    loop.step()  # the loop continues from the fused state
+    assert loop.state[w]["step"].item() == 2
