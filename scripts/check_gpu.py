@@ -9,7 +9,9 @@
    converted from a CPU copy of the same weights; and the device's fake-quant scores are
    compared with the CPU fake-quant and the CPU INT8 scores (max |diff|, top-10 agreement).
 2. A run trained on the device loads and evaluates in a process that sees no GPU
-   (``CUDA_VISIBLE_DEVICES=``): the same metrics.
+   (``CUDA_VISIBLE_DEVICES=``): the same metrics. The trainer's fused Adam resumes the state of
+   torch's default (``foreach``) Adam read back from a checkpoint (``map_location="cpu"``, as
+   ``--resume`` reads it) on the device, and continues as that optimizer would.
 3. ``--time-data FILE``: seconds per epoch of FP32 and each method on that dataset (max length
    ``--time-max-len``, batch 128), the median of the epochs after the first, and each method's
    ratio to FP32.
@@ -45,7 +47,7 @@ from qat.finetune import (calibration_inputs, deployment_view, prepare_for_metho
                           to_int8)
 from qat.model import SASRec
 from qat.registry import METHODS, get_method
-from qat.train import Trainer
+from qat.train import Trainer, load_optimizer_state, make_adam
 from qat.train_run import TrainRunOptions, train_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -178,6 +180,37 @@ def check_portable_checkpoint(device: torch.device, out: Path) -> dict[str, Any]
             "ok": not seen["cuda"] and abs(seen["test"] - metrics.test["ndcg@10"]) < 1e-6}
 
 
+def check_optimizer_resume(device: torch.device) -> dict[str, Any]:
+    """Section 2: a checkpoint of torch's default Adam (``foreach`` on CUDA, the trainer's before
+    it used the fused one), read back to the CPU, resumes into ``make_adam`` on ``device``."""
+    import io
+    generator = torch.Generator().manual_seed(0)
+    grads = [torch.randn(5, 4, generator=generator).to(device) for _ in range(4)]
+    old = torch.nn.Parameter(torch.randn(5, 4, generator=generator).to(device))
+    new = torch.nn.Parameter(old.detach().clone())
+    before = torch.optim.Adam([old], lr=1e-2, betas=(0.9, 0.98), foreach=True)
+    for grad in grads[:2]:
+        old.grad = grad.clone()
+        before.step()
+    buffer = io.BytesIO()
+    torch.save(before.state_dict(), buffer)
+    buffer.seek(0)
+    after = make_adam([{"params": [new]}], lr=1e-2, weight_decay=0.0)
+    new.data.copy_(old.detach())
+    load_optimizer_state(after, torch.load(buffer, map_location="cpu"))
+    try:
+        for grad in grads[2:]:
+            old.grad, new.grad = grad.clone(), grad.clone()
+            before.step()
+            after.step()
+    except RuntimeError as err:
+        return {"ok": False, "error": str(err).splitlines()[0]}
+    diff = (new.detach() - old.detach()).abs().max().item()
+    return {"fused": bool(after.param_groups[0]["fused"]),
+            "step_device": str(after.state[new]["step"].device), "max_abs_diff": diff,
+            "ok": diff < 1e-5}
+
+
 def time_epochs(device: torch.device, data: str, max_len: int, epochs: int) -> dict[str, Any]:
     """Section 3: training seconds per epoch of FP32 and each method (no evaluation)."""
     dataset = load_dataset(data)
@@ -249,6 +282,8 @@ def _main(argv: list[str] | None) -> int:
     report["methods"] = check_methods(device)
     save()
     report["portable_checkpoint"] = check_portable_checkpoint(device, args.out)
+    report["optimizer_resume"] = check_optimizer_resume(device)
+    print(f"optimizer_resume {json.dumps(report['optimizer_resume'])}", flush=True)
     save()
     if args.time_data:
         report["epoch_timing"] = time_epochs(device, args.time_data, args.time_max_len,
@@ -259,6 +294,7 @@ def _main(argv: list[str] | None) -> int:
         save()
     failed = [name for name, entry in [*report["methods"].items(),
                                        ("portable_checkpoint", report["portable_checkpoint"]),
+                                       ("optimizer_resume", report["optimizer_resume"]),
                                        ("run_all", report.get("run_all", {"ok": True}))]
               if not entry["ok"]]
     print(f"{path}: " + ("all checks passed" if not failed else "FAILED: " + ", ".join(failed)))

@@ -320,6 +320,8 @@ def test_check_gpu_script_passes_on_the_cpu(tmp_path):
     for method in METHODS:
         assert report["methods"][method]["int8_from_device_equals_int8_from_cpu"], method
     assert report["portable_checkpoint"]["ok"]
+    resume = report["optimizer_resume"]
+    assert resume["ok"] and resume["fused"] and resume["max_abs_diff"] < 1e-5
 
 
 @pytest.mark.parametrize("method", METHODS)
