@@ -87,7 +87,7 @@ def load_dataset(
             "interaction logs only"
         )
     if not (is_log or min_item_interactions is None or min_item_interactions <= 1) and (
-            is_name or not _is_raw(Path(path_or_name))):
+            is_name or (Path(path_or_name).is_file() and not _is_raw(Path(path_or_name)))):
         raise ValueError(f"{path_or_name}: min_item_interactions applies to raw logs; a SASRec "
                          "text file or a named dataset's cache is already filtered")
     if is_name:

@@ -143,8 +143,16 @@ def _main(argv: list[str] | None) -> int:
             raise UnknownItemError(list(dict.fromkeys(unknown)))
         results = []  # printed once all are scored: an error leaves no partial output
         for start in range(0, len(histories), args.batch_size):
-            results += recommend(session, histories[start:start + args.batch_size], args.k,
-                                 item_ids=item_ids)
+            try:
+                results += recommend(session, histories[start:start + args.batch_size],
+                                     args.k, item_ids=item_ids)
+            except FloatingPointError as err:  # it names histories[i] of this batch
+                if not lines:
+                    raise
+                stop = min(start + args.batch_size, len(lines))
+                raise FloatingPointError(f"{args.history_file}: lines {lines[start]}-"
+                                         f"{lines[stop - 1]} (histories[0] is line "
+                                         f"{lines[start]}): {err}") from err
     except UnknownItemError as err:
         if not lines:
             raise

@@ -484,3 +484,15 @@ def test_cli_bad_input_is_one_error_line(model_files, tmp_path):
     garbage.write_bytes(b"not onnx")
     assert "cannot load" in error_line(run_in_process(
         "recommend", "--model", garbage, "--history", "1"))
+
+
+def test_cli_history_file_names_the_lines_of_a_batch_with_non_finite_scores(tmp_path):
+    model = tmp_path / "broken.onnx"
+    save_onnx(build_sasrec_onnx(constant_scorer([1.0, float("nan"), 2.0, 0.5])), model)
+    users = tmp_path / "users.txt"
+    users.write_text("3\n\n2 4\n1\n")  # lines 1, 3, 4; batches of 2: lines 1-3, then 4
+    result = run_in_process("recommend", "--model", model, "--history-file", users,
+                            "--batch-size", 2)
+    assert result.returncode == 2 and result.stdout == ""
+    assert f"error: {users}: lines 1-3 (histories[0] is line 1): the model's scores for " \
+           "histories[0] are not finite" in result.stderr

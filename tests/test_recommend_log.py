@@ -256,3 +256,5 @@ def test_load_dataset_keeps_rare_items_when_asked(tmp_path, cyclic_file):
         load_dataset(cyclic_file, min_item_interactions=5)
     with pytest.raises(ValueError, match="min_item_interactions must be >= 0"):
         load_dataset(log, min_item_interactions=-1)
+    with pytest.raises(ValueError, match="the path does not exist"):  # not a rule's message
+        load_dataset(tmp_path / "none.txt", min_item_interactions=5)
