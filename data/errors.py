@@ -31,3 +31,13 @@ class DownloadError(RuntimeError):
 
 class ChecksumMismatchError(DownloadError):
     """A downloaded file's md5 differs from the expected one; the file has been deleted."""
+
+
+def quote_some(values: list[str], shown: int = 10) -> str:
+    """The first ``shown`` of ``values``, quoted, and how many more: for messages naming ids.
+
+    >>> quote_some(["a", "b", "c"], 2)
+    "'a', 'b' and 1 more"
+    """
+    more = f" and {len(values) - shown} more" if len(values) > shown else ""
+    return ", ".join(repr(v) for v in values[:shown]) + more

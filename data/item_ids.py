@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from data.atomic import atomic_write
+from data.errors import quote_some
 
 ITEM_IDS = "item_ids.json"  # the file name, beside a cached dataset and in every run folder
 METADATA_KEY = "sasrec_qat.item_ids"  # the ONNX metadata property holding the same JSON
@@ -39,10 +40,9 @@ class UnknownItemError(ValueError):
 
     def __init__(self, unknown: Sequence[str]) -> None:
         self.unknown = list(unknown)
-        shown = ", ".join(repr(u) for u in self.unknown[:10])
-        more = f" and {len(self.unknown) - 10} more" if len(self.unknown) > 10 else ""
-        super().__init__(f"unknown item id(s) {shown}{more}: not in the model's catalogue (items "
-                         "with fewer interactions than the minimum were dropped at preprocessing)")
+        super().__init__(f"unknown item id(s) {quote_some(self.unknown)}: not in the model's "
+                         "catalogue (items with fewer interactions than the minimum were dropped "
+                         "at preprocessing)")
 
 
 @dataclass(frozen=True)

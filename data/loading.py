@@ -86,8 +86,9 @@ def load_dataset(
             f"{path_or_name}: columns= (--columns) applies to {', '.join(SUFFIXES)} "
             "interaction logs only"
         )
-    if not (is_log or min_item_interactions is None or min_item_interactions <= 1) and (
-            is_name or (Path(path_or_name).is_file() and not _is_raw(Path(path_or_name)))):
+    filters_items = min_item_interactions is not None and min_item_interactions > 1
+    if filters_items and not is_log and (is_name or (
+            Path(path_or_name).is_file() and not _is_movielens_raw(Path(path_or_name)))):
         raise ValueError(f"{path_or_name}: min_item_interactions applies to raw logs; a SASRec "
                          "text file or a named dataset's cache is already filtered")
     if is_name:
@@ -120,11 +121,6 @@ def load_dataset(
             "raw log)"
         )
     return read_sasrec_text(path)
-
-
-def _is_raw(path: Path) -> bool:
-    """A source read with the preprocessing rules (a log or raw MovieLens), not a text file."""
-    return path.suffix.lower() in SUFFIXES or (path.is_file() and _is_movielens_raw(path))
 
 
 def _is_movielens_raw(path: Path) -> bool:

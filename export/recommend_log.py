@@ -36,6 +36,7 @@ from typing import Iterator, Sequence
 import onnxruntime as ort
 
 from data import ItemIds, SequenceDataset, UnknownItemError
+from data.errors import quote_some
 from export.recommend import Recommendation, recommend
 
 DEFAULT_BATCH_SIZE = 256
@@ -93,10 +94,9 @@ def user_histories(dataset: SequenceDataset, model_items: ItemIds, *,
         wanted = list(dict.fromkeys(str(u) for u in users))
         missing = [u for u in wanted if u not in index or not dataset.sequences.get(index[u])]
         if missing:
-            shown = ", ".join(repr(u) for u in missing[:10])
-            more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
-            raise ValueError(f"user id(s) {shown}{more} not in {dataset.source} (users without "
-                             "an interaction left after preprocessing are not in it either)")
+            raise ValueError(f"user id(s) {quote_some(missing)} not in {dataset.source} (users "
+                             "without an interaction left after preprocessing are not in it "
+                             "either)")
         picked = [index[u] for u in wanted]
     log_items = dataset.item_ids or ItemIds.identity(dataset.num_items)
     raw_item = log_items.raw

@@ -57,6 +57,7 @@ from tqdm.auto import tqdm
 
 from data import ItemIds, UnknownItemError, load_dataset
 from data.atomic import atomic_write
+from data.errors import quote_some
 from export import native_ops
 from export.recommend import (
     embedded_item_ids,
@@ -137,28 +138,26 @@ def _main(argv: list[str] | None) -> int:
     else:
         lines, histories = [], [args.history]
     session, item_ids = _load(args)
-    try:
-        unknown = [item for history in histories for item in history if item not in item_ids]
-        if unknown:  # the whole file's, named in one error before anything is scored
-            raise UnknownItemError(list(dict.fromkeys(unknown)))
-        results = []  # printed once all are scored: an error leaves no partial output
-        for start in range(0, len(histories), args.batch_size):
-            try:
-                results += recommend(session, histories[start:start + args.batch_size],
-                                     args.k, item_ids=item_ids)
-            except FloatingPointError as err:  # it names histories[i] of this batch
-                if not lines:
-                    raise
-                stop = min(start + args.batch_size, len(lines))
-                raise FloatingPointError(f"{args.history_file}: lines {lines[start]}-"
-                                         f"{lines[stop - 1]} (histories[0] is line "
-                                         f"{lines[start]}): {err}") from err
-    except UnknownItemError as err:
+    unknown = list(dict.fromkeys(item for history in histories for item in history
+                                 if item not in item_ids))
+    if unknown:  # the whole file's, named in one error before anything is scored
+        err = UnknownItemError(unknown)
         if not lines:
-            raise
-        unknown = set(err.unknown)
-        first = next(n for n, h in zip(lines, histories) if unknown & set(h))
-        raise ValueError(f"{args.history_file}:{first}: {err}") from err
+            raise err
+        first = next(n for n, h in zip(lines, histories) if not set(unknown).isdisjoint(h))
+        raise ValueError(f"{args.history_file}:{first}: {err}")
+    results = []  # printed once all are scored: an error leaves no partial output
+    for start in range(0, len(histories), args.batch_size):
+        try:
+            results += recommend(session, histories[start:start + args.batch_size], args.k,
+                                 item_ids=item_ids)
+        except FloatingPointError as err:  # it names histories[i] of this batch
+            if not lines:
+                raise
+            stop = min(start + args.batch_size, len(lines))
+            raise FloatingPointError(f"{args.history_file}: lines {lines[start]}-"
+                                     f"{lines[stop - 1]} (histories[0] is line "
+                                     f"{lines[start]}): {err}") from err
     for line in format_recommendations(results, lines or None):
         print(line)
     for i, recs in enumerate(results):
@@ -192,17 +191,11 @@ def check_counts(args: argparse.Namespace) -> None:
             raise ValueError(f"{flag} must be >= 1, got {value}")
 
 
-def _some(values: list[str], shown: int = 10) -> str:
-    """The first ``shown`` of ``values``, quoted, and how many more."""
-    more = f" and {len(values) - shown} more" if len(values) > shown else ""
-    return ", ".join(repr(v) for v in values[:shown]) + more
-
-
 def check_tsv_safe(values: Iterable[str | None], what: str) -> None:
     """Refuse ids or titles that would break a tab-separated line (a tab, CR or newline)."""
     bad = [v for v in values if v is not None and any(c in v for c in "\t\r\n")]
     if bad:
-        raise ValueError(f"{what} {_some(bad, 3)} hold a tab or line break: they cannot be "
+        raise ValueError(f"{what} {quote_some(bad, 3)} hold a tab or line break: they cannot be "
                          "written as tab-separated fields")
 
 
@@ -237,11 +230,11 @@ def _recommend_log(args: argparse.Namespace) -> int:
     if histories.dropped_items:
         print(f"note: {histories.dropped_items} interaction(s) with "
               f"{len(histories.unknown_item_ids)} item(s) the model does not know were left "
-              f"out of the histories ({_some(histories.unknown_item_ids, 5)}); "
+              f"out of the histories ({quote_some(histories.unknown_item_ids, 5)}); "
               "--unknown-items error refuses them", file=sys.stderr)
     if histories.skipped_users:
         print(f"note: no list for {len(histories.skipped_users)} user(s) without an item the "
-              f"model knows: {_some(histories.skipped_users)}", file=sys.stderr)
+              f"model knows: {quote_some(histories.skipped_users)}", file=sys.stderr)
 
     def write(out: TextIO) -> None:
         short = 0
