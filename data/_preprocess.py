@@ -19,7 +19,8 @@ def check_min_counts(min_item: int, min_user: int, item_param: str) -> None:
     if min_item < 0:
         raise ValueError(f"{item_param} must be >= 0, got {min_item}")
     if min_user < 0:
-        raise ValueError(f"min_user_interactions must be >= 0, got {min_user}")
+        raise ValueError("min_user_interactions (--min-user-interactions) must be >= 0, "
+                         f"got {min_user}")
 
 
 def build_sequences(
@@ -133,8 +134,9 @@ def _drop_rare(rows: tuple[np.ndarray, ...], codes: np.ndarray, minimum: int, wh
     if rows[0].size == 0:
         fix = ("lower --min-user-interactions (data.load_dataset's min_user_interactions)"
                if param == "min_user_interactions"
-               else f"the log needs items seen at least {minimum} times, as the ML-1M "
-                    f"preprocessing rule ({param}= of data.load_interactions)")
+               else f"the log needs items seen at least {minimum} times (the ML-1M "
+                    "preprocessing rule, which the training scripts always apply; in Python "
+                    f"the loader's {param}= sets it)")
         raise ValueError(f"{source or 'ratings'}: no interactions left after dropping {what}; "
                          f"{fix}")
     return rows

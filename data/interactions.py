@@ -31,8 +31,9 @@ Values:
 
 File formats, by suffix: ``.csv`` (comma), ``.tsv`` (tab): UTF-8 (a byte-order mark is fine),
 parsed by the ``csv`` module (quotes as in RFC 4180: ``"a,b"`` is one field; a quote that is
-never closed is an error); blank lines are skipped. ``.parquet``: read with pyarrow
-(``pip install sasrec-qat[parquet]``).
+never closed is an error); blank lines are skipped; ``.csv.gz`` and ``.tsv.gz`` are the same,
+gzip-compressed (read as a stream, never unpacked to disk). ``.parquet``: read with pyarrow
+(``pip install sasrec-qat[parquet]``; its own compression is handled by pyarrow).
 
 Errors are ``DataFormatError`` whose message starts with ``path:line:`` (CSV/TSV; line 1 is the
 first line of the file) or ``path: row N:`` (Parquet; rows counted from 0 as in
@@ -44,10 +45,12 @@ from __future__ import annotations
 import codecs
 import csv
 import gc
+import gzip
 import io
 import math
 import os
 import re
+import zlib
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -65,6 +68,7 @@ from data.sequences import SequenceDataset
 
 DEFAULT_COLUMNS = ("user", "item", "timestamp")
 SUFFIXES = {".csv": ",", ".tsv": "\t", ".parquet": None}
+GZIP_SUFFIXES = (".csv.gz", ".tsv.gz")  # gzip-compressed delimited logs
 _ROLES = ("user", "item", "timestamp")
 _INT_RE = re.compile(r"[+-]?[0-9]+")
 # Naive ISO dates and datetimes that numpy's datetime64 parser reads exactly as fromisoformat.
@@ -158,14 +162,43 @@ def read_interactions(path: str | os.PathLike[str], *, columns: Columns = None) 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file (expected an interaction log)")
-    suffix = path.suffix.lower()
-    if suffix not in SUFFIXES:
+    suffix = log_format(path)
+    if suffix is None:
         raise ValueError(f"{path}: unknown interaction log suffix {path.suffix!r}; use "
-                         f"{', '.join(SUFFIXES)}")
+                         f"{', '.join([*SUFFIXES, *GZIP_SUFFIXES])}")
     spec = parse_columns(columns)
     if suffix == ".parquet":
         return _read_parquet(path, spec)
+    if path.name.lower().endswith(".gz"):
+        return _read_gzip(path, SUFFIXES[suffix], spec)
     return read_delimited(lambda: open(path, "rb"), str(path), SUFFIXES[suffix], spec)
+
+
+def log_format(path: str | os.PathLike[str]) -> str | None:
+    """The format of an interaction log by its name: ``".csv"``, ``".tsv"`` or ``".parquet"``
+    (``x.csv.gz`` is ``".csv"``, gzip-compressed), or None for any other name.
+
+    >>> log_format("events.CSV"), log_format("events.tsv.gz"), log_format("ratings.dat")
+    ('.csv', '.tsv', None)
+    """
+    name = Path(path).name.lower()
+    for compressed in GZIP_SUFFIXES:
+        if name.endswith(compressed) and len(name) > len(compressed):
+            return compressed[:-len(".gz")]
+    suffix = Path(name).suffix
+    return suffix if suffix in SUFFIXES else None
+
+
+def _read_gzip(path: Path, delimiter: str, spec: tuple[str | int, ...] | None) -> Interactions:
+    """``read_delimited`` of a gzip-compressed file, streamed; a file that is not gzip or whose
+    stream is damaged or cut short is a ``DataFormatError`` naming the file."""
+    try:
+        return read_delimited(lambda: gzip.open(path, "rb"), str(path), delimiter, spec)
+    except (gzip.BadGzipFile, EOFError, zlib.error) as err:
+        what = ("the compressed data ends early (a truncated download or copy?)"
+                if isinstance(err, EOFError) else f"not a valid gzip file ({err})")
+        raise DataFormatError(f"{path}: {what}; a .gz log must be one whole gzip stream "
+                              "(check it with gzip -t)") from None
 
 
 def preprocess_interactions(
@@ -282,8 +315,8 @@ def _resolve(spec: tuple[str | int, ...] | None, header: list[str], where: str, 
                 raise DataFormatError(
                     f"{where}: the header {','.join(names)} has no columns named "
                     f"{', '.join(DEFAULT_COLUMNS)} and more than 3 columns; say which columns "
-                    "hold user, item and timestamp with columns= (header names or 0-based "
-                    "positions, e.g. columns='userId,movieId,timestamp')"
+                    "hold user, item and timestamp with --columns (columns= in Python): header "
+                    "names or 0-based positions, e.g. --columns userId,movieId,timestamp"
                 )
     if all(isinstance(s, int) for s in spec):
         positions = tuple(int(s) for s in spec)
@@ -291,7 +324,8 @@ def _resolve(spec: tuple[str | int, ...] | None, header: list[str], where: str, 
             missing = [n for n in DEFAULT_COLUMNS if n not in names]
             raise DataFormatError(
                 f"{where}: missing column(s) {', '.join(map(repr, missing))}; the header is "
-                f"{','.join(names)} (pass columns= with header names or 0-based positions)"
+                f"{','.join(names)} (pass --columns, columns= in Python, with header names or "
+                "0-based positions)"
             )
         if len(names) <= max(positions):
             raise DataFormatError(
@@ -311,8 +345,8 @@ def _resolve(spec: tuple[str | int, ...] | None, header: list[str], where: str, 
                     f"{where}: the header {','.join(names)} names {role!r} at position {at}, "
                     f"but without all of {', '.join(DEFAULT_COLUMNS)} named the columns are "
                     "read by position (user 0, item 1, timestamp 2); say which columns hold "
-                    "user, item and timestamp with columns= (--columns), e.g. "
-                    f"columns='{_suggest(names)}'"
+                    "user, item and timestamp with --columns (columns= in Python), e.g. "
+                    f"--columns {_suggest(names)}"
                 )
     else:
         is_header = True
@@ -328,7 +362,8 @@ def _resolve(spec: tuple[str | int, ...] | None, header: list[str], where: str, 
         if missing:
             raise DataFormatError(
                 f"{where}: missing column(s) {', '.join(map(repr, missing))}; the header is "
-                f"{','.join(names)} (pass columns= with header names or 0-based positions)"
+                f"{','.join(names)} (pass --columns, columns= in Python, with header names or "
+                "0-based positions)"
             )
         too_far = [s for s in spec if isinstance(s, int) and s >= len(names)]
         if too_far:

@@ -8,11 +8,16 @@ from pathlib import Path
 
 from data._preprocess import drop_short_users
 from data.download import DATASETS, fetch_dataset
-from data.interactions import SUFFIXES, Columns, load_interactions
+from data.errors import DataFormatError
+from data.interactions import GZIP_SUFFIXES, SUFFIXES, Columns, load_interactions, log_format
 from data.movielens import load_movielens_raw
 from data.sequences import SequenceDataset, read_sasrec_text
 
 _SNIFF_BYTES = 1 << 16
+# Leading bytes of compressed and archive formats: such a file read as text gives nonsense errors.
+_COMPRESSED = ((b"\x1f\x8b", "gzip"), (b"BZh", "bzip2"), (b"\xfd7zXZ\x00", "xz"),
+               (b"\x28\xb5\x2f\xfd", "zstd"), (b"7z\xbc\xaf\x27\x1c", "7z"),
+               (b"PK\x03\x04", "zip"))
 
 
 def load_dataset(
@@ -31,7 +36,8 @@ def load_dataset(
     * a string that is a key of ``DATASETS`` (``"ml-1m"``, ``"ml-20m"``): ``fetch_dataset``
       (download and preprocess once, then cached) and ``read_sasrec_text``; ``item_ids`` holds
       the raw movie ids and titles;
-    * a file ending in ``.csv``, ``.tsv`` or ``.parquet`` (any case): an interaction log, read
+    * a file ending in ``.csv``, ``.tsv``, ``.csv.gz``, ``.tsv.gz`` or ``.parquet`` (any
+      case): an interaction log, read
       by ``load_interactions`` (``data.interactions``: string or integer ids, timestamps as
       numbers or ISO-8601 dates, the ML-1M preprocessing rules); ``item_ids`` holds the raw item
       ids;
@@ -39,6 +45,10 @@ def load_dataset(
       ``::``: raw MovieLens via ``load_movielens_raw`` (``ml-1m.zip``, ``ml-20m.zip``,
       ``ratings.dat``); ``item_ids`` holds raw movie ids and titles;
     * any other file: ``read_sasrec_text`` (ids already dense, ``item_ids`` None).
+
+    A compressed file or archive other than those (a ``.gz`` of another name, bzip2, xz, zstd,
+    7z, a zip not named ``.zip``, or a ``.csv`` that is compressed) is refused by its leading
+    bytes, with a message saying what it is, instead of being parsed as text.
 
     Every raw source drops items with fewer than 5 interactions, keeps every row as an
     interaction, sorts each user's items by time (stable: ties keep file order) and renumbers
@@ -76,14 +86,16 @@ def load_dataset(
         DataFormatError, DownloadError: from the readers and the downloader.
     """
     if min_user_interactions < 0:
-        raise ValueError(f"min_user_interactions must be >= 0, got {min_user_interactions}")
+        raise ValueError("min_user_interactions (--min-user-interactions) must be >= 0, "
+                         f"got {min_user_interactions}")
     if min_item_interactions is not None and min_item_interactions < 0:
         raise ValueError(f"min_item_interactions must be >= 0, got {min_item_interactions}")
-    is_log = Path(path_or_name).suffix.lower() in SUFFIXES
+    is_log = log_format(path_or_name) is not None
     is_name = isinstance(path_or_name, str) and path_or_name in DATASETS
     if columns is not None and (is_name or not is_log):
         raise ValueError(
-            f"{path_or_name}: columns= (--columns) applies to {', '.join(SUFFIXES)} "
+            f"{path_or_name}: columns= (--columns) applies to "
+            f"{', '.join([*SUFFIXES, *GZIP_SUFFIXES])} "
             "interaction logs only"
         )
     filters_items = min_item_interactions is not None and min_item_interactions > 1
@@ -105,6 +117,7 @@ def load_dataset(
             f"{path}: is a directory; pass a SASRec 'user item' text file, ratings.dat, "
             "ml-1m.zip or an interaction log (.csv, .tsv, .parquet)"
         )
+    _refuse_compressed(path)
     if is_log:
         return load_interactions(path, columns=columns,
                                  min_user_interactions=min_user_interactions,
@@ -121,6 +134,25 @@ def load_dataset(
             "raw log)"
         )
     return read_sasrec_text(path)
+
+
+def _refuse_compressed(path: Path) -> None:
+    """``DataFormatError`` for a compressed file or archive that no reader here takes as it is
+    (by its leading bytes): a ``.csv.gz``/``.tsv.gz`` log and a ``.zip`` are read, the rest
+    would be parsed as text and fail with nonsense."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+    kind = next((name for magic, name in _COMPRESSED if head.startswith(magic)), None)
+    name = path.name.lower()
+    if kind is None or (kind == "gzip" and name.endswith(GZIP_SUFFIXES)) \
+            or (kind == "zip" and name.endswith(".zip")) or name.endswith(".parquet"):
+        return
+    fix = ("name a gzip-compressed CSV or TSV log *.csv.gz or *.tsv.gz (it is then read as it "
+           "is), or decompress it" if kind == "gzip" else "decompress or unpack it first")
+    raise DataFormatError(
+        f"{path}: a {kind} file, not text; {fix}. Data files are {', '.join(SUFFIXES)} logs "
+        f"(also {', '.join(GZIP_SUFFIXES)}), ratings.dat, ml-1m.zip or a SASRec 'user item' "
+        "text file")
 
 
 def _is_movielens_raw(path: Path) -> bool:

@@ -31,13 +31,14 @@ class SASRecConfig:
         for name in ("num_items", "max_len", "hidden", "blocks", "heads"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
-                raise ValueError(f"SASRecConfig.{name} must be a positive integer, got {value!r}")
+                raise ValueError(f"{_named(name, 'SASRecConfig')} must be a positive integer, "
+                                 f"got {value!r}")
         if self.hidden % self.heads:
             divisors = [h for h in range(1, self.hidden + 1) if self.hidden % h == 0]
             raise ValueError(f"hidden ({self.hidden}) must be divisible by heads ({self.heads}); "
                              f"choose heads among {divisors}")
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+            raise ValueError(f"dropout (--dropout) must be in [0, 1), got {self.dropout}")
 
 
 @dataclass(frozen=True)
@@ -80,11 +81,24 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "patience", "eval_every", "eval_batch_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
-                raise ValueError(f"TrainConfig.{name} must be a positive integer, got {value!r}")
+                raise ValueError(f"{_named(name, 'TrainConfig')} must be a positive integer, "
+                                 f"got {value!r}")
         if not self.lr > 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
+            raise ValueError(f"lr (--lr) must be positive, got {self.lr}")
         if self.threads < 0:
             raise ValueError(f"threads must be >= 0 (0 = torch default), got {self.threads}")
+
+
+# Fields that scripts/train_qat.py sets from a flag of the same name: messages name both.
+_FLAGS = frozenset({"max_len", "hidden", "blocks", "heads", "epochs", "batch_size", "patience",
+                    "eval_every"})
+
+
+def _named(field_name: str, owner: str) -> str:
+    """``max_len (--max-len)`` for a field a flag sets, else ``Owner.field``."""
+    if field_name in _FLAGS:
+        return f"{field_name} (--{field_name.replace('_', '-')})"
+    return f"{owner}.{field_name}"
 
 
 def to_dict(config: Any) -> dict[str, Any]:

@@ -164,7 +164,7 @@ def test_a_header_naming_columns_out_of_position_is_refused(tmp_path):
     swapped = _write(tmp_path / "a.csv", [(i, u, t) for u, i, t in ROWS],
                      header=("item", "user", "ts"))
     with pytest.raises(DataFormatError, match=r"a\.csv:1: the header item,user,ts names 'user' "
-                       r"at position 1.*columns='user,item,ts'"):
+                       r"at position 1.*--columns user,item,ts"):
         load_interactions(swapped, min_item_interactions=3)
     assert load_interactions(swapped, columns="user,item,ts",
                              min_item_interactions=3).sequences == EXPECTED
@@ -227,7 +227,8 @@ def test_min_user_interactions_after_the_item_filter(tmp_path):
     with pytest.raises(ValueError, match="fewer than 4 interactions; lower "
                                          "--min-user-interactions"):
         load_interactions(path, min_item_interactions=2, min_user_interactions=4)
-    with pytest.raises(ValueError, match="min_user_interactions must be >= 0"):
+    with pytest.raises(ValueError,
+                       match=r"min_user_interactions \(--min-user-interactions\) must be >= 0"):
         load_interactions(path, min_user_interactions=-1)
     with pytest.raises(ValueError, match="min_item_interactions must be >= 0"):
         load_interactions(path, min_item_interactions=-1)
@@ -488,6 +489,7 @@ def test_load_dataset_columns_and_min_user_only_where_they_apply(tmp_path):
         load_dataset("ml-1m", columns="0,1,2")
     with pytest.raises(ValueError, match="a SASRec text file is already preprocessed"):
         load_dataset(text, min_user_interactions=2)
-    with pytest.raises(ValueError, match="min_user_interactions must be >= 0"):
+    with pytest.raises(ValueError,
+                       match=r"min_user_interactions \(--min-user-interactions\) must be >= 0"):
         load_dataset(text, min_user_interactions=-1)
     assert load_dataset(text, min_user_interactions=1).item_ids is None

@@ -1,10 +1,13 @@
 """load_dataset dispatch: dataset name, SASRec text, ratings.dat, zip."""
 
+import bz2
+import gzip
+import lzma
 import zipfile
 
 import pytest
 
-from data import ItemIds, load_dataset
+from data import DataFormatError, ItemIds, load_dataset
 
 # load_dataset uses the default min_item_ratings=5. Movies 7 and 8 get 5 ratings each (users 4
 # and 2 rate each twice, user 3 once), movie 9 only 2 and is dropped. Users 2, 3, 4 -> 1, 2, 3;
@@ -85,3 +88,50 @@ def test_interaction_log_by_suffix(tmp_path):
     tsv = tmp_path / "log.tsv"
     tsv.write_text(text.replace(",", "\t"))
     assert load_dataset(tsv).sequences == EXPECTED
+
+
+def test_gzip_compressed_logs_read_as_their_plain_text(tmp_path):
+    rows = [line.split("::") for line in RATINGS.splitlines()]
+    text = "user,item,timestamp\n" + "".join(f"u{u},m{m},{t}\n" for u, m, _, t in rows)
+    for name, body in (("log.csv.gz", text), ("LOG.TSV.GZ", text.replace(",", "\t"))):
+        path = tmp_path / name
+        path.write_bytes(gzip.compress(body.encode()))
+        d = load_dataset(path)
+        assert d.sequences == EXPECTED and d.item_ids == ItemIds(("m7", "m8"))
+        assert load_dataset(path, columns="user,item,timestamp").sequences == EXPECTED
+    plain = tmp_path / "log.csv"
+    plain.write_text(text)
+    assert load_dataset(tmp_path / "log.csv.gz").fingerprint() == load_dataset(plain).fingerprint()
+
+
+def test_damaged_gzip_logs_are_one_clear_error(tmp_path):
+    whole = gzip.compress(("user,item,timestamp\n" + "u1,i1,1\n" * 5000).encode())
+    truncated = tmp_path / "cut.csv.gz"
+    truncated.write_bytes(whole[:len(whole) // 2])
+    with pytest.raises(DataFormatError, match=r"cut.csv.gz: the compressed data ends early"):
+        load_dataset(truncated)
+    not_gzip = tmp_path / "plain.csv.gz"
+    not_gzip.write_text("user,item,timestamp\nu1,i1,1\n")
+    with pytest.raises(DataFormatError, match=r"plain.csv.gz: not a valid gzip file"):
+        load_dataset(not_gzip)
+
+
+@pytest.mark.parametrize("name, compress, kind", [
+    ("log.txt", gzip.compress, "gzip"),          # would be read as SASRec text
+    ("log.csv", gzip.compress, "gzip"),          # would be read as UTF-8 CSV
+    ("log.csv.bz2", bz2.compress, "bzip2"),
+    ("log.csv.xz", lzma.compress, "xz"),
+])
+def test_other_compressed_files_are_named_not_parsed_as_text(tmp_path, name, compress, kind):
+    path = tmp_path / name
+    path.write_bytes(compress(b"1 1\n1 2\n1 3\n"))
+    with pytest.raises(DataFormatError, match=rf"{name}: a {kind} file, not text; "):
+        load_dataset(path)
+
+
+def test_a_zip_archive_not_named_zip_is_named(tmp_path):
+    path = tmp_path / "ratings.bin"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("ratings.dat", RATINGS)
+    with pytest.raises(DataFormatError, match="a zip file, not text; decompress or unpack it"):
+        load_dataset(path)

@@ -243,7 +243,8 @@ def test_min_user_interactions(tmp_path):
     d = load_movielens_raw(_ratings_file(tmp_path), min_item_ratings=2, min_user_interactions=3)
     assert d.sequences == {1: [1, 2, 3], 2: [2, 3, 4]}
     assert d.item_ids.raw == ("40", "20", "10", "30")
-    with pytest.raises(ValueError, match="min_user_interactions must be >= 0"):
+    with pytest.raises(ValueError,
+                       match=r"min_user_interactions \(--min-user-interactions\) must be >= 0"):
         preprocess_ratings([(1, 2, 3)], min_user_interactions=-1)
 
 

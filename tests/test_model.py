@@ -64,7 +64,8 @@ def test_too_long_sequence_is_an_error():
 
 @pytest.mark.parametrize("kw, match", [
     (dict(hidden=10, heads=3), "divisible by heads"),
-    (dict(max_len=0), "max_len must be a positive integer"),
+    (dict(max_len=0), r"max_len \(--max-len\) must be a positive integer, got 0"),
+    (dict(num_items=0), r"SASRecConfig.num_items must be a positive integer"),
     (dict(dropout=1.0), "dropout"),
 ])
 def test_bad_config(kw, match):
