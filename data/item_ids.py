@@ -33,16 +33,28 @@ from data.errors import quote_some
 ITEM_IDS = "item_ids.json"  # the file name, beside a cached dataset and in every run folder
 METADATA_KEY = "sasrec_qat.item_ids"  # the ONNX metadata property holding the same JSON
 _RECORD, _SCHEMA = "item_ids", 1
+TSV_BREAKING = "\t\r\n"  # characters that break a tab-separated line
+
+
+def tsv_unsafe(values: Iterable[str | None]) -> list[str]:
+    """The ``values`` (ids, titles) that hold a tab or line break, which no tab-separated line
+    (``scripts/recommend.py``'s output) can carry; None values are skipped.
+
+    >>> tsv_unsafe(["sku-1", "a\\tb", None, "c\\nd"])
+    ['a\\tb', 'c\\nd']
+    """
+    return [v for v in values if v is not None and any(c in v for c in TSV_BREAKING)]
 
 
 class UnknownItemError(ValueError):
     """Raw item ids the model does not know; ``unknown`` lists them (the message names them)."""
 
+    REASON = ("not in the model's catalogue (items with fewer interactions than the minimum "
+              "were dropped at preprocessing)")
+
     def __init__(self, unknown: Sequence[str]) -> None:
         self.unknown = list(unknown)
-        super().__init__(f"unknown item id(s) {quote_some(self.unknown)}: not in the model's "
-                         "catalogue (items with fewer interactions than the minimum were dropped "
-                         "at preprocessing)")
+        super().__init__(f"unknown item id(s) {quote_some(self.unknown)}: {self.REASON}")
 
 
 @dataclass(frozen=True)

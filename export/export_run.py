@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+from tqdm.auto import tqdm
 
 from data import ITEM_IDS, ItemIds, LeaveOneOutSplit
 from data.batching import check_eval_negatives
@@ -119,8 +120,9 @@ def _scoring(run: RunModel, scoring: str | None, *, fused: bool, top_k: int | No
 
 def _export_one(run: RunModel, split: LeaveOneOutSplit, *, fused: bool, scoring: str | None,
                 threads: int, batch_size: int, optimization: str, item_ids: ItemIds,
-                eval_negatives: int, eval_seed: int, torch_sampled: dict[str, Any] | None
-                ) -> tuple[onnx.ModelProto, ParityReport, dict[str, Any] | None, Any]:
+                eval_negatives: int, eval_seed: int, torch_sampled: dict[str, Any] | None,
+                progress: bool) -> tuple[onnx.ModelProto, ParityReport, dict[str, Any] | None,
+                                         Any]:
     """Build one graph of ``run`` (exact or fused) and compare it with the torch model; with
     ``eval_negatives`` also its sampled metrics (``GraphParity.sampled``; ``torch_sampled``:
     the torch side's, computed once for every graph). Returns the graph, its report, its
@@ -136,20 +138,23 @@ def _export_one(run: RunModel, split: LeaveOneOutSplit, *, fused: bool, scoring:
             build_sasrec_onnx(run.model, hidden_output=True, metadata=meta, fused=fused,
                               scoring=path),
             threads=threads, optimization=optimization)
+    name = onnx_file_name(FUSED_KIND if fused else run.kind)
     report = check_parity(run.model, session, split, WHICH, batch_size=batch_size,
-                          hidden_session=hidden_session)
+                          hidden_session=hidden_session,
+                          progress=f"{name} vs torch" if progress else None)
     sampled = None
     if eval_negatives:
         sampled = sampled_metrics(run, session, split, negatives=eval_negatives,
                                   seed=eval_seed, batch_size=batch_size,
-                                  reference=torch_sampled)
+                                  reference=torch_sampled,
+                                  progress=f"{name} sampled" if progress else None)
     return onnx_model, report, sampled, session
 
 
 def _export_top_k(run: RunModel, inputs: np.ndarray, full_session: Any, full_file: str,
                   *, fused: bool, top_k: int, scoring: str | None, threads: int,
-                  item_ids: ItemIds,
-                  batch_size: int) -> tuple[onnx.ModelProto, dict[str, Any]]:
+                  item_ids: ItemIds, batch_size: int,
+                  progress: bool = False) -> tuple[onnx.ModelProto, dict[str, Any]]:
     """The top-k graph beside the full-score graph ``full_file`` and how its lists agree with
     that graph's ranked scores (``full_session``) on ``inputs``, the test users' sequences
     (``TopKParity`` fields but the file's)."""
@@ -158,7 +163,8 @@ def _export_top_k(run: RunModel, inputs: np.ndarray, full_session: Any, full_fil
     model = build_sasrec_onnx(run.model, top_k=top_k, metadata=meta, fused=fused, scoring=path)
     top_session = make_session(model, threads=threads)
     same = 0
-    for start in range(0, len(inputs), batch_size):
+    for start in tqdm(range(0, len(inputs), batch_size), desc=top_k_file_name(full_file),
+                      unit="batch", disable=not progress, leave=False):
         x = inputs[start:start + batch_size]
         want = rank_masked(full_session.run([SCORES], {INPUT: x})[0], x, top_k)[0]
         got = top_session.run([TOP_K_ITEMS], {INPUT: x})[0]
@@ -177,20 +183,22 @@ def top_k_file_name(full_file: str) -> str:
 
 
 def sampled_metrics(run: RunModel, session: Any, split: LeaveOneOutSplit, *, negatives: int,
-                    seed: int, batch_size: int,
-                    reference: dict[str, Any] | None = None) -> dict[str, Any]:
+                    seed: int, batch_size: int, reference: dict[str, Any] | None = None,
+                    progress: str | None = None) -> dict[str, Any]:
     """nDCG@10 / Hit@10 of the torch model and of ``session`` by the sampled protocol.
 
     Both sides rank each test target against the same ``negatives`` sampled unseen items
     (``qat.evaluate.evaluate(sampled_negatives=negatives, seed=seed)``: one generator seeded
     alike, so the same negatives). ``reference``: the torch side's ``evaluate`` result if
-    already computed with these settings. Returns the ``GraphParity.sampled`` layout:
+    already computed with these settings; ``progress``: a bar with this description. Returns
+    the ``GraphParity.sampled`` layout:
     ``{"negatives", "seed", "ndcg": {"torch", "onnxruntime"}, "hit": {...}, "users"}``.
     """
     common = dict(max_len=run.model.config.max_len, batch_size=batch_size, k=K,
                   sampled_negatives=negatives, seed=seed)
     ref = reference or evaluate(run.model.score_last, split, WHICH, **common)
-    got = evaluate(OnnxScorer(session), split, WHICH, **common)
+    got = evaluate(OnnxScorer(session), split, WHICH, progress=progress is not None,
+                   desc=progress, **common)
     return {"negatives": negatives, "seed": seed,
             "ndcg": {"torch": ref[f"ndcg@{K}"], "onnxruntime": got[f"ndcg@{K}"]},
             "hit": {"torch": ref[f"hit@{K}"], "onnxruntime": got[f"hit@{K}"]},
@@ -201,7 +209,7 @@ def export_run(run_dir: str | Path, *, data: str | None = None, cache_dir: Path 
                mirror: str | None = None, threads: int = 0, batch_size: int = 256,
                top_k: int = K, fused: bool = False, scoring: str | None = None,
                optimization: str = "all", eval_negatives: int = 0,
-               eval_seed: int = 0) -> ExportResult:
+               eval_seed: int = 0, progress: bool = False) -> ExportResult:
     """Export ``run_dir``'s model, check its parity, write the ONNX file(s) and parity.json.
 
     Args:
@@ -222,6 +230,7 @@ def export_run(run_dir: str | Path, *, data: str | None = None, cache_dir: Path 
         eval_negatives: also score each graph and the torch model by the sampled protocol
             (target + this many sampled negatives; 0 = off).
         eval_seed: seed of the sampled negatives.
+        progress: progress bars on stderr over each graph's evaluation batches.
 
     Raises:
         FileNotFoundError, ValueError: unusable run folder, data or ``item_ids.json``, or a
@@ -251,11 +260,13 @@ def export_run(run_dir: str | Path, *, data: str | None = None, cache_dir: Path 
                                     cache_dir=cache_dir, mirror=mirror)
     settings = dict(threads=threads, batch_size=batch_size,
                     optimization=optimization, item_ids=item_ids,
-                    eval_negatives=eval_negatives, eval_seed=eval_seed, torch_sampled=None)
+                    eval_negatives=eval_negatives, eval_seed=eval_seed, torch_sampled=None,
+                    progress=progress)
     if eval_negatives:  # the torch side once, for every graph
         settings["torch_sampled"] = evaluate(
             run.model.score_last, split, WHICH, max_len=run.model.config.max_len,
-            batch_size=batch_size, k=K, sampled_negatives=eval_negatives, seed=eval_seed)
+            batch_size=batch_size, k=K, sampled_negatives=eval_negatives, seed=eval_seed,
+            progress=progress, desc="torch sampled")
     exact_scoring = None if scoring == "fused" else scoring
     *exact, exact_session = _export_one(run, split, fused=False, scoring=exact_scoring,
                                         **settings)
@@ -271,7 +282,7 @@ def export_run(run_dir: str | Path, *, data: str | None = None, cache_dir: Path 
         model, fields = _export_top_k(
             run, inputs, session, path.name, fused=is_fused, top_k=top_k, threads=threads,
             scoring=exact_scoring if not is_fused else scoring, item_ids=item_ids,
-            batch_size=batch_size)
+            batch_size=batch_size, progress=progress)
         top_k_graphs.append((run.run_dir / top_k_file_name(path.name), model, fields))
     props = {p.key: p.value for p in graphs[0][1].metadata_props}
     max_weight = props.get("sasrec_qat.max_abs_weight_int")

@@ -164,7 +164,8 @@ class _PairedPass:
 def check_parity(model: SASRec, session: ort.InferenceSession, split: LeaveOneOutSplit,
                  which: str = "test", *, batch_size: int = 256,
                  hidden_session: ort.InferenceSession | None = None,
-                 thresholds: ParityThresholds = ParityThresholds()) -> ParityReport:
+                 thresholds: ParityThresholds = ParityThresholds(),
+                 progress: str | None = None) -> ParityReport:
     """Compare ``model`` (torch, FP32 or INT8) with its ONNX export running in ``session``.
 
     Args:
@@ -176,6 +177,7 @@ def check_parity(model: SASRec, session: ort.InferenceSession, split: LeaveOneOu
         hidden_session: a session of the same export with ``hidden_output=True``; INT8 only,
             adds ``hidden_steps`` to the report.
         thresholds: the gate.
+        progress: a progress bar over the batches on stderr, with this description.
     """
     model.eval()
     hidden = None
@@ -185,7 +187,8 @@ def check_parity(model: SASRec, session: ort.InferenceSession, split: LeaveOneOu
         hidden = OnnxScorer(hidden_session, output=HIDDEN)
     paired = _PairedPass(model, OnnxScorer(session), hidden)
     max_len = model.config.max_len
-    ref = evaluate(paired, split, which, max_len=max_len, batch_size=batch_size, k=K)
+    ref = evaluate(paired, split, which, max_len=max_len, batch_size=batch_size, k=K,
+                   progress=progress is not None, desc=progress)
     got = evaluate(paired.replay(), split, which, max_len=max_len, batch_size=batch_size, k=K)
     same, overlap = torch.cat(paired.same), torch.cat(paired.overlap)
     hidden_steps = None

@@ -373,7 +373,7 @@ def export_step(run: Run, settings: PipelineSettings) -> Step:
         if export_done(run):
             return Plan(skip=f"{run.folder / PARITY} describes {run.model_file.name} and "
                              f"{run.onnx_file.name} as they are")
-        return Plan(args=["--run", str(run.folder), "--data", settings.data]
+        return Plan(args=["--run", str(run.folder), "--data", settings.data, "--no-progress"]
                     + optional_flags(settings, ["threads"]))
 
     def check() -> str | None:

@@ -60,7 +60,8 @@ import numpy as np
 import onnxruntime as ort
 
 from data import ItemIds, UnknownItemError
-from data.item_ids import METADATA_KEY
+from data.errors import quote_some
+from data.item_ids import METADATA_KEY, tsv_unsafe
 from export.parity_record import exported_graphs
 from export.runtime import make_session, model_metadata, serving_kind
 from export.sasrec_graph import EXCLUDE, INPUT, K_INPUT, SCORES, TOP_K_ITEMS, TOP_K_SCORES
@@ -348,7 +349,8 @@ def _run_top_k(session: ort.InferenceSession, seqs: np.ndarray, internal: list[l
 
 def read_history_file(path: str | os.PathLike) -> tuple[list[int], list[list[str]]]:
     """``(line numbers, histories)`` of a history file (scripts/recommend.py --history-file):
-    one user per line, raw ids separated by spaces or commas; blank lines are skipped.
+    one user per line, raw ids separated by spaces or commas; blank lines are skipped; UTF-8,
+    with or without a byte-order mark.
 
     Raises:
         FileNotFoundError, OSError: the file cannot be read.
@@ -358,7 +360,7 @@ def read_history_file(path: str | os.PathLike) -> tuple[list[int], list[list[str
     if not path.is_file():
         raise FileNotFoundError(f"no history file at {path}")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (Notepad) is fine
     except UnicodeDecodeError as err:
         raise ValueError(f"{path}: not UTF-8 text ({err})") from err
     lines, histories = [], []
@@ -377,7 +379,23 @@ def format_recommendations(results: list[list[Recommendation]],
                            lines: Sequence[int | str] | None = None) -> list[str]:
     """``rank<TAB>raw id<TAB>score[<TAB>title]`` per recommendation (score to 6 decimals, the
     title when there is one), prefixed with ``lines[i]<TAB>`` (the user's line number in a
-    history file, or their raw user id) when ``lines`` is given."""
+    history file, or their raw user id) when ``lines`` is given.
+
+    Raises:
+        ValueError: a recommended item's raw id or title, or a user id, holds a tab or line
+            break (``data.item_ids.tsv_unsafe``): no tab-separated line can carry it. Nothing
+            is returned then, so a caller prints all of a batch or none of it.
+    """
+    bad_items = tsv_unsafe(value for recs in results for rec in recs
+                           for value in (rec.item, rec.title))
+    if bad_items:
+        raise ValueError(f"recommended item id(s) or title(s) {quote_some(bad_items, 3)} hold a "
+                         "tab or line break: a tab-separated line cannot carry them (rename "
+                         "them in the log, or serve from Python: export.recommend.recommend)")
+    bad_users = tsv_unsafe(str(line) for line in lines or ())
+    if bad_users:
+        raise ValueError(f"user id(s) {quote_some(bad_users, 3)} hold a tab or line break: a "
+                         "tab-separated line cannot carry them")
     out = []
     for i, recs in enumerate(results):
         prefix = f"{lines[i]}\t" if lines is not None else ""

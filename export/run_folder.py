@@ -35,6 +35,8 @@ class RunModel:
         bits: weight bits (32 for FP32).
         data: the dataset recorded in ``config.json`` (None if absent).
         run_dir: the folder.
+        unfinished: FP32 runs whose training has not ended (killed, or still training): what
+            is exported instead of the final model, for a note; None otherwise.
     """
 
     model: SASRec
@@ -43,6 +45,7 @@ class RunModel:
     bits: int
     data: str | None
     run_dir: Path
+    unfinished: str | None = None
 
     @property
     def onnx_path(self) -> Path:
@@ -100,7 +103,14 @@ def load_run(run_dir: str | Path) -> RunModel:
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
         raise ValueError(f"{run_dir / CHECKPOINT} does not hold a usable FP32 SASRec "
                          f"({type(err).__name__}: {_first_line(err)})") from err
-    return RunModel(model.eval(), "fp32", "fp32", 32, data, run_dir)
+    unfinished = None
+    if ckpt.get("finished") is False:
+        epoch = (ckpt.get("state") or {}).get("epoch", "?")
+        planned = (ckpt.get("train_config") or {}).get("epochs", "?")
+        unfinished = (f"{run_dir} has not finished training (epoch {epoch} of {planned}): its "
+                      f"best model so far (epoch {ckpt.get('best_epoch')}) is exported; "
+                      "train_qat.py --resume finishes it")
+    return RunModel(model.eval(), "fp32", "fp32", 32, data, run_dir, unfinished)
 
 
 def load_run_split(run_dir: str | Path, num_items: int, data: str | None = None, *,
@@ -120,15 +130,21 @@ def load_run_split(run_dir: str | Path, num_items: int, data: str | None = None,
             checked too.
 
     Raises:
-        ValueError: a missing or unreadable config.json (of ``run_dir`` or ``also``), no
-            dataset recorded nor given, an unreadable recorded dataset (the message
-            says where it was recorded), a dataset with another number of items, or one whose
-            fingerprint differs from the one ``config.json`` records (``check_run_data``).
+        ValueError: a missing or unreadable config.json (of ``run_dir`` or ``also``), runs
+            recorded as trained on different datasets, no dataset recorded nor given, an
+            unreadable recorded dataset (the message says where it was recorded), a dataset
+            with another number of items, or one whose fingerprint differs from the one
+            ``config.json`` records (``check_run_data``).
     """
     run_dir = Path(run_dir)
     config = _read_config(run_dir)  # else the dataset checks below would pass by default
     for run in also:
         _read_config(Path(run))
+    trained_on = {str(run): recorded_fingerprint(run) for run in (run_dir, *also)}
+    if len({f for f in trained_on.values() if f is not None}) > 1:
+        raise ValueError("the runs were trained on different datasets (fingerprints: "
+                         + ", ".join(f"{run} {f[:12]}" for run, f in trained_on.items() if f)
+                         + "): no one dataset evaluates them all; give runs of one dataset")
     recorded = data is None
     data = (str(config["data"]) if config.get("data") else None) if recorded else data
     if data is None:

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Callable, NoReturn, Sequence
 
 from data import DownloadError
-from qat.distributed import PeerFailed
+from qat.distributed import PeerFailed, lost_peer
 
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, DownloadError,
                                                 FloatingPointError)
@@ -72,6 +72,28 @@ def threads_arg(text: str) -> int:
     return value
 
 
+def path_arg(text: str) -> Path:
+    """argparse ``type`` of a path flag: refuses an empty string (``Path("")`` is the current
+    folder, so ``--out ""`` would quietly write a run there)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("a path is needed, got an empty string")
+    return Path(text)
+
+
+def folder_arg(text: str) -> Path:
+    """argparse ``type`` of an output folder: a non-empty path (:func:`path_arg`) that is not a
+    file and has no file where a folder above it should be."""
+    path = path_arg(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a file; give a folder")
+    for parent in path.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise argparse.ArgumentTypeError(f"{text}: {parent} is a file, not a folder")
+            break
+    return path
+
+
 def check_output_file(path: str | os.PathLike | None, flag: str = "--out", *,
                       what: str = "the JSON") -> None:
     """Refuse, before any work, an output file path that names a folder or where no file can be
@@ -110,7 +132,9 @@ def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None = No
 
     Under torchrun (``WORLD_SIZE`` > 1) a rank other than 0 prefixes its line with
     ``[rank R]``, and a rank stopped because rank 0 failed (``qat.distributed.PeerFailed``)
-    exits 2 without a line of its own: the reason is rank 0's line.
+    exits 2 without a line of its own: the reason is rank 0's line. A rank whose collective
+    failed because another process died (``qat.distributed.lost_peer``) says so in one line
+    (exit 2) instead of the backend's traceback.
     """
     try:
         return main(argv)
@@ -120,6 +144,14 @@ def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None = No
         rank = int(os.environ.get("RANK", "0")) if int(os.environ.get("WORLD_SIZE", "1")) > 1 \
             else 0
         print(f"error: {f'[rank {rank}] ' if rank else ''}{error_line(err)}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except RuntimeError as err:
+        if not lost_peer(err):
+            raise  # a bug: keep the traceback
+        reason = error_line(err).split(" This is typically caused", 1)[0].rstrip(". ")
+        print(f"error: [rank {os.environ.get('RANK', '?')}] lost contact with another process "
+              f"of the run, which stopped or was killed (its own output says why): {reason}; "
+              "every checkpoint written so far is kept: rerun with --resume", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -150,6 +150,33 @@ class DistributedContext:
             dist.destroy_process_group()
 
 
+# What the collective backends say when the process at the other end is gone (gloo's TCP
+# transport; NCCL's aborted communicator after its watchdog times out).
+_LOST_PEER_MARKERS = ("gloo/transport", "Connection reset by peer", "Connection closed by peer",
+                      "Broken pipe", "NCCL communicator was aborted", "ProcessGroupNCCL")
+
+
+def lost_peer(err: BaseException) -> bool:
+    """Whether ``err`` is a collective failing because another process of the run died (was
+    killed, or crashed): a ``torch.distributed.DistError``, or a ``RuntimeError`` from gloo's
+    TCP transport (what a dead peer gives on the CPU: "Read error ... Connection reset by
+    peer"). Only under torchrun; elsewhere every ``RuntimeError`` is a bug to report.
+
+    >>> import os; os.environ["WORLD_SIZE"] = "2"
+    >>> lost_peer(RuntimeError("[gloo/transport/tcp/pair.cc:537] Read error: Connection reset "
+    ...                        "by peer."))
+    True
+    >>> lost_peer(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+    False
+    >>> del os.environ["WORLD_SIZE"]
+    """
+    if not launched_by_torchrun():
+        return False
+    if isinstance(err, getattr(dist, "DistError", ())):
+        return True
+    return isinstance(err, RuntimeError) and any(m in str(err) for m in _LOST_PEER_MARKERS)
+
+
 def launched_by_torchrun() -> bool:
     """True when torchrun (or another launcher) set a world size above 1."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1

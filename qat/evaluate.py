@@ -21,7 +21,8 @@ Scorer = Callable[[torch.Tensor], torch.Tensor]
 @torch.no_grad()
 def evaluate(scorer: Scorer, split: LeaveOneOutSplit, which: str, *, max_len: int,
              batch_size: int = 512, k: int = 10, sampled_negatives: int = 0,
-             seed: int = 0, progress: bool = False) -> dict[str, float]:
+             seed: int = 0, progress: bool = False,
+             desc: str | None = None) -> dict[str, float]:
     """nDCG@k and Hit@k of ``scorer`` on the validation or test items.
 
     Full ranking ranks the target against every item the user has not interacted with
@@ -33,7 +34,8 @@ def evaluate(scorer: Scorer, split: LeaveOneOutSplit, which: str, *, max_len: in
     """
     start = time.perf_counter()
     ranks = compute_ranks(scorer, split, which, max_len=max_len, batch_size=batch_size,
-                          sampled_negatives=sampled_negatives, seed=seed, progress=progress)
+                          sampled_negatives=sampled_negatives, seed=seed, progress=progress,
+                          desc=desc)
     return rank_metrics(ranks, k, time.perf_counter() - start)
 
 
@@ -50,7 +52,8 @@ def rank_metrics(ranks: torch.Tensor, k: int = 10, seconds: float = 0.0) -> dict
 @torch.no_grad()
 def compute_ranks(scorer: Scorer, split: LeaveOneOutSplit, which: str, *, max_len: int,
                   batch_size: int = 512, sampled_negatives: int = 0, seed: int = 0,
-                  progress: bool = False, users: range | None = None) -> torch.Tensor:
+                  progress: bool = False, users: range | None = None,
+                  desc: str | None = None) -> torch.Tensor:
     """0-based pessimistic rank of every evaluated user's target, in user-id order, on the CPU.
 
     ``users``: only the users at these positions of ``eval_users(split, which)`` (a shard for
@@ -72,7 +75,12 @@ def compute_ranks(scorer: Scorer, split: LeaveOneOutSplit, which: str, *, max_le
     all_ranks = []
     offset = 0
     batches = eval_batches(split, which, max_len=max_len, batch_size=batch_size, users=selected)
-    for batch in tqdm(batches, desc=f"eval {which}", disable=not progress, leave=False):
+    total = None  # batches, for the bar
+    if progress:
+        total = -(-len(selected if selected is not None else eval_users(split, which))
+                  // batch_size)
+    for batch in tqdm(batches, desc=desc or f"eval {which}", total=total, unit="batch",
+                      disable=not progress, leave=False):
         scores = scorer(batch.inputs).float()
         device = scores.device
         targets = batch.targets.to(device)

@@ -12,6 +12,7 @@ A QAT run ends by folding, converting and saving ``model_int8.pt`` and its INT8 
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 from dataclasses import dataclass
@@ -20,8 +21,10 @@ from typing import Any
 
 import torch
 
-from data import ItemIds, leave_one_out, load_dataset
+from data import ItemIds, LeaveOneOutSplit, leave_one_out, load_dataset
 from data.batching import check_eval_negatives
+from data.errors import quote_some
+from data.item_ids import tsv_unsafe
 from qat.config import SASRecConfig, TrainConfig
 from qat.distributed import DistributedContext, setup_distributed
 from qat.evaluate import evaluate
@@ -30,14 +33,16 @@ from qat.finetune import (calibration_inputs, load_float_model, prepare_for_meth
 from qat.metrics_record import MetricsRecord
 from qat.model import SASRec
 from qat.records import file_sha256
-from qat.registry import get_method
+from qat.registry import QuantMethod, get_method
 from qat.run_files import CHECKPOINT, INT8_MODEL, METRICS
+from qat.run_lock import run_folder_lock
 from qat.train import Trainer
 
 ARCHITECTURE_DEFAULTS = {"max_len": 200, "hidden": 50, "blocks": 2, "heads": 1, "dropout": 0.2}
 EVAL_SEED = 0  # negatives of --eval-negatives (export_int8.py --eval-seed defaults to the same)
 # (from scratch, QAT fine-tuning from an FP32 run)
 SCHEDULE_DEFAULTS = {"epochs": (200, 30), "patience": (20, 5), "lr": (1e-3, 1e-4)}
+DEFAULT_BATCH_SIZE = 128  # users per optimizer step (the global batch under torchrun)
 
 
 @dataclass(frozen=True)
@@ -65,7 +70,7 @@ class TrainRunOptions:
     blocks: int | None = None
     heads: int | None = None
     dropout: float | None = None
-    batch_size: int = 128
+    batch_size: int | None = None  # None: 128 (DEFAULT_BATCH_SIZE)
     lr: float | None = None
     quant_lr: float | None = None
     loss: str = "ce"
@@ -147,11 +152,16 @@ def global_batch_size(options: TrainRunOptions, world_size: int) -> int:
     """The users per optimizer step: ``--batch-size``, or ``--batch-size-per-rank`` times the
     number of processes. Raises ValueError for a non-positive size."""
     if options.batch_size_per_rank is None:
-        if options.batch_size < 1:
-            raise ValueError(f"--batch-size must be >= 1, got {options.batch_size}")
-        return options.batch_size
+        batch_size = DEFAULT_BATCH_SIZE if options.batch_size is None else options.batch_size
+        if batch_size < 1:
+            raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
+        return batch_size
     if options.batch_size_per_rank < 1:
         raise ValueError(f"--batch-size-per-rank must be >= 1, got {options.batch_size_per_rank}")
+    if options.batch_size is not None:
+        raise ValueError(f"--batch-size {options.batch_size} and --batch-size-per-rank "
+                         f"{options.batch_size_per_rank} both set the batch: give one (the "
+                         "global batch, or the users per process)")
     return options.batch_size_per_rank * world_size
 
 
@@ -182,6 +192,9 @@ def _train_run(options: TrainRunOptions, ctx: DistributedContext) -> MetricsReco
     if not method.is_quantized and options.bits is not None:
         raise ValueError(f"--bits applies to QAT methods; --qconfig {method.name} keeps 32-bit "
                          "float weights: drop --bits")
+    if not method.is_quantized and options.quant_lr is not None:
+        raise ValueError(f"--quant-lr applies to QAT methods; --qconfig {method.name} has no "
+                         "quantizer parameters: drop --quant-lr")
     bits = 8 if options.bits is None else options.bits
     if method.is_quantized:
         method.mapping(bits)  # validates --bits for this method
@@ -268,6 +281,12 @@ def _train_run(options: TrainRunOptions, ctx: DistributedContext) -> MetricsReco
               f"method {method.name}" + (f" ({bits}-bit weights)" if method.is_quantized else "")
               + (f", from {options.init_from}" if init_model is not None else "")
               + f"; {where}; {torch.get_num_threads()} thread(s)", file=sys.stderr)
+        unprintable = tsv_unsafe(dataset.item_ids.raw) if dataset.item_ids is not None else []
+        if unprintable:
+            print(f"note: item id(s) {quote_some(unprintable, 3)} hold a tab or line break: "
+                  "scripts/recommend.py cannot print them in its tab-separated lines and "
+                  "refuses a list that holds one (export.recommend.recommend returns them as "
+                  "they are)", file=sys.stderr)
     run_info = {"data": str(dataset.source), "data_fingerprint": fingerprint,
                 # how the file was read: later steps (export, benchmark) read it the same way
                 "data_options": data_options(options),
@@ -280,6 +299,19 @@ def _train_run(options: TrainRunOptions, ctx: DistributedContext) -> MetricsReco
     item_ids = dataset.item_ids or ItemIds.identity(dataset.num_items)
     trainer = Trainer(model, split, model_config, train_config, options.out, method=method.name,
                       hooks=hooks, run_info=run_info, item_ids=item_ids, context=ctx)
+    # rank 0 writes the folder: it holds the folder's lock until the run is written (a busy
+    # folder fails rank 0 and stops every rank: on_main)
+    with contextlib.ExitStack() as lock:
+        ctx.on_main(lambda: lock.enter_context(run_folder_lock(options.out)))
+        return _fit_and_convert(options, ctx, trainer, method, bits, split, model_config,
+                                train_config)
+
+
+def _fit_and_convert(options: TrainRunOptions, ctx: DistributedContext, trainer: Trainer,
+                     method: QuantMethod, bits: int, split: LeaveOneOutSplit,
+                     model_config: SASRecConfig,
+                     train_config: TrainConfig) -> MetricsRecord:
+    """Train, then (QAT) convert on rank 0 and evaluate the INT8 model on the CPU."""
     metrics = trainer.fit(resume=options.resume)
     if options.eval_negatives:
         metrics.sampled = {"negatives": options.eval_negatives, "seed": EVAL_SEED, **{

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from qat.checkpoint import load_checkpoint
-from qat.cli import ArgumentParser, run_cli, threads_arg
+from qat.cli import ArgumentParser, folder_arg, run_cli, threads_arg
 from qat.run_files import CHECKPOINT
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,7 +38,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=threads_arg, default=1, help="intra-op threads per process")
     p.add_argument("--epochs", type=int, default=3, help="epochs per run (the first is warm-up)")
     p.add_argument("--batch-size", type=int, default=128, help="global batch")
-    p.add_argument("--out", type=Path, default=Path("runs/bench_ddp"), help="output folder")
+    p.add_argument("--out", type=folder_arg, default=Path("runs/bench_ddp"), help="output folder")
     return p.parse_args(argv)
 
 

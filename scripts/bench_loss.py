@@ -55,7 +55,7 @@ import torch
 from data import LeaveOneOutSplit
 from export.latency import machine_info
 from qat.checkpoint import save_json
-from qat.cli import seed_arg, threads_arg
+from qat.cli import path_arg, seed_arg, threads_arg
 from qat.config import NEGATIVE_SAMPLING, SASRecConfig, TrainConfig
 from qat.model import SASRec
 from qat.train import Trainer
@@ -94,7 +94,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--timeout", type=float, default=600.0,
                    help="seconds before a configuration's worker is stopped")
     p.add_argument("--seed", type=seed_arg, default=0)
-    p.add_argument("--out", type=Path, default=None, help="also write the figures as JSON")
+    p.add_argument("--out", type=path_arg, default=None, help="also write the figures as JSON")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # internal: one config
     args = p.parse_args(argv)
     for name in ("items", "batch_size", "hidden", "blocks", "steps", "threads", "epoch_users"):

@@ -34,7 +34,7 @@ from data import DataFormatError, DownloadError, TrainBatcher
 from export.latency import latency_stats, machine_info, round_order
 from export.run_folder import load_run_split
 from qat.checkpoint import save_json
-from qat.cli import seed_arg, threads_arg
+from qat.cli import path_arg, seed_arg, threads_arg
 from qat.config import TrainConfig
 from qat.finetune import load_float_model, prepare_for_method, qat_hooks
 from qat.quantize import ignore_torch_quantization_warnings
@@ -47,11 +47,11 @@ FINETUNE_LR = 1e-4  # scripts/train_qat.py's fine-tuning default
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--init-from", type=Path, required=True, metavar="FP32_RUN",
+    p.add_argument("--init-from", type=path_arg, required=True, metavar="FP32_RUN",
                    help="an FP32 run folder of scripts/train_qat.py (weights and architecture)")
     p.add_argument("--data", default=None, metavar="PATH_OR_NAME",
                    help="dataset (default: the one recorded in FP32_RUN/config.json)")
-    p.add_argument("--cache-dir", type=Path, default=None, help="download cache for names")
+    p.add_argument("--cache-dir", type=path_arg, default=None, help="download cache for names")
     quantized = [name for name, m in METHODS.items() if m.is_quantized]
     p.add_argument("--methods", nargs="+", default=quantized, choices=quantized,
                    help="QAT methods to time next to FP32 (default: all)")
@@ -61,7 +61,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=3, help="untimed steps per model first")
     p.add_argument("--threads", type=threads_arg, default=1, help="torch intra-op threads")
     p.add_argument("--seed", type=seed_arg, default=42)
-    p.add_argument("--out", type=Path, default=None, help="also write the figures as JSON")
+    p.add_argument("--out", type=path_arg, default=None, help="also write the figures as JSON")
     return p.parse_args(argv)
 
 

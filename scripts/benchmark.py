@@ -68,7 +68,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from export import native_ops
 from export.bench import (
@@ -80,7 +79,7 @@ from export.bench import (
     BenchSettings,
     benchmark_to_file,
 )
-from qat.cli import ArgumentParser, run_cli, threads_arg
+from qat.cli import ArgumentParser, path_arg, run_cli, threads_arg
 from qat.quantize import ignore_torch_quantization_warnings
 
 
@@ -91,10 +90,10 @@ def _words(values: tuple[int, ...]) -> str:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line (usage errors: one ``error:`` line, exit 2)."""
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--runs", type=Path, nargs="+", required=True, metavar="RUN_DIR",
+    p.add_argument("--runs", type=path_arg, nargs="+", required=True, metavar="RUN_DIR",
                    help="train_qat.py run folders (FP32: checkpoint.pt; QAT: model_int8.pt), "
                         "exported with export_int8.py or not")
-    p.add_argument("--out", type=Path, required=True, help="JSON file to write")
+    p.add_argument("--out", type=path_arg, required=True, help="JSON file to write")
     p.add_argument("--batches", type=int, nargs="+", default=list(DEFAULT_BATCHES), metavar="B",
                    help=f"batch sizes (default {_words(DEFAULT_BATCHES)})")
     p.add_argument("--threads", type=threads_arg, nargs="+", default=list(DEFAULT_THREADS),
@@ -108,7 +107,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="dataset (default: the one in the first run's config.json)")
     p.add_argument("--mirror", default=None, metavar="URL",
                    help="download a named dataset from this URL (as train_qat.py --mirror)")
-    p.add_argument("--cache-dir", type=Path, default=None,
+    p.add_argument("--cache-dir", type=path_arg, default=None,
                    help="download cache for named datasets")
     p.add_argument("--no-baselines", dest="baselines", action="store_false",
                    help="skip torch eager and onnxruntime PTQ baselines")

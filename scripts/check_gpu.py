@@ -39,7 +39,7 @@ import torch
 from data import SequenceDataset, leave_one_out, load_dataset
 from data import write_sasrec_text
 from qat.checkpoint import content_digest
-from qat.cli import ArgumentParser, run_cli
+from qat.cli import ArgumentParser, folder_arg, run_cli
 from qat.config import SASRecConfig, TrainConfig
 from qat.distributed import DistributedContext, resolve_device
 from qat.evaluate import evaluate
@@ -58,7 +58,7 @@ QAT_METHODS = [name for name, method in METHODS.items() if method.is_quantized]
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda", help="device to check (default cuda)")
-    p.add_argument("--out", type=Path, default=Path("runs/gpu_check"), help="output folder")
+    p.add_argument("--out", type=folder_arg, default=Path("runs/gpu_check"), help="output folder")
     p.add_argument("--time-data", default=None, metavar="PATH_OR_NAME",
                    help="also time epochs of FP32 and every method on this dataset")
     p.add_argument("--time-max-len", type=int, default=200, help="max length of the timing")

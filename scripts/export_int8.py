@@ -40,26 +40,25 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import torch
 
 from export import OPTIMIZATION_LEVELS, native_ops
 from export.export_run import export_run, print_parity
 from export.sasrec_graph import SCORING_PATHS
-from qat.cli import ArgumentParser, run_cli, seed_arg, threads_arg
+from qat.cli import ArgumentParser, path_arg, run_cli, seed_arg, threads_arg
 from qat.quantize import ignore_torch_quantization_warnings
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--run", type=Path, required=True, metavar="DIR",
+    p.add_argument("--run", type=path_arg, required=True, metavar="DIR",
                    help="a train_qat.py run folder (QAT: model_int8.pt; FP32: checkpoint.pt)")
     p.add_argument("--data", default=None, metavar="PATH_OR_NAME",
                    help="dataset for the parity check (default: the one in DIR/config.json)")
     p.add_argument("--mirror", default=None, metavar="URL",
                    help="download a named dataset from this URL (as train_qat.py --mirror)")
-    p.add_argument("--cache-dir", type=Path, default=None,
+    p.add_argument("--cache-dir", type=path_arg, default=None,
                    help="download cache for named datasets (default $SASREC_QAT_CACHE or "
                         "~/.cache/sasrec-qat)")
     p.add_argument("--threads", type=threads_arg, default=0,
@@ -81,6 +80,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval-negatives", type=int, default=0, metavar="N",
                    help="also compute the sampled metrics (target + N sampled negatives, the "
                         "paper's protocol) for torch and onnxruntime (default 0 = off)")
+    p.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="hide the progress bars of the evaluations (stderr)")
     p.add_argument("--eval-seed", type=seed_arg, default=0, metavar="SEED",
                    help="seed of the sampled negatives (default 0)")
     return p.parse_args(argv)
@@ -101,8 +102,11 @@ def _main(argv: list[str] | None) -> int:
                         threads=args.threads, batch_size=args.batch_size, top_k=args.top_k,
                         scoring=args.scoring,
                         fused=args.fused, optimization=args.optimization,
-                        eval_negatives=args.eval_negatives, eval_seed=args.eval_seed)
+                        eval_negatives=args.eval_negatives, eval_seed=args.eval_seed,
+                        progress=args.progress)
     print_parity(result)
+    if result.run.unfinished:
+        print(f"note: {result.run.unfinished}", file=sys.stderr)
     return 0 if result.record.passed else 1
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import numpy as np
 
@@ -31,7 +30,7 @@ from data import DataFormatError, DownloadError, LeaveOneOutSplit, drop_item_bef
 from export import load_run
 from export.run_folder import load_run_split
 from qat.checkpoint import save_json
-from qat.cli import ArgumentParser, check_output_file, run_cli, seed_arg
+from qat.cli import ArgumentParser, check_output_file, path_arg, run_cli, seed_arg
 from qat.evaluate import compute_ranks
 from qat.metrics import hit_at_k, ndcg_at_k
 from qat.quantize import ignore_torch_quantization_warnings
@@ -42,18 +41,18 @@ ML1M_USERS_MISSING_AN_ITEM = 2587
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = ArgumentParser(description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--run", type=Path, required=True, metavar="RUN",
+    p.add_argument("--run", type=path_arg, required=True, metavar="RUN",
                    help="a train_qat.py run folder (FP32 or converted INT8 model)")
     p.add_argument("--data", default=None, metavar="PATH_OR_NAME",
                    help="dataset (default: the one in the run's config.json)")
-    p.add_argument("--cache-dir", type=Path, default=None, help="download cache for names")
+    p.add_argument("--cache-dir", type=path_arg, default=None, help="download cache for names")
     p.add_argument("--users", type=int, default=ML1M_USERS_MISSING_AN_ITEM,
                    help="users who lose the item before their valid item (default 2587, as "
                         "many as ml-1m.txt lacks)")
     p.add_argument("--seeds", type=seed_arg, nargs="+", default=[0, 1, 2],
                    help="one random draw of users per seed")
     p.add_argument("--k", type=int, default=10, help="cut-off of nDCG and Hit")
-    p.add_argument("--out", type=Path, default=None, help="also write the results as JSON")
+    p.add_argument("--out", type=path_arg, default=None, help="also write the results as JSON")
     return p.parse_args(argv)
 
 

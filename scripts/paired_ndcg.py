@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from pathlib import Path
 
 import torch
 
@@ -28,7 +27,7 @@ from data import DataFormatError, DownloadError, LeaveOneOutSplit
 from export import RunModel, load_run
 from export.run_folder import load_run_split
 from qat.checkpoint import save_json
-from qat.cli import ArgumentParser, check_output_file, run_cli
+from qat.cli import ArgumentParser, check_output_file, path_arg, run_cli
 from qat.evaluate import compute_ranks
 from qat.metrics import ndcg_at_k
 from qat.quantize import ignore_torch_quantization_warnings
@@ -49,15 +48,15 @@ def paired_difference(run: torch.Tensor, reference: torch.Tensor) -> dict[str, f
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = ArgumentParser(description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--reference", type=Path, required=True, metavar="RUN",
+    p.add_argument("--reference", type=path_arg, required=True, metavar="RUN",
                    help="the run to compare against (usually the FP32 run)")
-    p.add_argument("--runs", type=Path, nargs="+", required=True, metavar="RUN")
+    p.add_argument("--runs", type=path_arg, nargs="+", required=True, metavar="RUN")
     p.add_argument("--data", default=None, metavar="PATH_OR_NAME",
                    help="dataset (default: the one in the reference's config.json)")
-    p.add_argument("--cache-dir", type=Path, default=None, help="download cache for names")
+    p.add_argument("--cache-dir", type=path_arg, default=None, help="download cache for names")
     p.add_argument("--which", choices=["valid", "test"], default="test")
     p.add_argument("--k", type=int, default=10, help="cut-off of nDCG")
-    p.add_argument("--out", type=Path, default=None, help="also write the table as JSON")
+    p.add_argument("--out", type=path_arg, default=None, help="also write the table as JSON")
     return p.parse_args(argv)
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 
 from export import native_ops
@@ -26,12 +25,12 @@ from export.latency import machine_info
 from export.op_profile import OpProfile, profile_ops, random_histories
 from export.recommend import model_max_len, model_num_items
 from export.runtime import make_session
-from qat.cli import ArgumentParser, run_cli, seed_arg, threads_arg
+from qat.cli import ArgumentParser, path_arg, run_cli, seed_arg, threads_arg
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", type=Path, nargs="+", required=True, metavar="FILE",
+    p.add_argument("--models", type=path_arg, nargs="+", required=True, metavar="FILE",
                    help="exported graphs (model_fp32.onnx, model_int8_fused.onnx, ...)")
     p.add_argument("--batch", type=int, default=256, help="rows per run (default 256)")
     p.add_argument("--threads", type=threads_arg, default=1, help="intra-op threads (default 1)")

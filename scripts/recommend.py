@@ -14,7 +14,7 @@ item id map has titles); with --history-file each line starts with the user's li
 (--batch-size users per onnxruntime run; the lines are printed once every user is scored).
 
 --data: every user of an interaction log (any --data train_qat.py reads: a dataset name, a
-SASRec text file, ratings.dat, a .csv/.tsv/.parquet log with --columns and
+SASRec text file, ratings.dat, a .csv/.tsv (or .csv.gz/.tsv.gz)/.parquet log with --columns and
 --min-user-interactions), or the --users named (each once), each from their whole history in
 the log (time order, the test item included; no item is dropped for being rare). Each line is
 "user<TAB>rank<TAB>raw id<TAB>score[<TAB>title]", users by raw id (ascending: numerically when
@@ -49,14 +49,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
-from typing import Iterable, TextIO
+from typing import TextIO
 
 from onnxruntime import InferenceSession
 from tqdm.auto import tqdm
 
 from data import ItemIds, UnknownItemError, load_dataset
 from data.atomic import atomic_write
+from data.item_ids import tsv_unsafe
 from data.errors import quote_some
 from export import native_ops
 from export.recommend import (
@@ -74,19 +74,19 @@ from export.recommend_log import (
     recommend_in_batches,
     user_histories,
 )
-from qat.cli import ArgumentParser, check_output_file, run_cli, threads_arg
+from qat.cli import ArgumentParser, check_output_file, path_arg, run_cli, threads_arg
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", type=Path, required=True, metavar="FILE_OR_RUN",
+    p.add_argument("--model", type=path_arg, required=True, metavar="FILE_OR_RUN",
                    help="an exported model (DIR/model_int8_fused.onnx, model_int8.onnx, "
                         "model_fp32.onnx, or their _top_k graphs), or a run folder: its fastest "
                         "exported graph (top-k, fused INT8 first; the choice goes to stderr)")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--history", nargs="+", metavar="RAW_ID",
                         help="one user's raw item ids, oldest first")
-    source.add_argument("--history-file", type=Path, metavar="FILE",
+    source.add_argument("--history-file", type=path_arg, metavar="FILE",
                         help="one user per line: raw item ids separated by spaces or commas")
     source.add_argument("--data", metavar="PATH_OR_NAME",
                         help="every user of this interaction log (as train_qat.py's --data), "
@@ -98,14 +98,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     log.add_argument("--min-user-interactions", type=int, default=None, metavar="N",
                      help="drop users with fewer interactions, as train_qat.py (default 1: "
                           "none); items are never dropped for being rare")
-    log.add_argument("--cache-dir", type=Path, default=None,
+    log.add_argument("--cache-dir", type=path_arg, default=None,
                      help="download cache of named datasets (as train_qat.py's)")
     log.add_argument("--users", nargs="+", metavar="RAW_USER_ID",
                      help="only these users, in this order, each once (default: every user)")
     log.add_argument("--unknown-items", choices=UNKNOWN_ITEMS, default=None,
                      help="items of the log the model does not know: drop them from the "
                           "histories, counted on stderr (default), or error")
-    log.add_argument("--out", type=Path, default=None,
+    log.add_argument("--out", type=path_arg, default=None,
                      help="write the lines to this file (default: stdout)")
     p.add_argument("--k", type=int, default=10, help="recommendations per user (default 10)")
     p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
@@ -141,11 +141,9 @@ def _main(argv: list[str] | None) -> int:
     unknown = list(dict.fromkeys(item for history in histories for item in history
                                  if item not in item_ids))
     if unknown:  # the whole file's, named in one error before anything is scored
-        err = UnknownItemError(unknown)
         if not lines:
-            raise err
-        first = next(n for n, h in zip(lines, histories) if not set(unknown).isdisjoint(h))
-        raise ValueError(f"{args.history_file}:{first}: {err}")
+            raise UnknownItemError(unknown)
+        raise unknown_in_file(args.history_file, lines, histories, unknown)
     results = []  # printed once all are scored: an error leaves no partial output
     for start in range(0, len(histories), args.batch_size):
         try:
@@ -175,8 +173,6 @@ def _load(args: argparse.Namespace) -> tuple[InferenceSession, ItemIds]:
     if model != args.model:
         print(f"note: serving {model}", file=sys.stderr)
     session, item_ids = load_recommender(model, threads=args.threads)
-    check_tsv_safe(item_ids.raw, "item ids of the model")
-    check_tsv_safe(item_ids.titles or (), "titles of the model's items")
     if embedded_item_ids(session) is None:
         print(f"note: {model} carries no item id map (exported before maps were "
               f"embedded): raw ids are its internal ids 1..{item_ids.num_items}",
@@ -191,12 +187,20 @@ def check_counts(args: argparse.Namespace) -> None:
             raise ValueError(f"{flag} must be >= 1, got {value}")
 
 
-def check_tsv_safe(values: Iterable[str | None], what: str) -> None:
-    """Refuse ids or titles that would break a tab-separated line (a tab, CR or newline)."""
-    bad = [v for v in values if v is not None and any(c in v for c in "\t\r\n")]
-    if bad:
-        raise ValueError(f"{what} {quote_some(bad, 3)} hold a tab or line break: they cannot be "
-                         "written as tab-separated fields")
+def unknown_in_file(path: str, lines: list[int], histories: list[list[str]],
+                    unknown: list[str]) -> ValueError:
+    """The error for ``unknown`` ids of a history file: ``path:N:`` when they are all on line N,
+    else each id with the first line it is on."""
+    first_line = {}
+    for number, history in zip(lines, histories):
+        for item in history:
+            first_line.setdefault(item, number)
+    on = {first_line[item] for item in unknown}
+    if len(on) == 1:
+        return ValueError(f"{path}:{on.pop()}: {UnknownItemError(unknown)}")
+    named = ", ".join(f"{item!r} (line {first_line[item]})" for item in unknown[:10])
+    more = f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
+    return ValueError(f"{path}: unknown item id(s) {named}{more}: {UnknownItemError.REASON}")
 
 
 def _recommend_log(args: argparse.Namespace) -> int:
@@ -226,7 +230,10 @@ def _recommend_log(args: argparse.Namespace) -> int:
     except UnknownItemError as err:
         raise ValueError(f"{dataset.source}: {err}; the default --unknown-items drop leaves "
                          "them out of the histories") from err
-    check_tsv_safe(histories.users, "user ids")
+    bad_users = tsv_unsafe(histories.users)
+    if bad_users:  # before any work: format_recommendations would refuse them part way
+        raise ValueError(f"user ids {quote_some(bad_users, 3)} hold a tab or line break: a "
+                         "tab-separated line cannot carry them")
     if histories.dropped_items:
         print(f"note: {histories.dropped_items} interaction(s) with "
               f"{len(histories.unknown_item_ids)} item(s) the model does not know were left "

@@ -39,7 +39,7 @@ import sys
 from pathlib import Path
 
 from export.pipeline import QAT_METHODS, PipelineSettings, run_pipeline
-from qat.cli import ArgumentParser, run_cli, seed_arg, threads_arg
+from qat.cli import ArgumentParser, folder_arg, run_cli, seed_arg, threads_arg
 from qat.quantize import ignore_torch_quantization_warnings
 
 
@@ -50,7 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="dataset for every step (ml-1m, or a file: see train_qat.py --help)")
     p.add_argument("--mirror", default=None, metavar="URL",
                    help="download a named dataset from this URL (train_qat.py --mirror)")
-    p.add_argument("--out", type=Path, default=Path("runs/all"),
+    p.add_argument("--out", type=folder_arg, default=Path("runs/all"),
                    help="study folder: one run folder per model, logs/, bench.json, summary "
                         "(default runs/all)")
     p.add_argument("--methods", nargs="+", choices=QAT_METHODS, default=QAT_METHODS,

@@ -18,10 +18,9 @@ import argparse
 import json
 import os
 import sys
-from pathlib import Path
 
 from qat import METHODS
-from qat.cli import ArgumentParser, run_cli, seed_arg, threads_arg
+from qat.cli import ArgumentParser, folder_arg, path_arg, run_cli, seed_arg, threads_arg
 from qat.quantize import ignore_torch_quantization_warnings
 from qat.config import LOSSES, NEGATIVE_SAMPLING
 from qat.distributed import launched_by_torchrun
@@ -36,27 +35,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--bits", type=int, default=None,
                    help="weight bits for QAT methods (default 8: int8 storage; 4 for all "
                         "methods); not for --qconfig fp32")
-    p.add_argument("--init-from", type=Path, default=None, metavar="FP32_RUN",
-                   help="fine-tune from the best model of this fp32 run folder (architecture "
-                        "flags then default to that run's)")
+    p.add_argument("--init-from", type=path_arg, default=None, metavar="FP32_RUN",
+                   help="start from the best model of this fp32 run folder (architecture flags "
+                        "then default to that run's); with a QAT method, the fine-tuning "
+                        "defaults of --epochs, --patience and --lr apply")
     p.add_argument("--data", required=True,
                    help="dataset name (ml-1m, ml-20m: downloaded from GroupLens and cached) or "
                         "a path: a SASRec 'user item' text file, a ratings.dat or "
-                        "ml-1m/ml-20m zip, or an interaction log .csv/.tsv/.parquet (see "
-                        "--columns)")
-    p.add_argument("--cache-dir", type=Path, default=None,
+                        "ml-1m/ml-20m zip, or an interaction log .csv/.tsv/.parquet, also "
+                        ".csv.gz/.tsv.gz (see --columns)")
+    p.add_argument("--cache-dir", type=path_arg, default=None,
                    help="download cache (default $SASREC_QAT_CACHE or ~/.cache/sasrec-qat)")
     p.add_argument("--mirror", default=None, metavar="URL",
                    help="download a named dataset from this URL instead of GroupLens (the md5 "
                         "is still checked); http(s):// or file://")
-    p.add_argument("--out", type=Path, required=True, help="run folder to write")
+    p.add_argument("--out", type=folder_arg, required=True, help="run folder to write")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its last checkpoint")
     p.add_argument("--epochs", type=int, default=None,
-                   help="maximum epochs (default 200; 30 when fine-tuning with --init-from)")
+                   help="maximum epochs (default 200; 30 for a QAT method with --init-from)")
     p.add_argument("--patience", type=int, default=None,
                    help="stop after this many evaluations without a better valid nDCG@10 "
-                        "(default 20; 5 when fine-tuning)")
+                        "(default 20; 5 for a QAT method with --init-from)")
     p.add_argument("--eval-every", type=int, default=1, help="epochs between validations")
     p.add_argument("--max-len", type=int, default=None,
                    help="longest history the model reads (default 200 for ML-1M; 50 is faster)")
@@ -64,17 +64,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--blocks", type=int, default=None, help="self-attention blocks (2)")
     p.add_argument("--heads", type=int, default=None, help="attention heads (1)")
     p.add_argument("--dropout", type=float, default=None, help="dropout rate (0.2)")
-    p.add_argument("--batch-size", type=int, default=128,
+    p.add_argument("--batch-size", type=int, default=None,
                    help="users per optimizer step (128); under torchrun the global batch, split "
                         "evenly over the processes (a multiple of their number)")
     p.add_argument("--batch-size-per-rank", type=int, default=None, metavar="N",
-                   help="under torchrun: N users per process per step instead (global batch = "
-                        "N x processes)")
+                   help="under torchrun: N users per process per step instead of --batch-size "
+                        "(global batch = N x processes)")
     p.add_argument("--device", default="auto",
                    help="training device: auto (CUDA when available, default), cpu, cuda, cuda:N. "
                         "Conversion and INT8 evaluation run on the CPU")
     p.add_argument("--lr", type=float, default=None,
-                   help="Adam learning rate of the model weights (1e-3; 1e-4 when fine-tuning)")
+                   help="Adam learning rate of the model weights (1e-3; 1e-4 for a QAT method "
+                        "with --init-from)")
     p.add_argument("--quant-lr", type=float, default=None,
                    help="learning rate of quantizer parameters (default per method)")
     p.add_argument("--loss", choices=list(LOSSES), default="ce",

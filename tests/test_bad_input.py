@@ -108,6 +108,12 @@ def _resume(w: World, *flags: str) -> list[str]:
             *flags]
 
 
+def _trained(w: World, out: str, *flags: str) -> bool:
+    """Train ``_train(w, *flags, out=out)`` (later flags win: ``--epochs 2``); True if it
+    worked, so a case can build on it inside its lambda."""
+    return load_script("train_qat").main(_train(w, *flags, out=out)) == 0
+
+
 def _permuted_run(w: World) -> Path:
     """An FP32 run of the permuted copy: same architecture and item count, other items."""
     run = w.tmp / "permuted_run"
@@ -192,7 +198,8 @@ CASES = [
     Case("bits with fp32", "train_qat", lambda w: _train(w, "--bits", "4"),
          r"--bits applies to QAT methods.*drop --bits"),
     Case("zero epochs", "train_qat", lambda w: _train(w, "--epochs", "0"), r"epochs"),
-    Case("zero max-len", "train_qat", lambda w: _train(w, "--max-len", "0"), r"max_len"),
+    Case("zero max-len", "train_qat", lambda w: _train(w, "--max-len", "0"),
+         r"max_len \(--max-len\) must be a positive integer, got 0"),
     Case("heads not dividing hidden", "train_qat", lambda w: _train(w, "--heads", "3"),
          r"divisible by heads"),
     Case("negative threads", "train_qat", lambda w: _train(w, "--threads", "-1"), r"threads"),
@@ -224,10 +231,18 @@ CASES = [
          lambda w: _train(w, "--batch-size-per-rank", "0"), r"--batch-size-per-rank must be >= 1"),
     Case("out is a file", "train_qat",
          lambda w: _train(w, out=_write(w.tmp / "taken", b"x").name),
-         r"--out .*taken is a file; give a folder for the run"),
+         r"argument --out: .*taken is a file; give a folder"),
     Case("out not writable (under a file)", "train_qat",
          lambda w: _train(w, out=f"{_write(w.tmp / 'file', b'x').name}/run"),
-         r"Not a directory: .*file/run"),
+         r"argument --out: .*file/run: .*file is a file, not a folder"),
+    Case("out empty (would be the current folder)", "train_qat",
+         lambda w: ["--data", str(w.data), *TINY_TRAIN, "--out", ""],
+         r"argument --out: a path is needed, got an empty string"),
+    Case("--batch-size and --batch-size-per-rank", "train_qat",
+         lambda w: _train(w, "--batch-size-per-rank", "4"),
+         r"--batch-size 8 and --batch-size-per-rank 4 both set the batch: give one"),
+    Case("--quant-lr with fp32", "train_qat", lambda w: _train(w, "--quant-lr", "0.01"),
+         r"--quant-lr applies to QAT methods; --qconfig fp32 has no quantizer parameters"),
     Case("NaN loss", "train_qat", lambda w: _train(w, "--lr", "1e30"),
          r"(loss is nan|non-finite) at epoch 1, step \d+/\d+.*lower --lr"),
     # -- train_qat.py: --init-from -------------------------------------------------------------
@@ -266,6 +281,16 @@ CASES = [
          r"cannot resume: .*lr 0\.001 \(asked: 1000000000\.0\)"),
     Case("resume with another seed", "train_qat", lambda w: _resume(w, "--seed", "7"),
          r"cannot resume: .*seed 42 \(asked: 7\)"),
+    Case("resume with --epochs below the epochs trained", "train_qat",
+         lambda w: [*_train(w, out="two"), "--epochs", "1", "--resume"]
+         if _trained(w, "two", "--epochs", "2") else [],
+         r"cannot resume: .*has trained 2 epochs, more than --epochs 1: give --epochs 2 or more"),
+    Case("resume AdaRound with other --epochs (its regulariser anneals over them)", "train_qat",
+         lambda w: [*_train(w, "--qconfig", "adaround", "--init-from", str(w.fp32), out="ada"),
+                    "--epochs", "3", "--resume"]
+         if _trained(w, "ada", "--qconfig", "adaround", "--init-from", str(w.fp32)) else [],
+         r"cannot resume: .*trained with --epochs 1, and --qconfig adaround anneals its "
+         r"rounding regulariser .*give --epochs 1"),
     Case("resume on another dataset", "train_qat",
          lambda w: ["--data", str(_permuted_copy(w)), *TINY_TRAIN, "--epochs", "2", "--out",
                     str(w.copy(w.fp32, "res")), "--resume"],
@@ -319,6 +344,10 @@ CASES = [
     Case("benchmark: no run folder", "benchmark",
          lambda w: ["--runs", str(w.tmp / "nope"), "--out", str(w.tmp / "b.json")],
          r"no run folder at"),
+    Case("benchmark: runs of different datasets", "benchmark",
+         lambda w: ["--runs", str(w.fp32), str(_permuted_run(w)), "--out", str(w.tmp / "b.json")],
+         r"the runs were trained on different datasets \(fingerprints: .*fp32 [0-9a-f]{12}, "
+         r".*permuted_run [0-9a-f]{12}\): no one dataset evaluates them all"),
     Case("benchmark: truncated ONNX", "benchmark",
          lambda w: ["--runs", str(_truncate(w.copy(w.fp32, "cut") / "model_fp32.onnx").parent),
                     "--out", str(w.tmp / "b.json"), "--batches", "1", "--threads", "1",
@@ -348,7 +377,8 @@ CASES = [
     # -- paired_ndcg.py --------------------------------------------------------------------------
     Case("paired_ndcg: a run of another dataset than the reference's", "paired_ndcg",
          lambda w: ["--reference", str(w.fp32), "--runs", str(_permuted_run(w))],
-         r"permuted_run was trained on a dataset with fingerprint"),
+         r"the runs were trained on different datasets \(fingerprints: .*fp32 [0-9a-f]{12}, "
+         r".*permuted_run [0-9a-f]{12}\)"),
     # -- run_all.py ------------------------------------------------------------------------------
     Case("run_all: zero --qat-epochs (refused before the FP32 run trains)", "run_all",
          lambda w: _run_all(w, "--qat-epochs", "0"),
@@ -365,6 +395,13 @@ CASES = [
     Case("run_all: device that is not there", "run_all",
          lambda w: _run_all(w, "--device", "cuda:99"),
          r"--device cuda:99: (CUDA is not available|this machine has \d+ GPU)"),
+    Case("run_all: --out is a file", "run_all",
+         lambda w: ["--data", str(w.data), "--out", str(_write(w.tmp / "afile", b"x"))],
+         r"argument --out: .*afile is a file; give a folder"),
+    Case("run_all: --out empty", "run_all", lambda w: ["--data", str(w.data), "--out", ""],
+         r"argument --out: a path is needed, got an empty string"),
+    Case("export: --run empty", "export_int8", lambda w: ["--run", ""],
+         r"argument --run: a path is needed, got an empty string"),
     Case("run_all: ml-1m offline", "run_all",
          lambda w: ["--data", "ml-1m", "--mirror", REFUSED_URL, "--out", str(w.tmp / "all"),
                     "--quiet", "--no-progress"],

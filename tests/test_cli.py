@@ -97,3 +97,38 @@ def test_init_from_a_missing_run_is_a_clear_error(cyclic_file, tmp_path):
 def test_unsupported_bits_for_a_method(cyclic_file, tmp_path):
     result = run("--qconfig", "apot", "--bits", 6, "--data", cyclic_file, "--out", tmp_path / "a")
     assert result.returncode == 2 and "apot supports --bits 4, 8, not 6" in result.stderr
+
+
+GLOO_DEAD_PEER = ("[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:537] Read "
+                  "error [127.0.0.1]:2696: Connection reset by peer. This is typically caused "
+                  "by a remote worker hanging or bugs in the application. Check the logs of "
+                  "the remote worker before reporting an error. GLHF!")  # torch 2.13, kill -9
+
+
+def test_a_rank_whose_peer_died_says_so_in_one_line(monkeypatch, capsys):
+    """Under torchrun, the collective error a dead peer causes (gloo's, as measured with kill
+    -9 of one rank) is one error line naming the rank and --resume, exit 2; the same
+    RuntimeError outside torchrun, or another RuntimeError, keeps its traceback (a bug)."""
+    from qat.cli import run_cli
+
+    def dies(argv):
+        raise RuntimeError(GLOO_DEAD_PEER)
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert run_cli(dies) == 2
+    err = capsys.readouterr().err
+    assert err == ("error: [rank 1] lost contact with another process of the run, which "
+                   "stopped or was killed (its own output says why): [/__w/pytorch/pytorch/"
+                   "third_party/gloo/gloo/transport/tcp/pair.cc:537] Read error "
+                   "[127.0.0.1]:2696: Connection reset by peer; every checkpoint written so "
+                   "far is kept: rerun with --resume\n")
+
+    def bug(argv):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+    with pytest.raises(RuntimeError, match="mat1"):
+        run_cli(bug)
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    with pytest.raises(RuntimeError, match="Connection reset by peer"):
+        run_cli(dies)

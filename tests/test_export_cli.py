@@ -95,6 +95,35 @@ def test_export_writes_onnx_and_parity_and_passes(kind, runs, tmp_path):
     assert not [p for p in folder.iterdir() if p.name.endswith(".tmp")]
 
 
+def test_export_shows_progress_on_stderr_unless_told_not_to(runs, tmp_path):
+    data, fp32, lsq = runs
+    folder = copy_run(lsq, tmp_path / "run")
+    shown = run(EXPORT, "--run", folder, "--threads", 1)
+    assert shown.returncode == 0, shown.stderr
+    for bar in ("model_int8.onnx vs torch", "model_int8_top_k.onnx"):  # each graph's check
+        assert f"{bar}: " in shown.stderr and "batch" in shown.stderr
+    assert "vs torch" not in shown.stdout  # the report stays clean
+    hidden = run(EXPORT, "--run", copy_run(lsq, tmp_path / "quiet"), "--threads", 1,
+                 "--no-progress")
+    assert hidden.returncode == 0 and hidden.stderr == "" and hidden.stdout == shown.stdout
+
+
+def test_export_of_an_unfinished_fp32_run_says_what_it_exported(runs, tmp_path):
+    data, fp32, lsq = runs
+    folder = copy_run(fp32, tmp_path / "run")
+    ckpt = load_checkpoint(folder / "checkpoint.pt")
+    ckpt["finished"] = False  # as a run killed at its first epoch leaves it
+    save_checkpoint(ckpt, folder / "checkpoint.pt")
+    result = run(EXPORT, "--run", folder, "--threads", 1, "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == (f"note: {folder} has not finished training (epoch 1 of 1): its "
+                             "best model so far (epoch 1) is exported; train_qat.py --resume "
+                             "finishes it\n")
+    finished = run(EXPORT, "--run", copy_run(fp32, tmp_path / "done"), "--threads", 1,
+                   "--no-progress")
+    assert finished.returncode == 0 and finished.stderr == ""
+
+
 def bad_input(result):
     """Exit 2 with one clear line on stderr and no traceback."""
     assert result.returncode == 2, result.stdout + result.stderr

@@ -455,13 +455,42 @@ def test_cli_history_file_batches_print_nothing_when_a_later_one_fails(model_fil
                             users, "--batch-size", 1)
     assert result.returncode == 2 and result.stdout == ""
     assert f"error: {users}:3: unknown item id(s) 'zz'" in result.stderr
-    users.write_text("sku100 aa\nsku102\nsku101 zz\n")  # in two batches: both named at once
+    users.write_text("sku100 aa\nsku102\nsku101 zz aa\n")  # two batches: all named at once,
     result = run_in_process("recommend", "--model", model_files["with_map"], "--history-file",
-                            users, "--batch-size", 1)
-    assert f"error: {users}:1: unknown item id(s) 'aa', 'zz'" in result.stderr
+                            users, "--batch-size", 1)  # each with the first line it is on
+    assert f"error: {users}: unknown item id(s) 'aa' (line 1), 'zz' (line 3): not in the " \
+           "model's catalogue" in result.stderr
     assert "--batch-size must be >= 1" in run_in_process(
         "recommend", "--model", model_files["with_map"], "--history", "sku100",
         "--batch-size", 0).stderr
+
+
+def test_cli_history_file_may_start_with_a_byte_order_mark(model_files, tmp_path):
+    plain, marked = tmp_path / "plain.txt", tmp_path / "marked.txt"
+    plain.write_text("sku100 sku101\nsku102\n", encoding="utf-8")
+    marked.write_text("sku100 sku101\nsku102\n", encoding="utf-8-sig")  # as Notepad saves it
+    assert marked.read_bytes().startswith(b"\xef\xbb\xbf")
+    want = run_in_process("recommend", "--model", model_files["with_map"], "--history-file",
+                          plain, "--k", 3)
+    got = run_in_process("recommend", "--model", model_files["with_map"], "--history-file",
+                         marked, "--k", 3)
+    assert want.returncode == 0 and got.returncode == 0, got.stderr
+    assert got.stdout == want.stdout and len(want.stdout.splitlines()) == 6
+
+
+def test_cli_refuses_only_the_lists_that_hold_an_id_a_tsv_line_cannot_carry(models, tmp_path):
+    """Items 1 and 2 have ids with a tab and a line break; item 3 scores highest, 1 and 2 next:
+    a list of one item is printed, a longer one is refused (nothing printed)."""
+    scores = [5.0, 4.0, 9.0] + [1.0] * 7
+    raw = ("tab\there", "line\nbreak", *(f"i{n}" for n in range(3, 11)))
+    model = tmp_path / "model.onnx"
+    save_onnx(build_sasrec_onnx(constant_scorer(scores),
+                                metadata={METADATA_KEY: ItemIds(raw).dumps()}), model)
+    top = run_in_process("recommend", "--model", model, "--history", "i5", "--k", 1)
+    assert top.returncode == 0 and top.stdout == "1\ti3\t9.000000\n", top.stderr
+    message = error_line(run_in_process("recommend", "--model", model, "--history", "i5",
+                                        "--k", 3))
+    assert "'tab\\there', 'line\\nbreak' hold a tab or line break" in message
 
 
 def test_cli_bad_input_is_one_error_line(model_files, tmp_path):

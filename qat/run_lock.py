@@ -1,0 +1,85 @@
+"""One training process per run folder: an exclusive lock held while it trains and writes.
+
+Two trainings writing one folder (``train_qat.py --out X`` started twice, a ``--resume`` while
+the first run still trains, ``run_all.py`` beside a hand-started run) would interleave their
+checkpoints and records without a word. The trainer therefore holds an exclusive ``flock`` on
+the folder itself (its directory file descriptor: no lock file is written) from before it reads
+the checkpoint until the run is written; a second process gets one clear error. The kernel
+drops the lock when the process ends, however it ends (``kill -9`` included), so a crashed run
+never leaves a stale lock behind.
+
+With the lock held no other training can be writing the folder, so the temporary files a killed
+run left (``data.atomic.atomic_write``'s ``.<name>.<random>.tmp`` beside each file it was
+writing) are removed then. Only those of the trainer's own files are: an export
+(``export_int8.py``, which takes no lock) may be writing its own beside it.
+
+Where the file system does not support ``flock`` (some network file systems) training goes on
+unlocked, as before, and leaves the temporary files alone.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from data import ITEM_IDS
+from qat.run_files import CHECKPOINT, CONFIG, INT8_MODEL, METRICS
+
+TRAINER_FILES = (CHECKPOINT, CONFIG, METRICS, INT8_MODEL, ITEM_IDS)  # what training writes
+
+
+class RunFolderBusy(OSError):
+    """Another process holds the run folder's lock (it is training into that folder)."""
+
+
+@contextlib.contextmanager
+def run_folder_lock(folder: str | os.PathLike[str],
+                    written: Iterable[str] = TRAINER_FILES) -> Iterator[bool]:
+    """Create ``folder`` if needed and hold an exclusive lock on it for the ``with`` block;
+    yields whether it is locked (False where the file system cannot lock). Once locked, stale
+    temporary files of the ``written`` file names are removed.
+
+    Raises:
+        RunFolderBusy: another process holds the lock.
+        ValueError: ``folder`` is a file.
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"--out {folder} is a file; give a folder for the run")
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        locked = _try_lock(fd, folder)
+        if locked:
+            remove_stale_temp_files(folder, written)
+        yield locked
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _try_lock(fd: int, folder: Path) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as err:
+        if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise RunFolderBusy(
+                f"{folder} is being written by another training process (it holds the "
+                "folder's lock): wait for it to end, stop it, or choose another --out") from None
+        return False  # no flock here (ENOLCK, EOPNOTSUPP, ...): train unlocked
+    return True
+
+
+def remove_stale_temp_files(folder: Path, written: Iterable[str]) -> list[str]:
+    """Remove ``atomic_write``'s leftovers ``.<name>.<random>.tmp`` of the ``written`` names
+    in ``folder`` (call it only while no other process can be writing them); returns the names
+    removed."""
+    removed = []
+    for name in written:
+        for leftover in folder.glob(f".{name}.*.tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                leftover.unlink()
+                removed.append(leftover.name)
+    return sorted(removed)

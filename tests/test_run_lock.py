@@ -1,0 +1,102 @@
+"""qat.run_lock: one training process per run folder; a killed run's temporary files go."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from conftest import TINY_TRAIN, cyclic_dataset, run_in_process
+
+from data import write_sasrec_text
+from qat.run_lock import RunFolderBusy, remove_stale_temp_files, run_folder_lock
+
+
+def test_a_second_lock_on_the_folder_is_refused_until_the_first_ends(tmp_path):
+    folder = tmp_path / "run"
+    with run_folder_lock(folder) as locked:
+        assert locked and folder.is_dir()
+        with pytest.raises(RunFolderBusy, match=r"run is being written by another training "
+                                                r"process .* choose another --out"):
+            with run_folder_lock(folder):
+                pass
+    with run_folder_lock(folder) as locked:  # released at the end of the block
+        assert locked
+    assert list(folder.iterdir()) == []  # the lock writes no file
+
+
+def test_a_file_is_not_a_run_folder(tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("x")
+    with pytest.raises(ValueError, match="is a file; give a folder for the run"):
+        with run_folder_lock(path):
+            pass
+
+
+def test_only_the_trainers_stale_temp_files_are_removed(tmp_path):
+    names = [".checkpoint.pt.k2j4x9.tmp", ".metrics.json.a1b2c3.tmp",  # a killed trainer's
+             ".parity.json.zz9.tmp", ".model_int8.onnx.q1.tmp",  # an export's: kept
+             "checkpoint.pt", ".checkpoint.pt.tmp", "checkpoint.pt.x.tmp"]  # not atomic_write's
+    for name in names:
+        (tmp_path / name).write_bytes(b"")
+    assert remove_stale_temp_files(tmp_path, ["checkpoint.pt", "metrics.json"]) == [
+        ".checkpoint.pt.k2j4x9.tmp", ".metrics.json.a1b2c3.tmp"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names[2:])
+
+
+def test_the_kernel_drops_the_lock_of_a_killed_process(tmp_path):
+    folder = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys, time
+        from qat.run_lock import run_folder_lock
+        with run_folder_lock({str(folder)!r}):
+            print("locked", flush=True)
+            time.sleep(600)
+        """)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(RunFolderBusy):
+            with run_folder_lock(folder):
+                pass
+    finally:
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait(timeout=30)
+    with run_folder_lock(folder) as locked:
+        assert locked
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "cyclic.txt"
+    write_sasrec_text(cyclic_dataset(), path)
+    return path
+
+
+def test_training_into_a_folder_another_process_trains_into_is_one_error(data, tmp_path):
+    folder = tmp_path / "run"
+    with run_folder_lock(folder):  # as a first train_qat.py holds it
+        result = run_in_process("train_qat", "--data", data, *TINY_TRAIN, "--epochs", 1,
+                                "--out", folder)
+        errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+        assert result.returncode == 2 and len(errors) == 1, result.stderr
+        assert "is being written by another training process" in errors[0]
+        assert list(folder.iterdir()) == []  # nothing written
+        resumed = run_in_process("train_qat", "--data", data, *TINY_TRAIN, "--epochs", 1,
+                                 "--out", folder, "--resume")
+        assert resumed.returncode == 2 and "another training process" in resumed.stderr
+
+
+def test_resume_removes_what_a_killed_run_was_writing(data, tmp_path):
+    folder = tmp_path / "run"
+    first = run_in_process("train_qat", "--data", data, *TINY_TRAIN, "--epochs", 1,
+                           "--out", folder)
+    assert first.returncode == 0, first.stderr
+    stale = folder / ".checkpoint.pt.4kq9zt1e.tmp"  # kill -9 during a checkpoint write
+    stale.write_bytes(b"\x80\x02partial")
+    resumed = run_in_process("train_qat", "--data", data, *TINY_TRAIN, "--epochs", 2,
+                             "--out", folder, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert not stale.exists()
+    assert not [p.name for p in folder.iterdir() if p.name.endswith(".tmp")]
