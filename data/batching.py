@@ -185,11 +185,15 @@ class TrainBatcher:
         Data-parallel training (``world_size`` processes, each passing the same ``rng`` state
         and its ``rank``): every process draws the same plan of global batches of
         ``batch_size`` users and keeps rows ``rank, rank + world_size, ...`` of each, which is
-        ``torch.utils.data.DistributedSampler``'s split of the permutation. As there, the
-        permutation is first padded with its own first users to a multiple of ``world_size``,
-        and ``batch_size`` must be a multiple of ``world_size``, so every process gets the same
-        number of rows in every batch. Each process has its own stream of negatives, and ``rng``
-        itself advances identically on every process, so the next epoch's plan agrees too.
+        ``torch.utils.data.DistributedSampler``'s split of the permutation. ``batch_size`` must
+        be a multiple of ``world_size``; a shorter batch (the epoch's last, or a bucket's) is
+        padded to a multiple of ``world_size`` with *ghost* rows: copies of its own first rows
+        with every target zeroed (``users`` 0). A ghost adds nothing to the loss, and, being a
+        copy of a row of the same batch, nothing to a batch's activation min/max either, so the
+        processes together compute exactly the one-process batches (DistributedSampler instead
+        repeats users, which trains them twice per epoch). Each process has its own stream of
+        negatives, and ``rng`` itself advances identically on every process, so the next
+        epoch's plan agrees too.
 
         Args:
             rng: random generator, e.g. ``np.random.default_rng(seed)``.
@@ -207,8 +211,6 @@ class TrainBatcher:
         if not 0 <= rank < world_size:
             raise ValueError(f"TrainBatcher: rank must be in [0, {world_size}), got {rank}")
         perm = rng.permutation(len(self._users))
-        if world_size > 1 and len(perm) % world_size:
-            perm = np.concatenate([perm, perm[: world_size - len(perm) % world_size]])
         if not self.bucket:
             plan = [perm[i : i + self.batch_size] for i in range(0, len(perm), self.batch_size)]
         else:
@@ -225,7 +227,7 @@ class TrainBatcher:
         # next epoch's plan does not depend on how many processes share it
         negatives_rng = np.random.default_rng([int(rng.integers(2**63)), rank])
         if world_size > 1:
-            plan = [rows[rank::world_size] for rows in plan]
+            plan = [with_ghost_rows(rows, world_size)[rank::world_size] for rows in plan]
         return self._batches(plan, negatives_rng)
 
     def check_shardable(self, world_size: int) -> None:
@@ -250,9 +252,15 @@ class TrainBatcher:
             yield self._batch(rows, rng)
 
     def _batch(self, rows: np.ndarray, rng: np.random.Generator) -> TrainBatch:
+        ghost = rows < 0  # with_ghost_rows: -(r + 1) is a target-less copy of row r
+        rows = np.where(ghost, -rows - 1, rows)
         width = int(self._lengths[rows].max()) if self.bucket else self.max_len
         inputs = self._inputs[rows, self.max_len - width :]
         targets = self._targets[rows, self.max_len - width :]
+        users = self._users[rows]
+        if ghost.any():
+            targets = np.where(ghost[:, None], 0, targets)
+            users = np.where(ghost, 0, users)
         negatives = None
         if self._excluded is not None:
             real = targets != 0
@@ -261,11 +269,26 @@ class TrainBatcher:
             sampled[real] = self._excluded.sample(rng, owner, (self.num_negatives,))
             negatives = torch.from_numpy(sampled)
         return TrainBatch(
-            users=torch.from_numpy(self._users[rows]),
+            users=torch.from_numpy(np.ascontiguousarray(users)),
             inputs=torch.from_numpy(np.ascontiguousarray(inputs)),
             targets=torch.from_numpy(np.ascontiguousarray(targets)),
             negatives=negatives,
         )
+
+
+def with_ghost_rows(rows: np.ndarray, world_size: int) -> np.ndarray:
+    """``rows`` padded to a multiple of ``world_size`` with ghost rows ``-(r + 1)`` for its own
+    first rows ``r`` (``TrainBatcher.epoch``: copies without targets).
+
+    >>> with_ghost_rows(np.array([7, 3, 5]), 2).tolist()
+    [7, 3, 5, -8]
+    >>> with_ghost_rows(np.array([7]), 4).tolist()
+    [7, -8, -8, -8]
+    """
+    missing = -len(rows) % world_size
+    if not missing:
+        return rows
+    return np.concatenate([rows, -np.resize(rows, missing) - 1])
 
 
 def eval_users(split: LeaveOneOutSplit, which: str) -> list[int]:

@@ -39,9 +39,13 @@ from qat.train import Trainer
 from qat.train_run import TrainRunOptions, train_run
 
 METHODS = ("ste", "lsq", "pact", "adaround", "apot", "dorefa")
-STEPS = 6
+STEPS = 8  # over an epoch boundary, through the epoch's short last batch
 GLOBAL_BATCH = 8
 WORLD = 2
+# Not a multiple of the global batch or of WORLD: each epoch ends with a batch of one user,
+# which rank 1 fills with a ghost row (no targets), so the processes still compute exactly the
+# one-process batches (TrainBatcher.epoch).
+NUM_USERS = 41
 
 
 def _free_port() -> int:
@@ -94,7 +98,7 @@ CONFIG = SASRecConfig(num_items=20, max_len=10, hidden=8, blocks=1, heads=1, dro
 
 
 def _trainer(ctx: DistributedContext, method: str, out: Path) -> Trainer:
-    split = leave_one_out(cyclic_dataset())
+    split = leave_one_out(cyclic_dataset(num_users=NUM_USERS))
     torch.manual_seed(0)
     model = SASRec(CONFIG)
     train = TrainConfig(batch_size=GLOBAL_BATCH, lr=3e-3, progress=False, eval_batch_size=7)
@@ -163,20 +167,30 @@ def test_rank_shards_partition_each_global_batch(bucket, num_users):
     split = leave_one_out(cyclic_dataset(num_users=num_users))
     batcher = TrainBatcher(split, max_len=10, batch_size=GLOBAL_BATCH, bucket=bucket,
                            bucket_size=2)
-    whole = [b.users.tolist() for b in batcher.epoch(np.random.default_rng(5))]
-    shards = [[b.users.tolist() for b in batcher.epoch(np.random.default_rng(5), rank=r,
-                                                       world_size=WORLD)]
+    whole = list(batcher.epoch(np.random.default_rng(5)))
+    shards = [list(batcher.epoch(np.random.default_rng(5), rank=r, world_size=WORLD))
               for r in range(WORLD)]
     assert len(shards[0]) == len(shards[1]) == len(whole) == len(batcher)
-    for i, users in enumerate(whole):
-        assert len(shards[0][i]) == len(shards[1][i])  # every rank does the same work
-        if num_users % WORLD == 0:  # nothing padded: rank r takes rows r, r + 2, ... of each
-            assert [shards[r][i] for r in range(WORLD)] == [users[r::WORLD]
-                                                            for r in range(WORLD)]
-    # across the epoch every user is visited, padding repeats at most WORLD - 1 of them
-    flat = [u for shard in shards for batch in shard for u in batch]
-    assert set(flat) == set(range(1, num_users + 1))
-    assert len(flat) - num_users == (-num_users) % WORLD
+    ghosts = 0
+    for i, batch in enumerate(whole):
+        parts = [shards[r][i] for r in range(WORLD)]
+        assert len(parts[0].users) == len(parts[1].users)  # every rank does the same work
+        # rank r takes rows r, r + 2, ... of the batch padded with ghost rows: copies of its
+        # first rows whose targets are all 0 (user 0), so they add nothing to the loss
+        rows = len(batch.users)
+        padded = rows + (-rows) % WORLD
+        users = torch.zeros(padded, dtype=torch.long)
+        inputs = torch.zeros(padded, batch.inputs.shape[1], dtype=torch.long)
+        targets = torch.zeros_like(inputs)
+        for r, part in enumerate(parts):
+            users[r::WORLD], inputs[r::WORLD], targets[r::WORLD] = (part.users, part.inputs,
+                                                                    part.targets)
+        assert users[:rows].tolist() == batch.users.tolist() and not users[rows:].any()
+        assert torch.equal(inputs[:rows], batch.inputs)
+        assert torch.equal(targets[:rows], batch.targets) and not targets[rows:].any()
+        assert torch.equal(inputs[rows:], batch.inputs[:padded - rows])  # copies of its rows
+        ghosts += padded - rows
+    assert ghosts == (0 if num_users % WORLD == 0 else 1)  # the epoch's last batch only
 
 
 def test_shard_bounds_cover_the_range_in_order():
