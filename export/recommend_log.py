@@ -1,7 +1,7 @@
 """Top-k recommendations for every user of an interaction log, by raw user and item ids.
 
     session, item_ids = load_recommender("runs/lsq")               # export.recommend
-    dataset = load_dataset("my_log.csv")                           # data.load_dataset
+    dataset = load_dataset("my_log.csv", **SERVING_LOAD)           # no rare-item filter
     histories = user_histories(dataset, item_ids)
     for users, lists in recommend_in_batches(session, histories, k=10, item_ids=item_ids):
         ...

@@ -86,6 +86,7 @@ def qat_hooks(model: nn.Module, method: QuantMethod, *, lr: float, quant_lr: flo
         return method_regularizer(model, progress)
     return TrainHooks(param_groups=groups,
                       regularizer=None if method_regularizer is None else regularizer,
+                      progress_schedule=method.regularizer_follows_progress,
                       eval_model=deployment_view)
 
 

@@ -92,7 +92,8 @@ TRAINING: dict[str, dict[str, Any]] = {
         regularizer=pact_regularizer, quant_lr=1e-3),
     "adaround": dict(
         description="AdaRound: learned up/down rounding of frozen weights (Nagel et al. 2020)",
-        regularizer=adaround_regularizer, freeze_float_weights=True, quant_lr=1e-3),
+        regularizer=adaround_regularizer, regularizer_follows_progress=True,
+        freeze_float_weights=True, quant_lr=1e-3),
     "apot": dict(
         description="APoT: additive powers-of-two weight levels (Li et al. 2020)",
         quant_lr=1e-4),

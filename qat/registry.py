@@ -33,6 +33,9 @@ class QuantMethod:
         relu_activation_kwargs: keywords for the activation class at the fused Linear+ReLU
             output (PACT's one-sided clip); None: the same quantizer as every other activation.
         regularizer: ``f(model, progress) -> loss term`` added during QAT (progress in [0, 1]).
+        regularizer_follows_progress: the regularizer changes with ``progress`` (AdaRound's
+            annealed beta), so the run's length (epochs x steps) is part of its schedule and a
+            resume cannot change ``--epochs``; False for a constant term (PACT's L2 on alpha).
         freeze_float_weights: train the quantizers, not the float weights of quantized layers
             (AdaRound learns only how to round the weights it was given).
         quant_lr: default learning rate of the quantizer parameters (their own Adam group).
@@ -44,6 +47,7 @@ class QuantMethod:
     activation_kwargs: Mapping[str, Any] = field(default_factory=dict)
     relu_activation_kwargs: Mapping[str, Any] | None = None
     regularizer: Callable[[nn.Module, float], torch.Tensor] | None = None
+    regularizer_follows_progress: bool = False
     freeze_float_weights: bool = False
     quant_lr: float = 1e-5
 

@@ -54,6 +54,8 @@ class TrainHooks:
             parameters with their own learning rate). Every trainable parameter must be in one.
         regularizer: ``f(progress) -> loss term`` added to the task loss; ``progress`` runs from 0
             at the first step to 1 at the last possible step (``epochs * batches``).
+        progress_schedule: the regularizer depends on ``progress`` (AdaRound's annealing), so
+            ``epochs`` is part of the schedule and a resume may not change it.
         extra_state: ``name -> (get, set)`` pairs for state outside ``model.state_dict()`` that a
             resume must restore.
         eval_model: ``f(model) -> model to evaluate``, e.g. a copy with observers frozen and
@@ -62,6 +64,7 @@ class TrainHooks:
 
     param_groups: list[dict[str, Any]] | None = None
     regularizer: Callable[[float], torch.Tensor] | None = None
+    progress_schedule: bool = False
     eval_model: Callable[[nn.Module], nn.Module] | None = None
     extra_state: dict[str, tuple[Callable[[], Any], Callable[[Any], None]]] = field(
         default_factory=dict)
@@ -465,7 +468,7 @@ class Trainer:
                              f"--epochs {self.config.epochs}: give --epochs {trained} or more "
                              "(the same command plus --resume)")
         saved_epochs = saved_train.get("epochs")
-        if self.hooks.regularizer is not None and saved_epochs not in (None, self.config.epochs):
+        if self.hooks.progress_schedule and saved_epochs not in (None, self.config.epochs):
             raise ValueError(f"cannot resume: {where} was trained with --epochs {saved_epochs}, "
                              f"and --qconfig {self.method} anneals its rounding regulariser over "
                              "the run's epochs x steps, so a resume cannot change --epochs: give "

@@ -22,6 +22,7 @@ import tempfile
 from pathlib import Path
 
 from export.latency import machine_info
+from qat.cli import ArgumentParser, run_cli
 
 SOURCE = r"""
 #include <immintrin.h>
@@ -76,17 +77,27 @@ int main() {
 """
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: 0 done, 2 bad input or no working compiler (one ``error:`` line)."""
+    return run_cli(_main, argv)
+
+
+def _main(argv: list[str] | None) -> int:
+    ArgumentParser(description=__doc__.split("\n\n")[0],
+                   epilog="No options: it compiles with $CXX (default g++).").parse_args(argv)
     compiler = os.environ.get("CXX", "g++")
     with tempfile.TemporaryDirectory() as tmp:
         source, binary = Path(tmp) / "rate.cc", Path(tmp) / "rate"
         source.write_text(SOURCE)
-        built = subprocess.run([compiler, "-O2", "-march=native", str(source), "-o", str(binary)],
-                               capture_output=True, text=True)
+        try:
+            built = subprocess.run([compiler, "-O2", "-march=native", str(source), "-o",
+                                    str(binary)], capture_output=True, text=True)
+        except OSError as err:
+            raise ValueError(f"cannot run the C++ compiler {compiler!r} ({err.strerror or err}); "
+                             "install g++ or set $CXX") from err
         if built.returncode != 0:
-            print(f"error: {compiler} failed: {built.stderr.strip().splitlines()[:1]}",
-                  file=sys.stderr)
-            return 2
+            first = (built.stderr.strip().splitlines() or ["no message"])[0]
+            raise ValueError(f"{compiler} failed: {first}")
         info = machine_info()
         print(f"{info['cpu']}; flags {info['flags']}")
         done = subprocess.run([str(binary)], capture_output=True, text=True)

@@ -132,3 +132,16 @@ def test_a_rank_whose_peer_died_says_so_in_one_line(monkeypatch, capsys):
     monkeypatch.setenv("WORLD_SIZE", "1")
     with pytest.raises(RuntimeError, match="Connection reset by peer"):
         run_cli(dies)
+
+
+def test_resume_may_add_epochs_to_pact_whose_regulariser_has_no_schedule(cyclic_file, tmp_path):
+    """PACT's L2 term on alpha is the same at every step, so a resume may extend --epochs
+    (AdaRound's annealed regulariser may not: tests/test_bad_input.py)."""
+    fp32 = tiny_fp32_run(cyclic_file, tmp_path / "fp32")
+    out = tmp_path / "pact"
+    flags = ["--qconfig", "pact", "--init-from", fp32, "--data", cyclic_file, "--out", out,
+             "--batch-size", 8, "--threads", 1, "--no-progress"]
+    assert run(*flags, "--epochs", 1).returncode == 0
+    result = run(*flags, "--epochs", 2, "--resume")
+    assert result.returncode == 0, result.stderr
+    assert json.loads((out / "metrics.json").read_text())["epochs_run"] == 2
