@@ -162,13 +162,12 @@ def lost_peer(err: BaseException) -> bool:
     TCP transport (what a dead peer gives on the CPU: "Read error ... Connection reset by
     peer"). Only under torchrun; elsewhere every ``RuntimeError`` is a bug to report.
 
-    >>> import os; os.environ["WORLD_SIZE"] = "2"
-    >>> lost_peer(RuntimeError("[gloo/transport/tcp/pair.cc:537] Read error: Connection reset "
-    ...                        "by peer."))
-    True
-    >>> lost_peer(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
-    False
-    >>> del os.environ["WORLD_SIZE"]
+    >>> from unittest import mock
+    >>> with mock.patch.dict(os.environ, {"WORLD_SIZE": "2"}):
+    ...     [lost_peer(RuntimeError(text)) for text in (
+    ...         "[gloo/transport/tcp/pair.cc:537] Read error: Connection reset by peer.",
+    ...         "mat1 and mat2 shapes cannot be multiplied")]
+    [True, False]
     """
     if not launched_by_torchrun():
         return False
