@@ -67,6 +67,7 @@ from export.scoring_probe import choose_scoring
 from export.top_k import rank_masked
 from qat.evaluate import evaluate
 from qat.records import file_sha256
+from qat.run_lock import run_folder_lock
 
 WHICH = "test"
 FUSED_KIND = "int8_fused"  # model_int8_fused.onnx
@@ -177,6 +178,13 @@ def _export_top_k(run: RunModel, inputs: np.ndarray, full_session: Any, full_fil
                    "passed": agreement >= TOP_K_MIN_AGREEMENT}
 
 
+def export_file_names() -> list[str]:
+    """Every file an export may write into a run folder (graphs, their top-k graphs, the
+    record): the names whose stale temporary files it may remove while it holds the lock."""
+    graphs = [onnx_file_name(kind) for kind in ("fp32", "int8", FUSED_KIND)]
+    return [*graphs, *(top_k_file_name(g) for g in graphs), PARITY]
+
+
 def top_k_file_name(full_file: str) -> str:
     """``model_int8.onnx`` -> ``model_int8_top_k.onnx``."""
     return full_file.removesuffix(".onnx") + TOP_K_SUFFIX + ".onnx"
@@ -246,71 +254,74 @@ def export_run(run_dir: str | Path, *, data: str | None = None, cache_dir: Path 
         raise ValueError(f"--scoring must be {AUTO} or one of {', '.join(SCORING_PATHS)}, got "
                          f"{scoring!r}")
     run = load_run(run_dir)
-    if eval_negatives:
-        check_eval_negatives(eval_negatives, run.model.config.num_items)
-    if not 1 <= top_k <= run.model.config.num_items:
-        raise ValueError(f"--top-k must be in [1, {run.model.config.num_items}] (the number of "
-                         f"items), got {top_k}")
-    item_ids, item_ids_source = run_item_ids(run.run_dir, run.model.config.num_items)
-    if fused and run.kind != "int8":
-        raise ValueError(f"--fused applies to INT8 runs; {run_dir} is an FP32 run")
-    if fused:
-        native_ops.library_path()  # a missing compiler is bad input: fail before the work
-    dataset, split = load_run_split(run_dir, run.model.config.num_items, data,
-                                    cache_dir=cache_dir, mirror=mirror)
-    settings = dict(threads=threads, batch_size=batch_size,
-                    optimization=optimization, item_ids=item_ids,
-                    eval_negatives=eval_negatives, eval_seed=eval_seed, torch_sampled=None,
-                    progress=progress)
-    if eval_negatives:  # the torch side once, for every graph
-        settings["torch_sampled"] = evaluate(
-            run.model.score_last, split, WHICH, max_len=run.model.config.max_len,
-            batch_size=batch_size, k=K, sampled_negatives=eval_negatives, seed=eval_seed,
-            progress=progress, desc="torch sampled")
-    exact_scoring = None if scoring == "fused" else scoring
-    *exact, exact_session = _export_one(run, split, fused=False, scoring=exact_scoring,
-                                        **settings)
-    graphs, sessions = [(run.onnx_path, *exact)], [exact_session]
-    if fused:
-        *fused_graph, fused_session = _export_one(run, split, fused=True, scoring=scoring,
-                                                  **settings)
-        graphs.append((run.run_dir / onnx_file_name(FUSED_KIND), *fused_graph))
-        sessions.append(fused_session)
-    top_k_graphs = []
-    inputs = eval_inputs(split, WHICH, max_len=run.model.config.max_len)
-    for (path, *_), session, is_fused in zip(graphs, sessions, (False, True)):
-        model, fields = _export_top_k(
-            run, inputs, session, path.name, fused=is_fused, top_k=top_k, threads=threads,
-            scoring=exact_scoring if not is_fused else scoring, item_ids=item_ids,
-            batch_size=batch_size, progress=progress)
-        top_k_graphs.append((run.run_dir / top_k_file_name(path.name), model, fields))
-    props = {p.key: p.value for p in graphs[0][1].metadata_props}
-    max_weight = props.get("sasrec_qat.max_abs_weight_int")
-    records = _write(graphs)
-    try:
-        top_k_records = [TopKParity(onnx_file=path.name, onnx_bytes=save_onnx(model, path),
-                                    onnx_sha256=file_sha256(path), **fields)
-                         for path, model, fields in top_k_graphs]
-    except BaseException:
-        for path, *_ in [*graphs, *top_k_graphs]:
-            path.unlink(missing_ok=True)
-        raise
-    record = ParityRecord(
-        method=run.method, bits=run.bits, kind=run.kind, model_file=run.model_path.name,
-        model_sha256=file_sha256(run.model_path), dataset=str(dataset),
-        data_fingerprint=recorded_fingerprint(run.run_dir), split=WHICH,
-        optimization=optimization, threads=threads,
-        max_abs_weight_int=None if max_weight is None else int(max_weight),
-        graph=records[0], fused=records[1] if fused else None,
-        item_ids_source=item_ids_source,
-        item_ids_sha256=item_ids.sha256(), top_k=top_k_records)
-    try:
-        record.save(run.run_dir / PARITY)
-    except BaseException:
-        for path, *_ in [*graphs, *top_k_graphs]:  # no ONNX file without its parity record
-            path.unlink(missing_ok=True)
-        raise
-    return ExportResult(run, record, graphs[0][2], graphs[1][2] if fused else None)
+    # one writer per run folder (a training or another export holds it: one error line);
+    # holding it, an earlier killed export's temporary files are removed
+    with run_folder_lock(run.run_dir, written=export_file_names()):
+        if eval_negatives:
+            check_eval_negatives(eval_negatives, run.model.config.num_items)
+        if not 1 <= top_k <= run.model.config.num_items:
+            raise ValueError(f"--top-k must be in [1, {run.model.config.num_items}] (the number of "
+                             f"items), got {top_k}")
+        item_ids, item_ids_source = run_item_ids(run.run_dir, run.model.config.num_items)
+        if fused and run.kind != "int8":
+            raise ValueError(f"--fused applies to INT8 runs; {run_dir} is an FP32 run")
+        if fused:
+            native_ops.library_path()  # a missing compiler is bad input: fail before the work
+        dataset, split = load_run_split(run_dir, run.model.config.num_items, data,
+                                        cache_dir=cache_dir, mirror=mirror)
+        settings = dict(threads=threads, batch_size=batch_size,
+                        optimization=optimization, item_ids=item_ids,
+                        eval_negatives=eval_negatives, eval_seed=eval_seed, torch_sampled=None,
+                        progress=progress)
+        if eval_negatives:  # the torch side once, for every graph
+            settings["torch_sampled"] = evaluate(
+                run.model.score_last, split, WHICH, max_len=run.model.config.max_len,
+                batch_size=batch_size, k=K, sampled_negatives=eval_negatives, seed=eval_seed,
+                progress=progress, desc="torch sampled")
+        exact_scoring = None if scoring == "fused" else scoring
+        *exact, exact_session = _export_one(run, split, fused=False, scoring=exact_scoring,
+                                            **settings)
+        graphs, sessions = [(run.onnx_path, *exact)], [exact_session]
+        if fused:
+            *fused_graph, fused_session = _export_one(run, split, fused=True, scoring=scoring,
+                                                      **settings)
+            graphs.append((run.run_dir / onnx_file_name(FUSED_KIND), *fused_graph))
+            sessions.append(fused_session)
+        top_k_graphs = []
+        inputs = eval_inputs(split, WHICH, max_len=run.model.config.max_len)
+        for (path, *_), session, is_fused in zip(graphs, sessions, (False, True)):
+            model, fields = _export_top_k(
+                run, inputs, session, path.name, fused=is_fused, top_k=top_k, threads=threads,
+                scoring=exact_scoring if not is_fused else scoring, item_ids=item_ids,
+                batch_size=batch_size, progress=progress)
+            top_k_graphs.append((run.run_dir / top_k_file_name(path.name), model, fields))
+        props = {p.key: p.value for p in graphs[0][1].metadata_props}
+        max_weight = props.get("sasrec_qat.max_abs_weight_int")
+        records = _write(graphs)
+        try:
+            top_k_records = [TopKParity(onnx_file=path.name, onnx_bytes=save_onnx(model, path),
+                                        onnx_sha256=file_sha256(path), **fields)
+                             for path, model, fields in top_k_graphs]
+        except BaseException:
+            for path, *_ in [*graphs, *top_k_graphs]:
+                path.unlink(missing_ok=True)
+            raise
+        record = ParityRecord(
+            method=run.method, bits=run.bits, kind=run.kind, model_file=run.model_path.name,
+            model_sha256=file_sha256(run.model_path), dataset=str(dataset),
+            data_fingerprint=recorded_fingerprint(run.run_dir), split=WHICH,
+            optimization=optimization, threads=threads,
+            max_abs_weight_int=None if max_weight is None else int(max_weight),
+            graph=records[0], fused=records[1] if fused else None,
+            item_ids_source=item_ids_source,
+            item_ids_sha256=item_ids.sha256(), top_k=top_k_records)
+        try:
+            record.save(run.run_dir / PARITY)
+        except BaseException:
+            for path, *_ in [*graphs, *top_k_graphs]:  # no ONNX file without its parity record
+                path.unlink(missing_ok=True)
+            raise
+        return ExportResult(run, record, graphs[0][2], graphs[1][2] if fused else None)
 
 
 def _write(graphs: list[tuple[Path, onnx.ModelProto, ParityReport, dict[str, Any] | None]]

@@ -1,4 +1,4 @@
-"""One training process per run folder: an exclusive lock held while it trains and writes.
+"""One writer per run folder: an exclusive lock held while a training or an export writes it.
 
 Two trainings writing one folder (``train_qat.py --out X`` started twice, a ``--resume`` while
 the first run still trains, ``run_all.py`` beside a hand-started run) would interleave their
@@ -8,10 +8,11 @@ the checkpoint until the run is written; a second process gets one clear error. 
 drops the lock when the process ends, however it ends (``kill -9`` included), so a crashed run
 never leaves a stale lock behind.
 
-With the lock held no other training can be writing the folder, so the temporary files a killed
-run left (``data.atomic.atomic_write``'s ``.<name>.<random>.tmp`` beside each file it was
-writing) are removed then. Only those of the trainer's own files are: an export
-(``export_int8.py``, which takes no lock) may be writing its own beside it.
+``export.export_run`` (``export_int8.py``) takes the same lock, so an export never writes a
+folder that a training or another export is writing. With the lock held nobody else can be
+writing the folder, so the temporary files a killed writer left (``data.atomic.atomic_write``'s
+``.<name>.<random>.tmp`` beside each file it was writing) are removed then: each writer removes
+those of the files it writes.
 
 Where the file system does not support ``flock`` (some network file systems) training goes on
 unlocked, as before, and leaves the temporary files alone.
@@ -66,8 +67,8 @@ def _try_lock(fd: int, folder: Path) -> bool:
     except OSError as err:
         if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
             raise RunFolderBusy(
-                f"{folder} is being written by another training process (it holds the "
-                "folder's lock): wait for it to end, stop it, or choose another --out") from None
+                f"{folder} is being written by another process (a training or an export holds "
+                "the folder's lock): wait for it to end, or stop it") from None
         return False  # no flock here (ENOLCK, EOPNOTSUPP, ...): train unlocked
     return True
 

@@ -18,8 +18,8 @@ def test_a_second_lock_on_the_folder_is_refused_until_the_first_ends(tmp_path):
     folder = tmp_path / "run"
     with run_folder_lock(folder) as locked:
         assert locked and folder.is_dir()
-        with pytest.raises(RunFolderBusy, match=r"run is being written by another training "
-                                                r"process .* choose another --out"):
+        with pytest.raises(RunFolderBusy, match=r"run is being written by another process "
+                                                r"\(a training or an export holds"):
             with run_folder_lock(folder):
                 pass
     with run_folder_lock(folder) as locked:  # released at the end of the block
@@ -81,11 +81,11 @@ def test_training_into_a_folder_another_process_trains_into_is_one_error(data, t
                                 "--out", folder)
         errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
         assert result.returncode == 2 and len(errors) == 1, result.stderr
-        assert "is being written by another training process" in errors[0]
+        assert "is being written by another process" in errors[0]
         assert list(folder.iterdir()) == []  # nothing written
         resumed = run_in_process("train_qat", "--data", data, *TINY_TRAIN, "--epochs", 1,
                                  "--out", folder, "--resume")
-        assert resumed.returncode == 2 and "another training process" in resumed.stderr
+        assert resumed.returncode == 2 and "another process" in resumed.stderr
 
 
 def test_resume_removes_what_a_killed_run_was_writing(data, tmp_path):
@@ -100,3 +100,22 @@ def test_resume_removes_what_a_killed_run_was_writing(data, tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     assert not stale.exists()
     assert not [p.name for p in folder.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_an_export_holds_the_lock_and_clears_what_a_killed_export_left(data, tmp_path):
+    folder = tmp_path / "run"
+    assert run_in_process("train_qat", "--data", data, *TINY_TRAIN, "--epochs", 1,
+                          "--out", folder).returncode == 0
+    with run_folder_lock(folder):  # a training (or another export) writing the folder
+        busy = run_in_process("export_int8", "--run", folder, "--threads", 1, "--no-progress")
+        assert busy.returncode == 2 and "is being written by another process" in busy.stderr
+        assert not (folder / "parity.json").exists()
+    stale = [folder / ".model_fp32.onnx.x8k2m1q0.tmp", folder / ".parity.json.p0o9i8u7.tmp"]
+    for path in stale:
+        path.write_bytes(b"partial")
+    checkpoint_temp = folder / ".checkpoint.pt.abcdefgh.tmp"  # not an export's file: kept
+    checkpoint_temp.write_bytes(b"")
+    done = run_in_process("export_int8", "--run", folder, "--threads", 1, "--no-progress")
+    assert done.returncode == 0, done.stderr
+    assert not any(path.exists() for path in stale) and checkpoint_temp.exists()
+    assert (folder / "parity.json").is_file()
