@@ -145,10 +145,11 @@ def _refuse_compressed(path: Path) -> None:
     kind = next((name for magic, name in _COMPRESSED if head.startswith(magic)), None)
     name = path.name.lower()
     if kind is None or (kind == "gzip" and name.endswith(GZIP_SUFFIXES)) \
-            or (kind == "zip" and name.endswith(".zip")) or name.endswith(".parquet"):
-        return
-    fix = ("name a gzip-compressed CSV or TSV log *.csv.gz or *.tsv.gz (it is then read as it "
-           "is), or decompress it" if kind == "gzip" else "decompress or unpack it first")
+            or (kind == "zip" and (name.endswith(".zip") or name == "ratings.dat")) \
+            or name.endswith(".parquet"):
+        return  # (a zip named ratings.dat: load_movielens_raw reads zips by content)
+    fix = ("decompress it (gunzip), or for a CSV or TSV log name it *.csv.gz or *.tsv.gz, which "
+           "are read as they are" if kind == "gzip" else "decompress or unpack it first")
     raise DataFormatError(
         f"{path}: a {kind} file, not text; {fix}. Data files are {', '.join(SUFFIXES)} logs "
         f"(also {', '.join(GZIP_SUFFIXES)}), ratings.dat, ml-1m.zip or a SASRec 'user item' "

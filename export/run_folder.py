@@ -35,8 +35,8 @@ class RunModel:
         bits: weight bits (32 for FP32).
         data: the dataset recorded in ``config.json`` (None if absent).
         run_dir: the folder.
-        unfinished: FP32 runs whose training has not ended (killed, or still training): what
-            is exported instead of the final model, for a note; None otherwise.
+        unfinished: FP32 runs whose training has not ended (it was stopped): what is exported
+            instead of the final model, for a note; None otherwise.
     """
 
     model: SASRec
@@ -107,9 +107,11 @@ def load_run(run_dir: str | Path) -> RunModel:
     if ckpt.get("finished") is False:
         epoch = (ckpt.get("state") or {}).get("epoch", "?")
         planned = (ckpt.get("train_config") or {}).get("epochs", "?")
-        unfinished = (f"{run_dir} has not finished training (epoch {epoch} of {planned}): its "
-                      f"best model so far (epoch {ckpt.get('best_epoch')}) is exported; "
-                      "train_qat.py --resume finishes it")
+        best = ckpt.get("best_epoch")
+        what = (f"its best model so far (epoch {best})" if best else
+                "its initial weights (it stopped before its first validation)")
+        unfinished = (f"{run_dir} has not finished training (epoch {epoch} of {planned}): "
+                      f"{what} is exported; train_qat.py --resume finishes it")
     return RunModel(model.eval(), "fp32", "fp32", 32, data, run_dir, unfinished)
 
 

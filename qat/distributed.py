@@ -150,17 +150,18 @@ class DistributedContext:
             dist.destroy_process_group()
 
 
-# What the collective backends say when the process at the other end is gone (gloo's TCP
-# transport; NCCL's aborted communicator after its watchdog times out).
-_LOST_PEER_MARKERS = ("gloo/transport", "Connection reset by peer", "Connection closed by peer",
-                      "Broken pipe", "NCCL communicator was aborted", "ProcessGroupNCCL")
+# What a collective says when the process at the other end is gone: the connection dropped
+# (gloo's TCP transport; measured with kill -9 of one rank). Not timeouts or setup errors
+# (a slow rank, two ranks on one GPU): those keep their traceback.
+_LOST_PEER_MARKERS = ("Connection reset by peer", "Connection closed by peer", "Broken pipe")
 
 
 def lost_peer(err: BaseException) -> bool:
     """Whether ``err`` is a collective failing because another process of the run died (was
-    killed, or crashed): a ``torch.distributed.DistError``, or a ``RuntimeError`` from gloo's
-    TCP transport (what a dead peer gives on the CPU: "Read error ... Connection reset by
-    peer"). Only under torchrun; elsewhere every ``RuntimeError`` is a bug to report.
+    killed, or crashed): a ``RuntimeError`` (``torch.distributed.DistError`` included) saying
+    its connection dropped, as gloo's TCP transport does when a peer is gone ("Read error ...
+    Connection reset by peer"). Only under torchrun; elsewhere, and for any other error
+    (a timeout, a setup mistake), the traceback stays.
 
     >>> from unittest import mock
     >>> with mock.patch.dict(os.environ, {"WORLD_SIZE": "2"}):
@@ -171,8 +172,6 @@ def lost_peer(err: BaseException) -> bool:
     """
     if not launched_by_torchrun():
         return False
-    if isinstance(err, getattr(dist, "DistError", ())):
-        return True
     return isinstance(err, RuntimeError) and any(m in str(err) for m in _LOST_PEER_MARKERS)
 
 

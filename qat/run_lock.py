@@ -14,8 +14,11 @@ writing the folder, so the temporary files a killed writer left (``data.atomic.a
 ``.<name>.<random>.tmp`` beside each file it was writing) are removed then: each writer removes
 those of the files it writes.
 
-Where the file system does not support ``flock`` (some network file systems) training goes on
-unlocked, as before, and leaves the temporary files alone.
+On a network file system (NFS, SMB, Lustre, ...: ``network_filesystem``) a directory
+``flock`` is at best seen by the processes of one host, so the lock still keeps two writers on
+one machine apart, but the temporary files are left alone: a writer on another host may be
+writing them. Where the file system does not support ``flock`` at all, the writer goes on
+unlocked, as before, and leaves them alone too.
 """
 from __future__ import annotations
 
@@ -30,6 +33,9 @@ from data import ITEM_IDS
 from qat.run_files import CHECKPOINT, CONFIG, INT8_MODEL, METRICS
 
 TRAINER_FILES = (CHECKPOINT, CONFIG, METRICS, INT8_MODEL, ITEM_IDS)  # what training writes
+# /proc/mounts types whose locks other hosts may not see
+NETWORK_FILESYSTEMS = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "lustre", "gpfs", "beegfs",
+                       "ceph", "glusterfs", "afs", "fuse.sshfs", "fuse.glusterfs", "fuse.s3fs")
 
 
 class RunFolderBusy(OSError):
@@ -54,7 +60,7 @@ def run_folder_lock(folder: str | os.PathLike[str],
     fd = os.open(folder, os.O_RDONLY)
     try:
         locked = _try_lock(fd, folder)
-        if locked:
+        if locked and network_filesystem(folder) is None:
             remove_stale_temp_files(folder, written)
         yield locked
     finally:
@@ -71,6 +77,28 @@ def _try_lock(fd: int, folder: Path) -> bool:
                 "the folder's lock): wait for it to end, or stop it") from None
         return False  # no flock here (ENOLCK, EOPNOTSUPP, ...): train unlocked
     return True
+
+
+def network_filesystem(folder: str | os.PathLike[str],
+                       mounts: str = "/proc/self/mounts") -> str | None:
+    """The type of the network file system ``folder`` lies on (``NETWORK_FILESYSTEMS``), from
+    the longest mount point above it in ``mounts``; None for a local one or where that cannot
+    be read (not Linux).
+    """
+    try:
+        table = Path(mounts).read_text().splitlines()
+    except OSError:
+        return None
+    path = Path(folder).resolve()
+    best, kind = -1, None
+    for line in table:
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point = Path(fields[1].replace("\\040", " "))
+        if (path == point or point in path.parents) and len(point.parts) > best:
+            best, kind = len(point.parts), fields[2]
+    return kind if kind in NETWORK_FILESYSTEMS else None
 
 
 def remove_stale_temp_files(folder: Path, written: Iterable[str]) -> list[str]:

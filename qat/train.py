@@ -462,17 +462,17 @@ class Trainer:
                              "or start a new --out")
         if not isinstance(ckpt.get("state"), dict):
             raise ValueError(f"cannot resume: {where} has no training state")
-        trained = ckpt["state"].get("epoch")
-        if isinstance(trained, int) and trained > self.config.epochs:
-            raise ValueError(f"cannot resume: {where} has trained {trained} epochs, more than "
-                             f"--epochs {self.config.epochs}: give --epochs {trained} or more "
-                             "(the same command plus --resume)")
         saved_epochs = saved_train.get("epochs")
         if self.hooks.progress_schedule and saved_epochs not in (None, self.config.epochs):
             raise ValueError(f"cannot resume: {where} was trained with --epochs {saved_epochs}, "
                              f"and --qconfig {self.method} anneals its rounding regulariser over "
                              "the run's epochs x steps, so a resume cannot change --epochs: give "
                              f"--epochs {saved_epochs}")
+        trained = ckpt["state"].get("epoch")
+        if isinstance(trained, int) and trained > self.config.epochs:
+            raise ValueError(f"cannot resume: {where} has trained {trained} epochs, more than "
+                             f"--epochs {self.config.epochs}: give --epochs {trained} or more "
+                             "(the same command plus --resume)")
 
     def _restore(self, ckpt: dict[str, Any]) -> dict[str, Any]:
         state = ckpt["state"]

@@ -120,13 +120,16 @@ def data_options(options: TrainRunOptions) -> dict[str, Any]:
 
 
 def data_option_flags(recorded: dict[str, Any]) -> str:
-    """``recorded`` data options as the command-line flags that give them."""
-    flags = []
-    if recorded.get("columns") is not None:
-        flags.append(f"--columns {recorded['columns']}")
-    if recorded.get("min_user_interactions", 1) != 1:
-        flags.append(f"--min-user-interactions {recorded['min_user_interactions']}")
-    return " ".join(flags) or "no --columns and no --min-user-interactions"
+    """``recorded`` data options as the command-line flags that give them, both named (a
+    default too), so the message says which to change.
+
+    >>> data_option_flags({"columns": None, "min_user_interactions": 1})
+    'no --columns and --min-user-interactions 1'
+    """
+    columns = recorded.get("columns")
+    return (f"--columns {columns}" if columns is not None else "no --columns") + \
+        (" and" if columns is None else "") + \
+        f" --min-user-interactions {recorded.get('min_user_interactions', 1)}"
 
 
 def check_same_dataset(init_from: Path, init_info: dict[str, Any], fingerprint: str,

@@ -67,7 +67,8 @@ def train(args: argparse.Namespace, max_len: int, processes: int) -> dict[str, A
         sys.executable, "-m", "torch.distributed.run", "--standalone",
         f"--nproc-per-node={processes}"]
     start = time.perf_counter()
-    done = subprocess.run([*launcher, *flags], capture_output=True, text=True, cwd=ROOT,
+    # run from the caller's folder, as --data and --out are relative to it
+    done = subprocess.run([*launcher, *flags], capture_output=True, text=True,
                           env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
     if done.returncode != 0:
         raise ValueError(f"training with {processes} process(es) failed: "

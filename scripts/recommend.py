@@ -48,6 +48,7 @@ empty history).
 from __future__ import annotations
 
 import argparse
+import io
 import sys
 from typing import TextIO
 
@@ -258,7 +259,12 @@ def _recommend_log(args: argparse.Namespace) -> int:
             print(f"note: {short} user(s) got fewer than {args.k}: their histories cover the "
                   f"rest of the {item_ids.num_items} items", file=sys.stderr)
 
-    if args.out is None:
+    if args.out is None and tsv_unsafe([*item_ids.raw, *(item_ids.titles or ())]):
+        # a list may hold an id no line can carry (refused): all or nothing, not part streamed
+        buffered = io.StringIO()
+        write(buffered)
+        sys.stdout.write(buffered.getvalue())
+    elif args.out is None:
         write(sys.stdout)  # streamed: a failure part way leaves the lines before it
     else:
         atomic_write(args.out, write, mode="w")

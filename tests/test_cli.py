@@ -129,6 +129,13 @@ def test_a_rank_whose_peer_died_says_so_in_one_line(monkeypatch, capsys):
 
     with pytest.raises(RuntimeError, match="mat1"):
         run_cli(bug)
+    for other in ("[gloo/transport/tcp/unbound_buffer.cc:81] Timed out waiting 1800000ms for "
+                  "recv operation to complete",  # a slow rank, not a dead one
+                  "ProcessGroupNCCL is only supported with GPUs, no GPUs found!"):
+        def setup(argv, text=other):
+            raise RuntimeError(text)
+        with pytest.raises(RuntimeError, match=other[:20].replace("[", r"\[")):
+            run_cli(setup)
     monkeypatch.setenv("WORLD_SIZE", "1")
     with pytest.raises(RuntimeError, match="Connection reset by peer"):
         run_cli(dies)

@@ -135,3 +135,11 @@ def test_a_zip_archive_not_named_zip_is_named(tmp_path):
         archive.writestr("ratings.dat", RATINGS)
     with pytest.raises(DataFormatError, match="a zip file, not text; decompress or unpack it"):
         load_dataset(path)
+
+
+def test_a_zip_named_ratings_dat_is_still_read_as_movielens(tmp_path):
+    """load_movielens_raw reads a zip by its content; the compressed-file check lets it by."""
+    path = tmp_path / "ratings.dat"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("ml-1m/ratings.dat", RATINGS)
+    assert load_dataset(path).sequences == EXPECTED

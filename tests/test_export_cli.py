@@ -119,6 +119,11 @@ def test_export_of_an_unfinished_fp32_run_says_what_it_exported(runs, tmp_path):
     assert result.stderr == (f"note: {folder} has not finished training (epoch 1 of 1): its "
                              "best model so far (epoch 1) is exported; train_qat.py --resume "
                              "finishes it\n")
+    ckpt["best_epoch"] = 0  # stopped before its first validation: the initial weights
+    save_checkpoint(ckpt, folder / "checkpoint.pt")
+    early = run(EXPORT, "--run", folder, "--threads", 1, "--no-progress")
+    assert "its initial weights (it stopped before its first validation) is exported" in \
+        early.stderr
     finished = run(EXPORT, "--run", copy_run(fp32, tmp_path / "done"), "--threads", 1,
                    "--no-progress")
     assert finished.returncode == 0 and finished.stderr == ""

@@ -258,3 +258,40 @@ def test_load_dataset_keeps_rare_items_when_asked(tmp_path, cyclic_file):
         load_dataset(log, min_item_interactions=-1)
     with pytest.raises(ValueError, match="the path does not exist"):  # not a rule's message
         load_dataset(tmp_path / "none.txt", min_item_interactions=5)
+
+
+def test_cli_prints_all_lists_or_none_when_an_id_cannot_be_printed(tmp_path):
+    """A model whose best item's id holds a tab: user A has seen it (A's list is printable),
+    user B has not (B's list holds it). Streamed batch by batch, A's lines would be printed
+    before B's refusal; the command prints nothing instead, with one error line."""
+    import torch
+
+    from data.item_ids import METADATA_KEY
+    from export import build_sasrec_onnx
+    from export.onnx_file import save_onnx
+    from qat.config import SASRecConfig
+    from qat.model import SASRec
+
+    raw = ("tab\there", *(f"i{n}" for n in range(2, 11)))
+    model = SASRec(SASRecConfig(num_items=len(raw), max_len=5, hidden=4, blocks=1,
+                                dropout=0.0)).eval()
+    with torch.no_grad():  # scores = column 0 of the item table, whatever the history
+        model.final_norm.weight.zero_()
+        model.final_norm.bias.copy_(torch.tensor([1.0, 0.0, 0.0, 0.0]))
+        model.item_emb.weight[1:, 0] = torch.tensor([9.0, *range(1, len(raw))])
+    onnx_file = tmp_path / "model.onnx"
+    save_onnx(build_sasrec_onnx(model, metadata={METADATA_KEY: ItemIds(raw).dumps()}),
+              onnx_file)
+    log = tmp_path / "log.csv"
+    with open(log, "w", newline="") as f:
+        csv.writer(f).writerows([("user", "item", "timestamp"),
+                                 ("A", "tab\there", 1), ("A", "i2", 2), ("A", "i3", 3),
+                                 ("B", "i4", 1), ("B", "i5", 2), ("B", "i6", 3)])
+    first = run_in_process("recommend", "--model", onnx_file, "--data", log, "--users", "A",
+                           "--k", 2)
+    assert first.returncode == 0 and first.stdout == "A\t1\ti10\t9.000000\nA\t2\ti9\t8.000000\n", \
+        first.stdout + first.stderr
+    both = run_in_process("recommend", "--model", onnx_file, "--data", log, "--users", "A", "B",
+                          "--k", 2, "--batch-size", 1)
+    assert both.returncode == 2 and both.stdout == "", both.stdout
+    assert "'tab\\there' hold a tab or line break" in both.stderr

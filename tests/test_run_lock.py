@@ -11,7 +11,12 @@ import pytest
 from conftest import TINY_TRAIN, cyclic_dataset, run_in_process
 
 from data import write_sasrec_text
-from qat.run_lock import RunFolderBusy, remove_stale_temp_files, run_folder_lock
+from qat.run_lock import (
+    RunFolderBusy,
+    network_filesystem,
+    remove_stale_temp_files,
+    run_folder_lock,
+)
 
 
 def test_a_second_lock_on_the_folder_is_refused_until_the_first_ends(tmp_path):
@@ -119,3 +124,32 @@ def test_an_export_holds_the_lock_and_clears_what_a_killed_export_left(data, tmp
     assert done.returncode == 0, done.stderr
     assert not any(path.exists() for path in stale) and checkpoint_temp.exists()
     assert (folder / "parity.json").is_file()
+
+
+def test_network_filesystem_is_the_longest_mount_above_the_folder(tmp_path):
+    mounts = tmp_path / "mounts"
+    mounts.write_text("/dev/vda1 / ext4 rw 0 0\n"
+                      "server:/export /shared nfs4 rw,relatime 0 0\n"
+                      "tmpfs /shared/scratch tmpfs rw 0 0\n"
+                      "//nas/share /mnt/my\\040nas cifs rw 0 0\n")
+    assert network_filesystem("/shared/runs/fp32", str(mounts)) == "nfs4"
+    assert network_filesystem("/shared", str(mounts)) == "nfs4"
+    assert network_filesystem("/shared/scratch/run", str(mounts)) is None  # tmpfs inside it
+    assert network_filesystem("/sharedother/run", str(mounts)) is None  # a prefix, not a parent
+    assert network_filesystem("/mnt/my nas/run", str(mounts)) == "cifs"
+    assert network_filesystem("/home/u/run", str(mounts)) is None
+    assert network_filesystem("/home/u/run", str(tmp_path / "none")) is None  # unreadable
+
+
+def test_on_a_network_file_system_temp_files_are_left_alone(tmp_path, monkeypatch):
+    """Another host may be writing them: its directory flock need not reach this one."""
+    import qat.run_lock as run_lock
+
+    stale = tmp_path / ".checkpoint.pt.k2j4x9.tmp"
+    stale.write_bytes(b"")
+    monkeypatch.setattr(run_lock, "network_filesystem", lambda folder: "nfs4")
+    with run_folder_lock(tmp_path) as locked:
+        assert locked and stale.exists()
+    monkeypatch.undo()
+    with run_folder_lock(tmp_path):
+        assert not stale.exists()
