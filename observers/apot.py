@@ -300,7 +300,7 @@ class ApotWeightFakeQuantize(WeightFakeQuantize):
         w = w.float()
         dims = list(range(1, w.dim()))
         sigma = torch.clamp(w.std(dim=dims, correction=0) if dims else w.abs(), min=EPS)
-        self._set_lazy("sigma", sigma)
+        self.sigma.data = sigma  # a new tensor each step, swapped in (see SteWeightFakeQuantize)
         if not flag(self.initialized):
             if self.init == "max":
                 alpha = w.abs().amax(dim=dims) / sigma if dims else w.abs() / sigma

@@ -428,7 +428,8 @@ def absmax_scale(w: torch.Tensor, qmax: int, *, ch_axis: int = 0, eps: float = E
     tensor([5.0000e-01, 1.1921e-07])
     """
     dims = [d for d in range(w.dim()) if d != ch_axis]
-    w = w.detach()
+    if w.requires_grad:  # (an observer's input is already detached: no operator then)
+        w = w.detach()
     # max|w| per channel in one kernel (the infinity norm), not abs then amax
     amax = torch.linalg.vector_norm(w, float("inf"), dim=dims) if dims else w.abs()
     return amax.float().div_(qmax).clamp_(min=eps)

@@ -96,7 +96,10 @@ class SteWeightFakeQuantize(WeightFakeQuantize):
         self.register_buffer("scale", torch.ones(1, device=self._factory_device))
 
     def _observe(self, w: torch.Tensor) -> None:
-        self._set_lazy("scale", absmax_scale(w, self.int_max, ch_axis=0))
+        # a new tensor each step, swapped in (no copy): not written in place, since the tied
+        # item table is quantized twice per forward and the first use saved the old scale for
+        # backward
+        self.scale.data = absmax_scale(w, self.int_max, ch_axis=0)
         self.initialized.fill_(1)
 
     def _scale(self) -> torch.Tensor:
