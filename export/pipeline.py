@@ -54,7 +54,7 @@ from qat.distributed import resolve_device
 from qat.metrics_record import MetricsRecord
 from qat.records import file_sha256
 from qat.registry import METHODS
-from qat.train_run import data_option_flags
+from qat.train_run import data_option_flags, data_options
 from qat.run_files import CHECKPOINT, CONFIG, INT8_MODEL, METRICS
 
 QAT_METHODS = tuple(name for name, method in METHODS.items() if method.is_quantized)
@@ -162,9 +162,7 @@ class PipelineSettings:
         """How the training runs read ``data`` (train_qat.py's ``--columns`` and
         ``--min-user-interactions``, its defaults where not given), as config.json records
         them (``data_options``) and ``data.load_dataset`` takes them."""
-        return {"columns": self.columns,
-                "min_user_interactions": (1 if self.min_user_interactions is None
-                                          else self.min_user_interactions)}
+        return data_options(self.columns, self.min_user_interactions)
 
 
 ROOT = Path(__file__).resolve().parents[1]  # the repository: scripts/ lives there

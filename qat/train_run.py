@@ -112,11 +112,13 @@ def resolve_architecture(options: TrainRunOptions, num_items: int,
     return SASRecConfig(num_items=num_items, **values)
 
 
-def data_options(options: TrainRunOptions) -> dict[str, Any]:
+def data_options(columns: str | None, min_user_interactions: int | None) -> dict[str, Any]:
     """The ``data.load_dataset`` options that say how ``--data`` is read (``--columns``,
-    ``--min-user-interactions``); recorded in the run's config.json as ``data_options``."""
-    return {"columns": options.columns,
-            "min_user_interactions": options.min_user_interactions}
+    ``--min-user-interactions``, None: its default 1), as the run's config.json records them
+    (``data_options``); run_all's settings build theirs here too."""
+    return {"columns": columns,
+            "min_user_interactions": 1 if min_user_interactions is None
+            else min_user_interactions}
 
 
 def data_option_flags(recorded: dict[str, Any]) -> str:
@@ -237,9 +239,11 @@ def _train_run(options: TrainRunOptions, ctx: DistributedContext) -> MetricsReco
     if options.eval_negatives < 0:
         raise ValueError(f"--eval-negatives must be >= 0 (0: off), got {options.eval_negatives}")
 
+    read_options = data_options(options.columns, options.min_user_interactions)
+
     def load() -> Any:
         return load_dataset(options.data, cache_dir=options.cache_dir, mirror=options.mirror,
-                            **data_options(options))
+                            **read_options)
 
     def cache() -> None:
         load()
@@ -253,7 +257,7 @@ def _train_run(options: TrainRunOptions, ctx: DistributedContext) -> MetricsReco
                          + ", ".join(f[:12] for f in fingerprints) + "): give every node the "
                          "same --data file")
     if init_model is not None:
-        check_same_dataset(options.init_from, init_info, fingerprint, data_options(options))
+        check_same_dataset(options.init_from, init_info, fingerprint, read_options)
     split = leave_one_out(dataset)
     if options.eval_negatives:
         check_eval_negatives(options.eval_negatives, dataset.num_items)
@@ -292,7 +296,7 @@ def _train_run(options: TrainRunOptions, ctx: DistributedContext) -> MetricsReco
                   "they are)", file=sys.stderr)
     run_info = {"data": str(dataset.source), "data_fingerprint": fingerprint,
                 # how the file was read: later steps (export, benchmark) read it the same way
-                "data_options": data_options(options),
+                "data_options": read_options,
                 "bits": bits if method.is_quantized else 32,
                 "init_from": str(options.init_from) if options.init_from else None,
                 # the FP32 checkpoint it started from: run_all tells a stale QAT run by it
