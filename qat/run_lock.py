@@ -18,13 +18,12 @@ On a network file system (NFS, SMB, Lustre, ...: ``network_filesystem``) a direc
 ``flock`` is at best seen by the processes of one host, so the lock still keeps two writers on
 one machine apart, but the temporary files are left alone: a writer on another host may be
 writing them. Where the file system does not support ``flock`` at all, the writer goes on
-unlocked, as before, and leaves them alone too.
+unlocked, as before, and leaves them alone too (so does a system without ``fcntl``).
 """
 from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import os
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -57,7 +56,11 @@ def run_folder_lock(folder: str | os.PathLike[str],
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"--out {folder} is a file; give a folder for the run")
     folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # a folder that cannot be opened as a file (Windows, no read permission)
+        yield False
+        return
     try:
         locked = _try_lock(fd, folder)
         if locked and network_filesystem(folder) is None:
@@ -68,6 +71,10 @@ def run_folder_lock(folder: str | os.PathLike[str],
 
 
 def _try_lock(fd: int, folder: Path) -> bool:
+    try:
+        import fcntl  # POSIX; elsewhere (Windows) the writer goes on unlocked
+    except ImportError:
+        return False
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as err:

@@ -1,6 +1,7 @@
 """qat.run_lock: one training process per run folder; a killed run's temporary files go."""
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
@@ -153,3 +154,17 @@ def test_on_a_network_file_system_temp_files_are_left_alone(tmp_path, monkeypatc
     monkeypatch.undo()
     with run_folder_lock(tmp_path):
         assert not stale.exists()
+
+
+def test_without_flock_the_writer_goes_on_unlocked_and_keeps_temp_files(tmp_path, monkeypatch):
+    """A file system (or OS) that cannot lock: no error, nothing removed."""
+    import fcntl
+
+    def unsupported(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    stale = tmp_path / ".checkpoint.pt.k2j4x9.tmp"
+    stale.write_bytes(b"")
+    monkeypatch.setattr(fcntl, "flock", unsupported)
+    with run_folder_lock(tmp_path) as locked:
+        assert not locked and stale.exists()
