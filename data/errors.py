@@ -16,6 +16,8 @@ from).
 
 from __future__ import annotations
 
+from typing import Callable
+
 
 class DataFormatError(ValueError):
     """A data file has contents that cannot be parsed.
@@ -33,11 +35,15 @@ class ChecksumMismatchError(DownloadError):
     """A downloaded file's md5 differs from the expected one; the file has been deleted."""
 
 
-def quote_some(values: list[str], shown: int = 10) -> str:
-    """The first ``shown`` of ``values``, quoted, and how many more: for messages naming ids.
+def quote_some(values: list[str], shown: int = 10,
+               show: Callable[[str], str] = repr) -> str:
+    """The first ``shown`` of ``values``, each as ``show`` writes it (quoted), and how many
+    more: for messages naming ids.
 
     >>> quote_some(["a", "b", "c"], 2)
     "'a', 'b' and 1 more"
+    >>> quote_some(["a", "b"], show=lambda v: f"{v!r} (line 3)")
+    "'a' (line 3), 'b' (line 3)"
     """
     more = f" and {len(values) - shown} more" if len(values) > shown else ""
-    return ", ".join(repr(v) for v in values[:shown]) + more
+    return ", ".join(show(v) for v in values[:shown]) + more

@@ -375,6 +375,15 @@ def read_history_file(path: str | os.PathLike) -> tuple[list[int], list[list[str
     return lines, histories
 
 
+def refuse_tsv_unsafe(values: Iterable[str | None], what: str, fix: str = "") -> None:
+    """``ValueError`` naming the ``values`` (``what``: "user ids", ...) that hold a tab or line
+    break (``data.item_ids.tsv_unsafe``), which no tab-separated line can carry."""
+    bad = tsv_unsafe(values)
+    if bad:
+        raise ValueError(f"{what} {quote_some(bad, 3)} hold a tab or line break: a "
+                         f"tab-separated line cannot carry them{fix}")
+
+
 def format_recommendations(results: list[list[Recommendation]],
                            lines: Sequence[int | str] | None = None) -> list[str]:
     """``rank<TAB>raw id<TAB>score[<TAB>title]`` per recommendation (score to 6 decimals, the
@@ -386,16 +395,11 @@ def format_recommendations(results: list[list[Recommendation]],
             break (``data.item_ids.tsv_unsafe``): no tab-separated line can carry it. Nothing
             is returned then, so a caller prints all of a batch or none of it.
     """
-    bad_items = tsv_unsafe(value for recs in results for rec in recs
-                           for value in (rec.item, rec.title))
-    if bad_items:
-        raise ValueError(f"recommended item id(s) or title(s) {quote_some(bad_items, 3)} hold a "
-                         "tab or line break: a tab-separated line cannot carry them (rename "
-                         "them in the log, or serve from Python: export.recommend.recommend)")
-    bad_users = tsv_unsafe(str(line) for line in lines or ())
-    if bad_users:
-        raise ValueError(f"user id(s) {quote_some(bad_users, 3)} hold a tab or line break: a "
-                         "tab-separated line cannot carry them")
+    refuse_tsv_unsafe((value for recs in results for rec in recs
+                       for value in (rec.item, rec.title)), "recommended item id(s) or title(s)",
+                      " (rename them in the log, or serve from Python: "
+                      "export.recommend.recommend)")
+    refuse_tsv_unsafe((str(line) for line in lines or ()), "user id(s)")
     out = []
     for i, recs in enumerate(results):
         prefix = f"{lines[i]}\t" if lines is not None else ""

@@ -72,6 +72,12 @@ def threads_arg(text: str) -> int:
     return value
 
 
+def _nearest_existing_above(path: Path) -> Path:
+    """The nearest folder above ``path`` (absolute) that exists: where the writers, which
+    make missing folders, would create it (the root at worst)."""
+    return next((p for p in path.absolute().parents if p.exists()), Path(path.absolute().anchor))
+
+
 def path_arg(text: str) -> Path:
     """argparse ``type`` of a path flag: refuses an empty string (``Path("")`` is the current
     folder, so ``--out ""`` would quietly write a run there)."""
@@ -86,11 +92,9 @@ def folder_arg(text: str) -> Path:
     path = path_arg(text)
     if path.exists() and not path.is_dir():
         raise argparse.ArgumentTypeError(f"{text} is a file; give a folder")
-    for parent in path.absolute().parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise argparse.ArgumentTypeError(f"{text}: {parent} is a file, not a folder")
-            break
+    parent = _nearest_existing_above(path)
+    if not parent.is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: {parent} is a file, not a folder")
     return path
 
 
@@ -106,11 +110,8 @@ def check_output_file(path: str | os.PathLike | None, flag: str = "--out", *,
         return
     if os.path.isdir(path):
         raise ValueError(f"{flag} {path} is a folder; give a file name for {what}")
-    folder = Path(path).absolute().parent
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
     try:
-        with tempfile.TemporaryFile(dir=folder):
+        with tempfile.TemporaryFile(dir=_nearest_existing_above(Path(path))):
             pass
     except OSError as err:
         raise ValueError(f"{flag} {path}: cannot write there ({err.strerror or err})") from err

@@ -38,7 +38,7 @@ NETWORK_FILESYSTEMS = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "lustre", "
 
 
 class RunFolderBusy(OSError):
-    """Another process holds the run folder's lock (it is training into that folder)."""
+    """Another process holds the run folder's lock (a training or an export writing it)."""
 
 
 @contextlib.contextmanager

@@ -66,6 +66,7 @@ from export.recommend import (
     load_recommender,
     read_history_file,
     recommend,
+    refuse_tsv_unsafe,
     serving_model_path,
 )
 from export.recommend_log import (
@@ -199,9 +200,8 @@ def unknown_in_file(path: str, lines: list[int], histories: list[list[str]],
     on = {first_line[item] for item in unknown}
     if len(on) == 1:
         return ValueError(f"{path}:{on.pop()}: {UnknownItemError(unknown)}")
-    named = ", ".join(f"{item!r} (line {first_line[item]})" for item in unknown[:10])
-    more = f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
-    return ValueError(f"{path}: unknown item id(s) {named}{more}: {UnknownItemError.REASON}")
+    named = quote_some(unknown, show=lambda item: f"{item!r} (line {first_line[item]})")
+    return ValueError(f"{path}: unknown item id(s) {named}: {UnknownItemError.REASON}")
 
 
 def _recommend_log(args: argparse.Namespace) -> int:
@@ -231,10 +231,8 @@ def _recommend_log(args: argparse.Namespace) -> int:
     except UnknownItemError as err:
         raise ValueError(f"{dataset.source}: {err}; the default --unknown-items drop leaves "
                          "them out of the histories") from err
-    bad_users = tsv_unsafe(histories.users)
-    if bad_users:  # before any work: format_recommendations would refuse them part way
-        raise ValueError(f"user ids {quote_some(bad_users, 3)} hold a tab or line break: a "
-                         "tab-separated line cannot carry them")
+    # before any work: format_recommendations would refuse them part way
+    refuse_tsv_unsafe(histories.users, "user ids")
     if histories.dropped_items:
         print(f"note: {histories.dropped_items} interaction(s) with "
               f"{len(histories.unknown_item_ids)} item(s) the model does not know were left "
